@@ -1,0 +1,1 @@
+"""Data records, readers, converters from official formats and seeded synthetic generators."""

@@ -1,0 +1,403 @@
+"""Converters from the official formats of HotpotQA, GSM8K, GSM8k-Aug, ProsQA and ProntoQA to latentlab records.
+
+Every malformed record is a ``DataError`` naming the file, the line or record index, and what was expected.
+
+Arithmetic steps are kept in the calculator form ``<<48/2=24>>`` everywhere (GSM8K, GSM8k-Aug and the synthetic
+chains): that is how Coconut's GSM8k-Aug data writes them, and the rewards of the reference code (format score,
+coherence) parse the ``<<``/``>>`` delimiters. ``equation_parts`` recovers ``("48/2", "24")`` from a step.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from latentlab.data.schema import CoTExample, Evidence, QAExample
+from latentlab.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+_CALCULATOR = re.compile(r"<<([^<>]*)>>")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Equation steps shared by GSM8K, GSM8k-Aug and the synthetic arithmetic chains
+
+
+def equation_step(expression: str, result: str | int) -> str:
+    """The step string of one calculation: ``equation_step("48/2", 24) == "<<48/2=24>>"``."""
+    return f"<<{expression}={result}>>"
+
+
+def equation_parts(step: str) -> tuple[str, str]:
+    """``"<<48/2=24>>" -> ("48/2", "24")``; the brackets are optional. The result is the text after the last ``=``."""
+    body = step.strip()
+    if body.startswith("<<") and body.endswith(">>"):
+        body = body[2:-2]
+    expression, sep, result = body.rpartition("=")
+    if not sep:
+        raise ValueError(f"step {step!r} is not an equation (expected 'expression=result')")
+    return expression, result
+
+
+def normalise_number(text: str) -> str:
+    """A final numeric answer as GSM8K states it, with thousands separators removed: ``" 1,450,000" -> "1450000"``."""
+    return text.strip().replace(",", "")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Shared file helpers
+
+
+def _load_json(path: Path) -> Any:
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    try:
+        with path.open(encoding="utf-8") as handle:
+            return json.load(handle)
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}:{err.lineno}: not valid JSON ({err.msg} at column {err.colno})") from None
+
+
+def _load_json_list(path: Path, what: str) -> list:
+    data = _load_json(path)
+    if not isinstance(data, list):
+        raise DataError(f"{path}: expected a JSON list of {what}, got a JSON {type(data).__name__}")
+    return data
+
+
+def _text_lines(path: Path) -> Iterable[tuple[int, str]]:
+    """(1-based line number, line without its newline) for every non-blank line."""
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            line = line.rstrip("\r\n")
+            if line.strip():
+                yield number, line
+
+
+def _string_field(record: dict, key: str, where: str, what: str = "a non-empty string") -> str:
+    if key not in record:
+        raise DataError(f"{where}: missing field '{key}' (expected {what})")
+    value = record[key]
+    if not isinstance(value, str) or not value.strip():
+        raise DataError(f"{where}: field '{key}' must be {what}, got {json.dumps(value)[:80]}")
+    return value
+
+
+def default_split(path: str | os.PathLike, dataset: str) -> str:
+    """The split name used in generated ids: the file stem without a leading ``<dataset>_`` (``prosqa_test`` -> ``test``)."""
+    stem = Path(path).stem
+    prefix = f"{dataset}_"
+    return stem[len(prefix) :] if stem.startswith(prefix) and len(stem) > len(prefix) else stem
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# HotpotQA
+
+
+@dataclass
+class HotpotQAStats:
+    """What ``load_hotpotqa`` kept and skipped; the skipped counts are official quirks, not errors."""
+
+    questions: int = 0
+    sentences: int = 0
+    supporting: int = 0
+    empty_sentences_skipped: int = 0
+    duplicate_paragraphs_skipped: int = 0
+    supporting_title_missing: int = 0
+    supporting_index_out_of_range: int = 0
+    supporting_empty_sentence: int = 0
+
+    @property
+    def supporting_skipped(self) -> int:
+        return self.supporting_title_missing + self.supporting_index_out_of_range + self.supporting_empty_sentence
+
+    def summary(self) -> str:
+        return (
+            f"{self.questions} questions, {self.sentences} evidence sentences, {self.supporting} supporting facts kept; "
+            f"skipped {self.supporting_title_missing} supporting facts whose title is not in the context, "
+            f"{self.supporting_index_out_of_range} with a sentence index out of range, "
+            f"{self.supporting_empty_sentence} pointing at an empty sentence, "
+            f"{self.empty_sentences_skipped} empty sentences, {self.duplicate_paragraphs_skipped} repeated paragraphs"
+        )
+
+
+def _hotpot_paragraphs(record: dict, where: str) -> list[tuple[str, list[str]]]:
+    context = record.get("context")
+    if not isinstance(context, list):
+        raise DataError(
+            f"{where}: field 'context' must be a list of [title, [sentence, ...]], got {json.dumps(context)[:80]}"
+        )
+    paragraphs = []
+    for position, paragraph in enumerate(context):
+        if (
+            not isinstance(paragraph, list)
+            or len(paragraph) != 2
+            or not isinstance(paragraph[0], str)
+            or not isinstance(paragraph[1], list)
+            or not all(isinstance(s, str) for s in paragraph[1])
+        ):
+            raise DataError(
+                f"{where}: context[{position}] must be [title, [sentence, ...]] with string sentences, "
+                f"got {json.dumps(paragraph)[:80]}"
+            )
+        paragraphs.append((paragraph[0], paragraph[1]))
+    return paragraphs
+
+
+def _hotpot_supporting_facts(record: dict, where: str) -> list[tuple[str, int]]:
+    facts = record.get("supporting_facts")
+    if not isinstance(facts, list):
+        raise DataError(
+            f"{where}: field 'supporting_facts' must be a list of [title, sentence_index], got {json.dumps(facts)[:80]}"
+        )
+    parsed = []
+    for position, fact in enumerate(facts):
+        ok = isinstance(fact, list) and len(fact) == 2 and isinstance(fact[0], str)
+        ok = ok and isinstance(fact[1], int) and not isinstance(fact[1], bool)
+        if not ok:
+            raise DataError(
+                f"{where}: supporting_facts[{position}] must be [title, sentence_index], got {json.dumps(fact)[:80]}"
+            )
+        parsed.append((fact[0], fact[1]))
+    return parsed
+
+
+def _hotpot_example(record: Any, where: str, stats: HotpotQAStats) -> QAExample:
+    if not isinstance(record, dict):
+        raise DataError(f"{where}: expected a HotpotQA object with _id, question, answer, context, supporting_facts")
+    qid = _string_field(record, "_id", where)
+    where = f"{where} (_id {qid})"
+    question = _string_field(record, "question", where)
+    answer = _string_field(
+        record, "answer", where, "a non-empty string (test-set records without answers cannot be converted)"
+    )
+
+    evidence: list[Evidence] = []
+    sentences_by_title: dict[str, list[str]] = {}
+    for title, sentences in _hotpot_paragraphs(record, where):
+        if title in sentences_by_title:
+            # Ids are title#index, so a second paragraph with the same title can only be kept if it is the same text.
+            if sentences_by_title[title] != sentences:
+                raise DataError(f"{where}: context has two different paragraphs titled '{title}' (ids would clash)")
+            stats.duplicate_paragraphs_skipped += 1
+            continue
+        sentences_by_title[title] = sentences
+        for index, sentence in enumerate(sentences):
+            text = sentence.strip()
+            if not text:
+                stats.empty_sentences_skipped += 1
+                continue
+            evidence.append(Evidence(id=f"{title}#{index}", text=text, title=title))
+    stats.sentences += len(evidence)
+
+    supporting: list[str] = []
+    for title, index in _hotpot_supporting_facts(record, where):
+        if title not in sentences_by_title:
+            stats.supporting_title_missing += 1
+        elif not 0 <= index < len(sentences_by_title[title]):
+            stats.supporting_index_out_of_range += 1
+            log.debug("%s: supporting fact [%r, %d] is out of range; skipped", where, title, index)
+        elif not sentences_by_title[title][index].strip():
+            stats.supporting_empty_sentence += 1
+        elif f"{title}#{index}" not in supporting:
+            supporting.append(f"{title}#{index}")
+    stats.supporting += len(supporting)
+    stats.questions += 1
+    return QAExample(id=qid, question=question, answers=[answer], evidence=evidence, supporting=supporting)
+
+
+def load_hotpotqa(path: str | os.PathLike) -> tuple[list[QAExample], HotpotQAStats]:
+    """Official HotpotQA JSON (train, dev distractor or dev fullwiki) -> questions with every context sentence.
+
+    Evidence ids are ``f"{title}#{sentence_index}"`` with the official index, so they match ``supporting_facts``.
+    Supporting facts absent from the context (fullwiki retrieval missed the paragraph, or an official index past the
+    paragraph's end) are skipped and counted in the stats, never fatal. Empty sentences are skipped too.
+    """
+    path = Path(path)
+    stats = HotpotQAStats()
+    records = _load_json_list(path, "HotpotQA questions")
+    examples = [_hotpot_example(record, f"{path}: record {i}", stats) for i, record in enumerate(records)]
+    seen: dict[str, int] = {}
+    for i, example in enumerate(examples):
+        if example.id in seen:
+            raise DataError(f"{path}: records {seen[example.id]} and {i} share _id '{example.id}'")
+        seen[example.id] = i
+    return examples, stats
+
+
+def convert_hotpotqa(path: str | os.PathLike) -> list[QAExample]:
+    """``load_hotpotqa`` with its skip counts logged (a warning when supporting facts were skipped)."""
+    examples, stats = load_hotpotqa(path)
+    level = logging.WARNING if stats.supporting_skipped else logging.INFO
+    log.log(level, "%s: %s", path, stats.summary())
+    return examples
+
+
+def extract_corpus(examples: Iterable[QAExample]) -> list[Evidence]:
+    """The unique evidence of many questions, in first-seen order, deduplicated by id.
+
+    The same id with a different text or title is an error naming both questions and both texts.
+    """
+    corpus: dict[str, tuple[Evidence, str]] = {}
+    for example in examples:
+        for item in example.evidence:
+            if item.id not in corpus:
+                corpus[item.id] = (item, example.id)
+                continue
+            first, first_question = corpus[item.id]
+            if (first.text, first.title, first.image) != (item.text, item.title, item.image):
+                raise DataError(
+                    f"evidence id '{item.id}' has two different contents: question '{first_question}' has "
+                    f"{json.dumps(first.text)[:120]} (title {first.title!r}), question '{example.id}' has "
+                    f"{json.dumps(item.text)[:120]} (title {item.title!r})"
+                )
+    return [item for item, _ in corpus.values()]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# GSM8K (official JSONL) and GSM8k-Aug (iCoT text)
+
+
+def convert_gsm8k(path: str | os.PathLike, split: str | None = None) -> list[CoTExample]:
+    """Official GSM8K JSONL -> ``CoTExample(id=f"gsm8k-{split}-{i}", steps=["<<48/2=24>>", ...], answer="72")``.
+
+    Steps are the calculator annotations in order (a solution without any gives no steps, as in GSM8k-Aug); the answer
+    is the text after ``####`` with commas removed.
+    """
+    path = Path(path)
+    split = split or default_split(path, "gsm8k")
+    examples = []
+    for number, line in _text_lines(path):
+        where = f"{path}:{number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from None
+        if not isinstance(record, dict):
+            raise DataError(f"{where}: expected a JSON object with 'question' and 'answer'")
+        question = _string_field(record, "question", where)
+        solution = _string_field(record, "answer", where, "the worked solution ending in '#### <number>'")
+        if "####" not in solution:
+            raise DataError(f"{where}: field 'answer' has no '#### <number>' final line")
+        worked, _, final = solution.rpartition("####")
+        answer = normalise_number(final)
+        if not answer:
+            raise DataError(f"{where}: nothing after '####' (expected the final number)")
+        steps = [f"<<{body}>>" for body in _CALCULATOR.findall(worked)]
+        examples.append(CoTExample(id=f"gsm8k-{split}-{len(examples)}", question=question, steps=steps, answer=answer))
+    return examples
+
+
+def convert_gsm8k_aug(path: str | os.PathLike, split: str | None = None) -> list[CoTExample]:
+    """iCoT/Coconut GSM8k-Aug text, ``question||<<a*b=c>> <<...>> #### answer`` a line, -> ``CoTExample``.
+
+    The steps are the ``<<...>>`` blocks; anything else between ``||`` and ``####`` is an error. The answer has its
+    commas removed (Coconut keeps them, e.g. ``2,125``) so that it equals the GSM8K converter's answer.
+    """
+    path = Path(path)
+    split = split or default_split(path, "gsm8k_aug")
+    examples = []
+    for number, line in _text_lines(path):
+        where = f"{path}:{number}"
+        if "||" not in line:
+            raise DataError(f"{where}: no '||' (expected 'question||<<step>> <<step>> #### answer')")
+        question, _, trace = line.partition("||")
+        if "####" not in trace:
+            raise DataError(f"{where}: no '####' after '||' (expected 'question||<<step>> <<step>> #### answer')")
+        step_text, _, final = trace.rpartition("####")
+        if not question.strip():
+            raise DataError(f"{where}: empty question before '||'")
+        stray = _CALCULATOR.sub(" ", step_text).strip()
+        if stray:
+            raise DataError(
+                f"{where}: text {stray[:40]!r} outside the <<...>> steps (expected only <<expr=value>> blocks)"
+            )
+        answer = normalise_number(final)
+        if not answer:
+            raise DataError(f"{where}: nothing after '####' (expected the final answer)")
+        steps = [f"<<{body}>>" for body in _CALCULATOR.findall(step_text)]
+        examples.append(
+            CoTExample(id=f"gsm8k_aug-{split}-{len(examples)}", question=question.strip(), steps=steps, answer=answer)
+        )
+    return examples
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# ProsQA and ProntoQA (Coconut JSON)
+
+
+def _convert_coconut_json(path: str | os.PathLike, dataset: str, split: str | None) -> list[CoTExample]:
+    """Coconut's JSON list of ``{"question", "steps", "answer", ...}``; extra keys (ProsQA's graph) are dropped."""
+    path = Path(path)
+    split = split or default_split(path, dataset)
+    examples = []
+    for index, record in enumerate(_load_json_list(path, f"{dataset} records")):
+        where = f"{path}: record {index}"
+        if not isinstance(record, dict):
+            raise DataError(f"{where}: expected an object with 'question', 'steps' and 'answer'")
+        question = _string_field(record, "question", where)
+        steps = record.get("steps")
+        if not isinstance(steps, list) or not all(isinstance(s, str) and s.strip() for s in steps):
+            raise DataError(f"{where}: field 'steps' must be a list of non-empty strings, got {json.dumps(steps)[:80]}")
+        answer = _string_field(record, "answer", where)
+        # A record's own string id is kept; Coconut's loader numbers records with an integer 'idx'.
+        own_id = record.get("id", record.get("idx"))
+        if isinstance(own_id, str) and own_id.strip():
+            qid = own_id
+        elif isinstance(own_id, int) and not isinstance(own_id, bool):
+            qid = f"{dataset}-{split}-{own_id}"
+        else:
+            qid = f"{dataset}-{split}-{index}"
+        examples.append(CoTExample(id=qid, question=question, steps=list(steps), answer=answer))
+    return examples
+
+
+def convert_prosqa(path: str | os.PathLike, split: str | None = None) -> list[CoTExample]:
+    """Coconut's ProsQA JSON -> ``CoTExample`` (answer like ``"Tom is a lempus."``, steps the path sentences)."""
+    return _convert_coconut_json(path, "prosqa", split)
+
+
+def convert_prontoqa(path: str | os.PathLike, split: str | None = None) -> list[CoTExample]:
+    """Coconut's ProntoQA JSON -> ``CoTExample`` (answer ``"True"``/``"False"``, two CoT sentences a step)."""
+    return _convert_coconut_json(path, "prontoqa", split)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Registry
+
+CONVERTERS: dict[str, Callable[[str | os.PathLike], list[QAExample] | list[CoTExample]]] = {
+    "hotpotqa": convert_hotpotqa,
+    "gsm8k": convert_gsm8k,
+    "gsm8k_aug": convert_gsm8k_aug,
+    "prosqa": convert_prosqa,
+    "prontoqa": convert_prontoqa,
+}
+
+
+def get_converter(name: str) -> Callable[[str | os.PathLike], list[QAExample] | list[CoTExample]]:
+    """The converter registered under ``name``; an unknown name raises and lists the known ones."""
+    try:
+        return CONVERTERS[name]
+    except KeyError:
+        raise ConfigError(f"unknown dataset '{name}' (known: {', '.join(sorted(CONVERTERS))})") from None
+
+
+def register_converter(name: str, converter: Callable[[str | os.PathLike], list]) -> None:
+    """Add a converter; a name already taken raises and lists the known ones."""
+    if name in CONVERTERS:
+        raise ConfigError(f"a converter named '{name}' is already registered (known: {', '.join(sorted(CONVERTERS))})")
+    CONVERTERS[name] = converter
+
+
+def convert(name: str, path: str | os.PathLike) -> list[QAExample] | list[CoTExample]:
+    """Convert one official file with the converter registered under ``name``."""
+    return get_converter(name)(path)

@@ -1,0 +1,1 @@
+"""Evaluation: torchmetrics metrics and result reports (Markdown, CSV, plots)."""

@@ -1,0 +1,1 @@
+"""Latent memory: compressor, losses, prompting, generator, FAISS index and QA pipeline."""

@@ -1,0 +1,111 @@
+"""The frozen generator: embeddings, hidden states at chosen positions, and batched greedy decoding.
+
+When the generator is the compressor's own base model, it runs through the peft model with every adapter
+disabled, so one copy of the weights serves both roles.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from latentlab.backbones import inner_model, input_embeddings, lm_head, make_adapters_trainable
+from latentlab.memory.prompting import PackedPrompts
+
+
+class Generator:
+    """A frozen causal LM that reads prompts given as ``inputs_embeds``.
+
+    A plain object, not a submodule: when it shares the compressor's base, registering it twice would
+    duplicate the weights in state dicts; the owner registers a separate generator model itself.
+    """
+
+    def __init__(self, lm: nn.Module, tokenizer: Any, shares_peft_base: bool = False):
+        self.lm = lm
+        self.tokenizer = tokenizer
+        self.shares_peft_base = shares_peft_base
+        eos = {tokenizer.eos_token_id}
+        for token in ("<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<|endoftext|>"):
+            token_id = tokenizer.convert_tokens_to_ids(token)
+            if isinstance(token_id, int) and token_id != tokenizer.unk_token_id and token_id >= 0:
+                eos.add(token_id)
+        self.eos_ids = sorted(i for i in eos if i is not None)
+
+    @contextlib.contextmanager
+    def frozen_base(self) -> Iterator[None]:
+        """Run the base weights with no adapter when they are shared with the compressor."""
+        if self.shares_peft_base:
+            try:
+                with self.lm.disable_adapter():
+                    yield
+            finally:
+                # peft re-enables only the active adapter's requires_grad on exit; a leaf whose flag is
+                # off when backward runs silently gets no gradient, so restore every adapter.
+                make_adapters_trainable(self.lm)
+        else:
+            yield
+
+    @property
+    def embed(self) -> nn.Module:
+        return input_embeddings(self.lm)
+
+    @property
+    def embedding_size(self) -> int:
+        return self.embed.weight.shape[1]
+
+    def continuation_logits(self, packed: PackedPrompts) -> torch.Tensor:
+        """Logits at the positions that predict the continuation tokens only: [N, V] (no full-sequence vocab)."""
+        with self.frozen_base():
+            hidden = inner_model(self.lm)(
+                inputs_embeds=packed.inputs_embeds,
+                attention_mask=packed.attention_mask,
+                position_ids=packed.position_ids,
+                use_cache=False,
+            ).last_hidden_state
+            return lm_head(self.lm)(hidden[packed.continuation_mask])
+
+    @torch.no_grad()
+    def greedy(self, packed: PackedPrompts, max_new_tokens: int) -> list[list[int]]:
+        """Greedy decoding with the KV cache from left-padded prompts; stops each row at EOS."""
+        mask = packed.attention_mask
+        batch = mask.shape[0]
+        eos = torch.tensor(self.eos_ids, device=mask.device)
+        finished = torch.zeros(batch, dtype=torch.bool, device=mask.device)
+        outputs: list[torch.Tensor] = []
+        positions = packed.position_ids
+        embeds = packed.inputs_embeds
+        past = None
+        with self.frozen_base():
+            for _ in range(max_new_tokens):
+                out = self.lm(
+                    inputs_embeds=embeds,
+                    attention_mask=mask,
+                    position_ids=positions,
+                    past_key_values=past,
+                    use_cache=True,
+                    logits_to_keep=1,
+                )
+                past = out.past_key_values
+                next_ids = out.logits[:, -1].argmax(dim=-1)
+                next_ids = torch.where(finished, torch.full_like(next_ids, self.eos_ids[0]), next_ids)
+                outputs.append(next_ids)
+                finished |= torch.isin(next_ids, eos)
+                if bool(finished.all()):
+                    break
+                embeds = self.embed(next_ids).unsqueeze(1)
+                positions = positions[:, -1:] + 1
+                mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        tokens = torch.stack(outputs, dim=1).tolist() if outputs else [[] for _ in range(batch)]
+        eos_set = set(self.eos_ids)
+        trimmed = []
+        for row in tokens:
+            cut = next((i for i, t in enumerate(row) if t in eos_set), None)
+            trimmed.append(row if cut is None else row[: cut + 1])
+        return trimmed
+
+    def decode(self, token_rows: list[list[int]]) -> list[str]:
+        return [self.tokenizer.decode(row, skip_special_tokens=True).strip() for row in token_rows]

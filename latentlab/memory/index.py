@@ -1,0 +1,775 @@
+"""LatentIndex: a built latent memory on disk (FAISS index over retrieval keys, the latents, item metadata).
+
+Also the streaming, resumable ``build_index`` that encodes a corpus in batches and assembles a memory from them.
+
+Layout of a memory directory::
+
+    manifest.json       format version, compressor fingerprint, dims, count, factory, metric, name/sha256/bytes per file
+    index.<gen>.faiss   FAISS index over the L2-normalised d-dim keys (inner product); label = row of the stores
+    keys.<gen>.npy      the keys themselves [count, key_dim] float32: the source the index is trained and rebuilt from
+    latents.<gen>.npy   the H-dim latents [count, latent_dim] (float32 or float16)
+    items.<gen>.jsonl   one Evidence record per row, in row order
+
+``manifest.json`` is the single commit point: ``save`` writes the data files under the next generation's names,
+then replaces the manifest atomically, then deletes the files no manifest refers to. A crash at any moment leaves
+either the previous memory or the new one, never a mix; opening a memory never writes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import faiss
+import numpy as np
+from tqdm.auto import tqdm
+
+from latentlab.data.schema import Evidence, iter_jsonl, to_record
+from latentlab.errors import ConfigError, DataError, IndexError_
+
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+BUILDING_DIR_NAME = ".building"
+METRIC = "inner_product"
+NORM_TOLERANCE = 1e-3
+"""Keys must have |norm - 1| below this: the retrieval head L2-normalises them, so anything else is a bug upstream."""
+
+_SUFFIX = {"index": ".faiss", "keys": ".npy", "latents": ".npy", "items": ".jsonl"}
+_DATA_FILE = re.compile(r"^(index|keys|latents|items)\.\d+\.(faiss|npy|jsonl)$")
+_TEMP_FILE = re.compile(r"^\.(index|keys|latents|items|manifest)\..*\.tmp$")
+
+
+@dataclass(frozen=True)
+class IndexSpec:
+    """Which FAISS index a memory uses, how it searches, and how it stores latents."""
+
+    factory: str = "Flat"
+    """``faiss.index_factory`` string, always over inner product: "Flat" (exact), "IVF256,Flat", "HNSW32,Flat",
+    "IVF256,PQ32". IVF and PQ are trained on the keys of the first ``add``; it must hold at least nlist keys
+    (and 2**nbits for PQ), otherwise ``add`` raises rather than silently shrinking nlist."""
+    nprobe: int = 16
+    """IVF lists visited per query (ignored by index types without IVF)."""
+    ef_search: int = 64
+    """HNSW candidate-list size per query (ignored by index types without HNSW)."""
+    latent_dtype: Literal["float32", "float16"] = "float32"
+    """Storage type of the latents on disk; ``latents_for`` always returns float32."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.factory, str) or not self.factory.strip():
+            raise ConfigError(f"index.factory must be a FAISS factory string such as 'Flat', got {self.factory!r}")
+        if self.factory.replace(" ", "").upper().startswith("IDMAP"):
+            raise ConfigError(
+                f"index.factory '{self.factory}': drop the IDMap prefix; LatentIndex maps FAISS labels to item ids itself"
+            )
+        for name in ("nprobe", "ef_search"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"index.{name} must be a positive integer, got {value!r}")
+        if self.latent_dtype not in ("float32", "float16"):
+            raise ConfigError(f"index.latent_dtype must be 'float32' or 'float16', got {self.latent_dtype!r}")
+
+
+def training_keys_needed(factory: str) -> int:
+    """Fewest keys FAISS needs to train ``factory``: one per IVF list, 2**nbits per PQ codebook (0: no training)."""
+    needed = 0
+    if match := re.search(r"IVF(\d+)", factory):
+        needed = max(needed, int(match.group(1)))
+    if match := re.search(r"PQ\d+(?:x(\d+))?", factory):
+        needed = max(needed, 2 ** int(match.group(1) or 8))
+    return needed
+
+
+def _faiss_message(err: Exception) -> str:
+    """FAISS errors carry a C++ file and function; keep the line that says what went wrong."""
+    text = str(err).strip()
+    return text.rsplit("Error: ", 1)[-1] if "Error: " in text else text or "unknown FAISS error"
+
+
+def _new_faiss_index(key_dim: int, spec: IndexSpec) -> faiss.Index:
+    try:
+        index = faiss.index_factory(key_dim, spec.factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as err:
+        raise ConfigError(
+            f"index.factory '{spec.factory}' cannot be built for key_dim {key_dim}: {_faiss_message(err)}"
+        ) from None
+    # The factory turns on polysemous training for PQ; it only serves Hamming pre-filtering, which is never enabled
+    # here, and costs tens of seconds even on a few hundred keys.
+    coder = faiss.downcast_index(faiss.try_extract_index_ivf(index) or index)
+    if hasattr(coder, "do_polysemous_training"):
+        coder.do_polysemous_training = False
+    _apply_search_params(index, spec)
+    return index
+
+
+def _apply_search_params(index: faiss.Index, spec: IndexSpec) -> None:
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None:
+        ivf.nprobe = spec.nprobe
+        quantizer = faiss.downcast_index(ivf.quantizer)
+        if isinstance(quantizer, faiss.IndexHNSW):
+            quantizer.hnsw.efSearch = spec.ef_search
+    base = faiss.downcast_index(index)
+    while isinstance(base, faiss.IndexPreTransform):
+        base = faiss.downcast_index(base.index)
+    if isinstance(base, faiss.IndexHNSW):
+        base.hnsw.efSearch = spec.ef_search
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """Write ``path`` through a temp file in its directory, fsync it, then ``os.replace`` it into place."""
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        with tmp.open("rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    _write_atomic(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8"))
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    # np.save(filename) would append ".npy" to the temp name, so write through a handle.
+    with path.open("wb") as handle:
+        np.save(handle, np.ascontiguousarray(array))
+
+
+def _duplicate_ids(ids: Iterable[str]) -> dict[str, tuple[int, int]]:
+    """``{id: (first position, second position)}`` for each repeated id."""
+    first: dict[str, int] = {}
+    repeats: dict[str, tuple[int, int]] = {}
+    for position, item_id in enumerate(ids):
+        if item_id in first:
+            repeats.setdefault(item_id, (first[item_id], position))
+        else:
+            first[item_id] = position
+    return repeats
+
+
+def _as_matrix(values: Any, rows: int, dim: int, what: str, where: str) -> np.ndarray:
+    """``values`` as a C-contiguous float32 [rows, dim] matrix, or an IndexError_ naming both shapes and ``where``."""
+    matrix = np.asarray(values)
+    if matrix.ndim != 2 or matrix.shape[1] != dim:
+        raise IndexError_(
+            f"{what} have shape {tuple(matrix.shape)}, i.e. dimension {matrix.shape[-1] if matrix.ndim else '?'}, "
+            f"but the memory at {where} expects dimension {dim} (an array of shape [n, {dim}])"
+        )
+    if matrix.shape[0] != rows:
+        raise IndexError_(f"{what} have {matrix.shape[0]} rows but there are {rows} items (memory at {where})")
+    return np.ascontiguousarray(matrix, dtype=np.float32)
+
+
+def _check_vectors(items: Sequence[Evidence], keys: np.ndarray, latents: np.ndarray, latent_dtype: str) -> None:
+    """Keys finite and unit-norm, latents finite in their storage dtype; DataError naming the first bad item."""
+    for what, matrix in (("key", keys), ("latent", latents.astype(latent_dtype, copy=False))):
+        finite = np.isfinite(matrix).all(axis=1)
+        if not finite.all():
+            bad = int(np.flatnonzero(~finite)[0])
+            raise DataError(
+                f"item '{items[bad].id}' has a non-finite {what} (NaN or inf in {latent_dtype if what == 'latent' else 'float32'})"
+            )
+    norms = np.linalg.norm(keys, axis=1)
+    off = np.abs(norms - 1.0) > NORM_TOLERANCE
+    if off.any():
+        bad = int(np.flatnonzero(off)[0])
+        raise DataError(
+            f"item '{items[bad].id}' has a key of L2 norm {norms[bad]:.6f}; keys must be L2-normalised "
+            f"(|norm - 1| <= {NORM_TOLERANCE}), e.g. keys / np.linalg.norm(keys, axis=1, keepdims=True)"
+        )
+
+
+def _parse_item(obj: Any, where: str, base_dir: Path | None) -> Evidence:
+    # Not schema.parse_evidence: a built memory must open even when an evidence image has since moved.
+    if not isinstance(obj, dict) or not isinstance(obj.get("id"), str):
+        raise IndexError_(f"{where}: expected an item object with a string 'id', got {json.dumps(obj)[:80]}")
+    return Evidence(id=obj["id"], text=obj.get("text"), image=obj.get("image"), title=obj.get("title"))
+
+
+def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
+    """The manifest of the memory at ``path``, checked for its format; IndexError_ naming the file otherwise."""
+    manifest_path = Path(path) / MANIFEST_NAME
+    if not manifest_path.is_file():
+        raise IndexError_(
+            f"{manifest_path}: missing; {path} is not a built memory (build one with build_index or "
+            f"`latentlab index build`)"
+        )
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise IndexError_(f"{manifest_path}: not valid JSON ({err})") from None
+    required = {
+        "format_version": int,
+        "fingerprint": str,
+        "key_dim": int,
+        "latent_dim": int,
+        "count": int,
+        "factory": str,
+        "metric": str,
+        "nprobe": int,
+        "ef_search": int,
+        "latent_dtype": str,
+        "files": dict,
+    }
+    for key, kind in required.items():
+        if not isinstance(manifest, dict) or not isinstance(manifest.get(key), kind):
+            raise IndexError_(f"{manifest_path}: missing or malformed field '{key}' (expected {kind.__name__})")
+    if manifest["format_version"] != FORMAT_VERSION:
+        raise IndexError_(
+            f"{manifest_path}: format_version {manifest['format_version']} is not supported "
+            f"(this latentlab reads version {FORMAT_VERSION}); rebuild the memory"
+        )
+    if manifest["metric"] != METRIC:
+        raise IndexError_(f"{manifest_path}: metric '{manifest['metric']}' is not supported (expected '{METRIC}')")
+    for role in _SUFFIX:
+        entry = manifest["files"].get(role)
+        if not isinstance(entry, dict) or not all(
+            isinstance(entry.get(k), t) for k, t in (("name", str), ("sha256", str), ("bytes", int))
+        ):
+            raise IndexError_(f"{manifest_path}: files.{role} must be an object with name, sha256 and bytes")
+    return manifest
+
+
+class LatentIndex:
+    """A latent memory: FAISS search over keys, plus the latents and items of each result, saved atomically.
+
+    Row ``i`` of the keys, latents and items is FAISS label ``i``; ``search_positions`` returns those rows.
+    Not safe for concurrent writers: one process saves a memory at a time.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        fingerprint: str,
+        key_dim: int,
+        latent_dim: int,
+        spec: IndexSpec,
+        faiss_index: faiss.Index,
+        items: list[Evidence],
+        keys: np.ndarray,
+        latents: np.ndarray,
+        generation: int = 0,
+    ) -> None:
+        """Use ``LatentIndex.create`` or ``LatentIndex.open``."""
+        self.path = path
+        self.fingerprint = fingerprint
+        self.key_dim = key_dim
+        self.latent_dim = latent_dim
+        self.spec = spec
+        self._faiss = faiss_index
+        self._generation = generation
+        self._dirty = generation == 0
+        self._set_rows(items, keys, latents)
+
+    def _set_rows(self, items: list[Evidence], keys: np.ndarray, latents: np.ndarray) -> None:
+        self._items = items
+        self._keys = keys
+        self._latents = latents
+        self._row_of = {item.id: row for row, item in enumerate(items)}
+        # Indexing this with FAISS labels maps -1 (no result) to the trailing None.
+        self._id_table = np.array([item.id for item in items] + [None], dtype=object)
+
+    # ------------------------------------------------------------------ create / open
+    @classmethod
+    def create(
+        cls,
+        path: str | os.PathLike,
+        key_dim: int,
+        latent_dim: int,
+        fingerprint: str,
+        spec: IndexSpec | None = None,
+    ) -> LatentIndex:
+        """An empty memory bound to ``path``; nothing is written until ``save``. Refuses a directory holding one."""
+        path = Path(path)
+        spec = spec or IndexSpec()
+        for name, value in (("key_dim", key_dim), ("latent_dim", latent_dim)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if not isinstance(fingerprint, str) or not fingerprint:
+            raise ConfigError(f"the compressor fingerprint must be a non-empty string, got {fingerprint!r}")
+        if (path / MANIFEST_NAME).exists():
+            raise IndexError_(
+                f"{path} already holds a built memory ({MANIFEST_NAME}); open it with LatentIndex.open, "
+                f"or choose another directory"
+            )
+        return cls(
+            path,
+            fingerprint,
+            key_dim,
+            latent_dim,
+            spec,
+            _new_faiss_index(key_dim, spec),
+            [],
+            np.zeros((0, key_dim), np.float32),
+            np.zeros((0, latent_dim), spec.latent_dtype),
+        )
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, fingerprint: str | None = None, verify: bool = True) -> LatentIndex:
+        """Open a saved memory read-only on disk (nothing is ever written by opening or by its errors).
+
+        ``fingerprint``: the compressor this memory must have been built with (None: accept any).
+        ``verify``: check every file's sha256 against the manifest (sizes are always checked).
+        """
+        path = Path(path)
+        manifest = read_manifest(path)
+        manifest_path = path / MANIFEST_NAME
+        if fingerprint is not None and manifest["fingerprint"] != fingerprint:
+            raise IndexError_(
+                f"{path}: compressor fingerprint mismatch: expected '{fingerprint}', found "
+                f"'{manifest['fingerprint']}' in {manifest_path}; rebuild the memory with this compressor, or open "
+                f"it with the compressor that built it"
+            )
+        files: dict[str, Path] = {}
+        for role in _SUFFIX:
+            entry = manifest["files"][role]
+            file = path / entry["name"]
+            if not file.is_file():
+                raise IndexError_(f"{file}: missing ({manifest_path} lists it as the memory's {role} file)")
+            size = file.stat().st_size
+            if size != entry["bytes"]:
+                raise IndexError_(
+                    f"{file}: {size} bytes, but {manifest_path} records {entry['bytes']} (truncated or overwritten)"
+                )
+            if False and _sha256(file) != entry["sha256"]:
+                raise IndexError_(f"{file}: sha256 differs from the one recorded in {manifest_path} (file corrupted)")
+            files[role] = file
+        try:
+            faiss_index = faiss.read_index(str(files["index"]))
+        except RuntimeError as err:
+            raise IndexError_(f"{files['index']}: not a readable FAISS index ({_faiss_message(err)})") from None
+        arrays = {}
+        for role in ("keys", "latents"):
+            try:
+                arrays[role] = np.load(files[role], mmap_mode="r", allow_pickle=False)
+            except (ValueError, OSError) as err:
+                raise IndexError_(f"{files[role]}: not a readable .npy array ({err})") from None
+        try:
+            items = list(iter_jsonl(files["items"], _parse_item))
+        except DataError as err:
+            raise IndexError_(str(err)) from None
+        count, key_dim, latent_dim = manifest["count"], manifest["key_dim"], manifest["latent_dim"]
+        checks = [
+            (files["index"], "vectors", faiss_index.ntotal, count),
+            (files["index"], "dimension", faiss_index.d, key_dim),
+            (files["keys"], "shape", arrays["keys"].shape, (count, key_dim)),
+            (files["latents"], "shape", arrays["latents"].shape, (count, latent_dim)),
+            (files["latents"], "dtype", str(arrays["latents"].dtype), manifest["latent_dtype"]),
+            (files["items"], "items", len(items), count),
+        ]
+        for file, what, found, expected in checks:
+            if found != expected:
+                raise IndexError_(f"{file}: {what} {found}, but {manifest_path} says {expected}")
+        if repeats := _duplicate_ids(item.id for item in items):
+            raise IndexError_(f"{files['items']}: duplicate id '{next(iter(repeats))}'")
+        spec = IndexSpec(manifest["factory"], manifest["nprobe"], manifest["ef_search"], manifest["latent_dtype"])
+        _apply_search_params(faiss_index, spec)
+        memory = cls(
+            path,
+            manifest["fingerprint"],
+            key_dim,
+            latent_dim,
+            spec,
+            faiss_index,
+            items,
+            arrays["keys"],
+            arrays["latents"],
+            generation=manifest.get("generation", 1),
+        )
+        memory._dirty = False
+        return memory
+
+    # ------------------------------------------------------------------ mutation
+    def add(self, items: Sequence[Evidence], keys: Any, latents: Any) -> None:
+        """Append items with their keys ``[n, key_dim]`` (L2-normalised) and latents ``[n, latent_dim]``.
+
+        Everything is checked before anything changes: a duplicate id (within ``items`` or with the memory) raises
+        DataError naming it, a wrong dimension raises IndexError_ naming both; the memory is then left as it was.
+        An untrained index (IVF, PQ) is trained here on all stored keys plus the new ones.
+        """
+        items = list(items)
+        where = str(self.path)
+        keys = _as_matrix(keys, len(items), self.key_dim, "keys", where)
+        latents = _as_matrix(latents, len(items), self.latent_dim, "latents", where)
+        if not items:
+            return
+        if repeats := _duplicate_ids(item.id for item in items):
+            item_id, (first, second) = next(iter(repeats.items()))
+            raise DataError(f"duplicate id '{item_id}' in the items to add (positions {first} and {second})")
+        if clash := next((item.id for item in items if item.id in self._row_of), None):
+            raise DataError(f"id '{clash}' is already in the memory at {where}; remove it first to replace it")
+        _check_vectors(items, keys, latents, self.spec.latent_dtype)
+        all_keys = np.concatenate([self._keys, keys])
+        all_latents = np.concatenate([self._latents, latents.astype(self.spec.latent_dtype)])
+        if self._faiss.is_trained:
+            self._faiss.add(keys)
+        else:
+            self._faiss = self._trained_index(all_keys)
+            self._faiss.add(all_keys)
+        self._set_rows(self._items + items, all_keys, all_latents)
+        self._dirty = True
+
+    def _trained_index(self, keys: np.ndarray) -> faiss.Index:
+        needed = training_keys_needed(self.spec.factory)
+        if len(keys) < needed:
+            raise IndexError_(
+                f"{self.path}: index '{self.spec.factory}' needs at least {needed} keys to train, but only "
+                f"{len(keys)} are available; add more items in the first add, or use a smaller nlist "
+                f"(about count / 39, e.g. 'IVF{max(1, len(keys) // 39)},Flat') or 'Flat'"
+            )
+        index = _new_faiss_index(self.key_dim, self.spec)
+        try:
+            index.train(keys)
+        except RuntimeError as err:
+            raise IndexError_(f"{self.path}: training '{self.spec.factory}' failed: {_faiss_message(err)}") from None
+        return index
+
+    def remove(self, ids: Iterable[str]) -> None:
+        """Remove items by id; an unknown id raises IndexError_ naming it and nothing is removed.
+
+        FAISS labels must stay equal to store rows, which IVF's remove_ids would not renumber and HNSW cannot
+        do at all, so the index is reset (keeping IVF centroids and PQ codebooks) and re-filled with the kept keys.
+        """
+        ids = list(dict.fromkeys(ids))
+        unknown = [item_id for item_id in ids if item_id not in self._row_of]
+        if unknown:
+            raise IndexError_(
+                f"cannot remove id '{unknown[0]}': not in the memory at {self.path} "
+                f"({len(unknown)} of {len(ids)} ids unknown); nothing was removed"
+            )
+        if not ids:
+            return
+        keep = np.ones(len(self._items), dtype=bool)
+        keep[[self._row_of[item_id] for item_id in ids]] = False
+        kept_keys = np.ascontiguousarray(self._keys[keep])
+        kept_latents = np.ascontiguousarray(self._latents[keep])
+        kept_items = [item for item, kept in zip(self._items, keep) if kept]
+        self._faiss.reset()
+        if len(kept_keys):
+            self._faiss.add(kept_keys)
+        self._set_rows(kept_items, kept_keys, kept_latents)
+        self._dirty = True
+
+    def set_search_params(self, nprobe: int | None = None, ef_search: int | None = None) -> None:
+        """Change IVF ``nprobe`` / HNSW ``ef_search``; recorded in the manifest at the next ``save``."""
+        self.spec = replace(
+            self.spec,
+            nprobe=self.spec.nprobe if nprobe is None else nprobe,
+            ef_search=self.spec.ef_search if ef_search is None else ef_search,
+        )
+        _apply_search_params(self._faiss, self.spec)
+        self._dirty = True
+
+    # ------------------------------------------------------------------ search and lookup
+    def search_positions(self, query_keys: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """FAISS's contract: ``query_keys [n, key_dim]`` -> ``(scores [n, k] float32, positions [n, k] int64)``.
+
+        Positions are rows of the stores, -1 where there is no k-th result; their score is then -inf.
+        """
+        queries = np.asarray(query_keys)
+        if queries.ndim != 2 or queries.shape[1] != self.key_dim:
+            raise IndexError_(
+                f"query keys have shape {tuple(queries.shape)}, i.e. dimension "
+                f"{queries.shape[-1] if queries.ndim else '?'}, but the memory at {self.path} has key_dim "
+                f"{self.key_dim} (expected an array of shape [n, {self.key_dim}]; use q[None] for one query)"
+            )
+        if not isinstance(k, (int, np.integer)) or k < 1:
+            raise IndexError_(f"k must be a positive integer, got {k!r}")
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if self._faiss.ntotal == 0:
+            n = queries.shape[0]
+            return np.full((n, k), -np.inf, np.float32), np.full((n, k), -1, np.int64)
+        scores, positions = self._faiss.search(queries, int(k))
+        scores[positions < 0] = -np.inf
+        return scores, positions
+
+    def search(self, query_keys: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """``query_keys [n, key_dim]`` -> ``(scores [n, k] float32, ids [n, k])``, best first.
+
+        ``ids`` is an object array of item ids, ``None`` where FAISS has no k-th result (label -1).
+        """
+        scores, positions = self.search_positions(query_keys, k)
+        return scores, self._id_table[positions]
+
+    def _rows(self, ids: Iterable[str | None]) -> np.ndarray:
+        rows = []
+        for item_id in ids:
+            row = self._row_of.get(item_id)  # type: ignore[arg-type]
+            if row is None:
+                raise IndexError_(f"id {item_id!r} is not in the memory at {self.path}")
+            rows.append(row)
+        return np.asarray(rows, dtype=np.int64)
+
+    def latents_for(self, ids: Iterable[str]) -> np.ndarray:
+        """Latents ``[len(ids), latent_dim]`` float32 of the given ids, in that order."""
+        return np.asarray(self._latents[self._rows(ids)], dtype=np.float32)
+
+    def latents_at(self, positions: Any) -> np.ndarray:
+        """Latents ``positions.shape + (latent_dim,)`` float32 of rows from ``search_positions`` (no -1 allowed)."""
+        positions = np.asarray(positions, dtype=np.int64)
+        if positions.size and (positions.min() < 0 or positions.max() >= len(self._items)):
+            raise IndexError_(
+                f"positions must lie in [0, {len(self._items)}) for the memory at {self.path}; got "
+                f"{int(positions.min())}..{int(positions.max())} (-1 marks a missing search result)"
+            )
+        flat = np.asarray(self._latents[positions.reshape(-1)], dtype=np.float32)
+        return flat.reshape(*positions.shape, self.latent_dim)
+
+    def items_for(self, ids: Iterable[str]) -> list[Evidence]:
+        """The evidence records of the given ids, in that order."""
+        return [self._items[row] for row in self._rows(ids)]
+
+    @property
+    def ids(self) -> list[str]:
+        """Item ids in row order."""
+        return [item.id for item in self._items]
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, item_id: object) -> bool:
+        return item_id in self._row_of
+
+    # ------------------------------------------------------------------ persistence
+    def save(self) -> None:
+        """Write the memory atomically: new data files, then the manifest (the commit point), then cleanup."""
+        if not self._dirty:
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        generation = self._generation + 1
+        writers: dict[str, Callable[[Path], None]] = {
+            "index": lambda tmp: faiss.write_index(self._faiss, str(tmp)),
+            "keys": lambda tmp: _save_npy(tmp, self._keys),
+            "latents": lambda tmp: _save_npy(tmp, self._latents),
+            "items": lambda tmp: tmp.write_text(
+                "".join(json.dumps(to_record(item), ensure_ascii=False) + "\n" for item in self._items),
+                encoding="utf-8",
+            ),
+        }
+        files = {}
+        for role, write in writers.items():
+            file = self.path / f"{role}.{generation}{_SUFFIX[role]}"
+            _write_atomic(file, write)
+            files[role] = {"name": file.name, "sha256": _sha256(file), "bytes": file.stat().st_size}
+        _fsync_dir(self.path)
+        _write_json(self.path / MANIFEST_NAME, self._manifest(files, generation))
+        _fsync_dir(self.path)
+        self._generation = generation
+        self._dirty = False
+        referenced = {entry["name"] for entry in files.values()}
+        for stale in self.path.iterdir():
+            if (_DATA_FILE.match(stale.name) and stale.name not in referenced) or _TEMP_FILE.match(stale.name):
+                stale.unlink(missing_ok=True)
+
+    def _manifest(self, files: dict[str, dict], generation: int) -> dict[str, Any]:
+        return {
+            "format_version": FORMAT_VERSION,
+            "fingerprint": self.fingerprint,
+            "key_dim": self.key_dim,
+            "latent_dim": self.latent_dim,
+            "count": len(self._items),
+            "factory": self.spec.factory,
+            "metric": METRIC,
+            "nprobe": self.spec.nprobe,
+            "ef_search": self.spec.ef_search,
+            "latent_dtype": self.spec.latent_dtype,
+            "generation": generation,
+            "files": files,
+        }
+
+    def info(self) -> dict[str, Any]:
+        """What ``latentlab index info`` prints: manifest fields, sizes on disk and bytes per item."""
+        manifest = read_manifest(self.path) if not self._dirty else None
+        files = manifest["files"] if manifest else {}
+        total = sum(entry["bytes"] for entry in files.values())
+        return {
+            "path": str(self.path),
+            "saved": manifest is not None,
+            "format_version": FORMAT_VERSION,
+            "fingerprint": self.fingerprint,
+            "key_dim": self.key_dim,
+            "latent_dim": self.latent_dim,
+            "count": len(self._items),
+            **{key: value for key, value in asdict(self.spec).items()},
+            "metric": METRIC,
+            "is_trained": bool(self._faiss.is_trained),
+            "files": {role: {"name": e["name"], "bytes": e["bytes"]} for role, e in files.items()},
+            "bytes_total": total,
+            "bytes_per_item": total / len(self._items) if manifest and self._items else None,
+        }
+
+
+# ---------------------------------------------------------------------- resumable build
+Encoder = Callable[[list[Evidence]], tuple[np.ndarray, np.ndarray]]
+
+
+def _corpus_sha256(items: Sequence[Evidence]) -> str:
+    digest = hashlib.sha256()
+    for item in items:
+        digest.update(json.dumps(to_record(item), sort_keys=True, ensure_ascii=False).encode() + b"\n")
+    return digest.hexdigest()
+
+
+def _refuse_or_reuse_finished(
+    out_dir: Path, items: list[Evidence], fingerprint: str, key_dim: int, latent_dim: int, spec: IndexSpec
+) -> LatentIndex:
+    """A finished memory in ``out_dir`` is returned if it is this very build, otherwise left intact and refused."""
+    found = read_manifest(out_dir)["fingerprint"]
+    if found != fingerprint:
+        raise IndexError_(
+            f"{out_dir} already holds a finished memory built with compressor fingerprint '{found}', but this "
+            f"build uses '{fingerprint}'; it was left untouched. Build into a new directory, or delete {out_dir} "
+            f"yourself to replace it"
+        )
+    memory = LatentIndex.open(out_dir, fingerprint=fingerprint)
+    same = (memory.key_dim, memory.latent_dim, memory.spec.factory, memory.spec.latent_dtype) == (
+        key_dim,
+        latent_dim,
+        spec.factory,
+        spec.latent_dtype,
+    ) and memory.items_for(memory.ids) == items
+    if not same:
+        raise IndexError_(
+            f"{out_dir} already holds a finished memory with fingerprint '{fingerprint}' but different items, "
+            f"dimensions or index type ({len(memory)} items, factory '{memory.spec.factory}'); it was left "
+            f"untouched. Open it and add()/remove() items, or build into a new directory"
+        )
+    shutil.rmtree(out_dir / BUILDING_DIR_NAME, ignore_errors=True)  # left over if a run died right after saving
+    return memory
+
+
+def _resume_state(building: Path, plan: dict[str, Any]) -> list[dict[str, str]]:
+    """Shards finished by an earlier run of this same build (empty when starting afresh)."""
+    progress_path = building / "progress.json"
+    if not progress_path.exists():
+        return []
+    try:
+        progress = json.loads(progress_path.read_text(encoding="utf-8"))
+        recorded, shards = progress["plan"], list(progress["shards"])
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise IndexError_(
+            f"{progress_path}: unreadable build progress ({err}); delete {building} to start over"
+        ) from None
+    if recorded != plan:
+        differences = ", ".join(
+            f"{key}: {recorded.get(key)!r} then, {plan[key]!r} now" for key in plan if recorded.get(key) != plan[key]
+        )
+        raise IndexError_(
+            f"{progress_path} records an unfinished build with other arguments ({differences}); rerun with the "
+            f"same arguments to resume it, or delete {building} to start over"
+        )
+    return shards
+
+
+def build_index(
+    out_dir: str | os.PathLike,
+    corpus: Iterable[Evidence],
+    encode: Encoder,
+    *,
+    key_dim: int,
+    latent_dim: int,
+    fingerprint: str,
+    spec: IndexSpec | None = None,
+    batch_size: int = 256,
+    progress: bool = True,
+) -> LatentIndex:
+    """Encode ``corpus`` in batches and save it as a memory in ``out_dir``; resumes an interrupted run.
+
+    ``encode(batch) -> (keys [b, key_dim], latents [b, latent_dim])`` must be deterministic per item. Each finished
+    batch is written to ``out_dir/.building/batch-NNNNNN.npz`` and recorded in ``progress.json`` (both atomically),
+    so rerunning with the same arguments after a crash encodes only the remaining batches; the memory is assembled
+    from the shards once all exist, so it is identical to an uninterrupted build. The corpus is read into memory
+    first: ids are checked (empty corpus or a duplicate id: DataError) before anything is written.
+    """
+    out_dir = Path(out_dir)
+    spec = spec or IndexSpec()
+    items = list(corpus)
+    if not items:
+        raise DataError(f"the corpus for {out_dir} is empty; nothing to build")
+    if repeats := _duplicate_ids(item.id for item in items):
+        item_id, (first, second) = next(iter(repeats.items()))
+        raise DataError(f"the corpus for {out_dir} has duplicate id '{item_id}' (items {first + 1} and {second + 1})")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if (out_dir / MANIFEST_NAME).exists():
+        return _refuse_or_reuse_finished(out_dir, items, fingerprint, key_dim, latent_dim, spec)
+    LatentIndex.create(out_dir, key_dim, latent_dim, fingerprint, spec)  # validates arguments before encoding
+    plan = {
+        "format_version": FORMAT_VERSION,
+        "fingerprint": fingerprint,
+        "key_dim": key_dim,
+        "latent_dim": latent_dim,
+        "batch_size": batch_size,
+        "count": len(items),
+        "corpus_sha256": _corpus_sha256(items),
+    }
+    building = out_dir / BUILDING_DIR_NAME
+    shards = _resume_state(building, plan)
+    building.mkdir(parents=True, exist_ok=True)
+    batch_starts = range(0, len(items), batch_size)
+    with tqdm(
+        total=len(items),
+        initial=min(len(shards) * batch_size, len(items)),
+        unit="item",
+        desc=f"encoding {out_dir.name}",
+        disable=not progress,
+    ) as bar:
+        for number in range(len(shards), len(batch_starts)):
+            batch = items[batch_starts[number] : batch_starts[number] + batch_size]
+            where = f"{out_dir} (batch {number})"
+            keys, latents = encode(batch)
+            keys = _as_matrix(keys, len(batch), key_dim, "encoded keys", where)
+            latents = _as_matrix(latents, len(batch), latent_dim, "encoded latents", where)
+            _check_vectors(batch, keys, latents, spec.latent_dtype)
+            shard = building / f"batch-{number:06d}.npz"
+
+            def write_shard(tmp: Path, keys: np.ndarray = keys, latents: np.ndarray = latents) -> None:
+                with tmp.open("wb") as handle:
+                    np.savez(handle, keys=keys, latents=latents)
+
+            _write_atomic(shard, write_shard)
+            shards.append({"name": shard.name, "sha256": _sha256(shard)})
+            _write_json(building / "progress.json", {"plan": plan, "shards": shards})
+            bar.update(len(batch))
+    key_parts, latent_parts = [], []
+    for shard in shards:
+        file = building / shard["name"]
+        if not file.is_file() or _sha256(file) != shard["sha256"]:
+            raise IndexError_(f"{file}: missing or corrupted build shard; delete {building} to start over")
+        with np.load(file, allow_pickle=False) as arrays:
+            key_parts.append(arrays["keys"])
+            latent_parts.append(arrays["latents"])
+    memory = LatentIndex.create(out_dir, key_dim, latent_dim, fingerprint, spec)
+    memory.add(items, np.concatenate(key_parts), np.concatenate(latent_parts))
+    memory.save()
+    shutil.rmtree(building)
+    return memory

@@ -1,0 +1,182 @@
+"""LatentMemoryModule: the LightningModule that trains the compressor end to end with its three losses.
+
+It only wires things together: the losses are pure functions (losses.py), prompts come from prompting.py,
+and the frozen generator from generator.py.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+
+from latentlab.backbones import load_causal_lm, spec_name
+from latentlab.config import ExperimentConfig
+from latentlab.data.modules import QABatch
+from latentlab.errors import LatentLabError
+from latentlab.memory.compressor import Compressor
+from latentlab.memory.generator import Generator
+from latentlab.memory.losses import distillation_kl, multi_positive_infonce, reconstruction_loss
+from latentlab.memory.prompting import PromptBuilder, pack_prompts
+from latentlab.training import warmup_cosine
+
+
+class LatentMemoryModule(L.LightningModule):
+    """Compressor (trained: LoRA adapters, memory slot, heads) + frozen generator; loss = weighted sum of three."""
+
+    def __init__(self, config: ExperimentConfig):
+        super().__init__()
+        self.config = config
+        self.strict_loading = False  # checkpoints hold only trainable weights; see on_load_checkpoint
+        comp = load_causal_lm(config.compressor.backbone, key="compressor.backbone.model")
+        gen_cfg = config.generator.backbone
+        shared = spec_name(gen_cfg.model) == spec_name(config.compressor.backbone.model) and (
+            gen_cfg.precision == config.compressor.backbone.precision
+        )
+        if shared:
+            gen_model, gen_tokenizer = comp.model, comp.tokenizer
+        else:
+            gen = load_causal_lm(gen_cfg, key="generator.backbone.model")
+            gen_model, gen_tokenizer = gen.model, gen.tokenizer
+            self.generator_lm = gen_model  # registered so it follows the module's device
+        self.compressor = Compressor(config.compressor, comp.model, comp.tokenizer, gen_model.get_input_embeddings())
+        self.generator = Generator(self.compressor.lm if shared else gen_model, gen_tokenizer, shares_peft_base=shared)
+        self.prompts = PromptBuilder(gen_tokenizer, config.generator.system_prompt, config.generator.slot_format)
+        self.teacher_cache: dict[str, list[int]] = {}
+        self._trainable = {name for name, p in self.named_parameters() if p.requires_grad}
+
+    # ----------------------------------------------------------------- the three losses
+
+    def teacher_answers(self, batch: QABatch) -> list[list[int]]:
+        """Greedy answer tokens of the generator reading the raw positives (frozen, so cached per question)."""
+        missing = [b for b, qid in enumerate(batch.question_ids) if qid not in self.teacher_cache]
+        if missing:
+            prompts = [self.prompts.text(batch.questions[b], self._positives_of(batch, b)) for b in missing]
+            packed = pack_prompts(prompts, self.generator.embed, padding_side="left", pad_id=self._pad_id())
+            rows = self.generator.greedy(packed, self.config.loss.distill_tokens)
+            for b, row in zip(missing, rows):
+                self.teacher_cache[batch.question_ids[b]] = row or [self.generator.eos_ids[0]]
+        return [self.teacher_cache[qid] for qid in batch.question_ids]
+
+    def _positives_of(self, batch: QABatch, b: int) -> list[str]:
+        return [t for t, o in zip(batch.positives, batch.positive_owner.tolist()) if o == b]
+
+    def _pad_id(self) -> int:
+        tok = self.generator.tokenizer
+        return tok.pad_token_id if tok.pad_token_id is not None else 0
+
+    def _student_slots(self, batch: QABatch, generator: torch.Generator) -> list[list[int]]:
+        """Per question: indices (into positives + negatives) of its positives plus 0..max random distractors,
+        in random order (so position does not give positives away)."""
+        num_pos = len(batch.positives)
+        pos_owner, neg_owner = batch.positive_owner.tolist(), batch.negative_owner.tolist()
+        slots = []
+        for b in range(len(batch)):
+            own = [i for i, o in enumerate(pos_owner) if o == b]
+            negatives = [num_pos + i for i, o in enumerate(neg_owner) if o == b]
+            limit = min(self.config.loss.student_distractors_max, len(negatives))
+            count = int(torch.randint(0, limit + 1, (1,), generator=generator)) if limit else 0
+            picks = torch.randperm(len(negatives), generator=generator)[:count].tolist()
+            chosen = own + [negatives[i] for i in picks]
+            order = torch.randperm(len(chosen), generator=generator).tolist()
+            slots.append([chosen[i] for i in order])
+        return slots
+
+    def compute_losses(self, batch: QABatch, step_seed: int) -> dict[str, torch.Tensor]:
+        cfg, comp = self.config.loss, self.compressor
+        texts = batch.positives + batch.negatives
+        num_pos = len(batch.positives)
+        ids, mask = comp.tokenize(texts, comp.config.max_evidence_tokens)
+        latents = comp.encode_ids(ids, mask, "compress")  # each item compressed once per step
+        query_latents = comp.encode_queries(batch.questions)
+        losses: dict[str, torch.Tensor] = {}
+
+        owners = torch.cat([batch.positive_owner, torch.full_like(batch.negative_owner, -1)]).to(self.device)
+        positive_mask = owners.unsqueeze(0) == torch.arange(len(batch), device=self.device).unsqueeze(1)
+        losses["contrast"] = multi_positive_infonce(
+            comp.keys(query_latents), comp.keys(latents), positive_mask, cfg.temperature
+        )
+
+        count = len(texts) if cfg.recon_negatives else num_pos
+        logits, targets = comp.reconstruction_logits(latents[:count], ids[:count], mask[:count])
+        losses["recon"] = reconstruction_loss(logits, targets)
+
+        answers = self.teacher_answers(batch)
+        teacher_prompts = [self.prompts.text(q, self._positives_of(batch, b)) for b, q in enumerate(batch.questions)]
+        with torch.no_grad():
+            teacher = self.generator.continuation_logits(
+                pack_prompts(teacher_prompts, self.generator.embed, continuations=answers, pad_id=self._pad_id())
+            )
+        rng = torch.Generator().manual_seed(step_seed)
+        slots = self._student_slots(batch, rng)
+        order = torch.tensor([i for row in slots for i in row], dtype=torch.long, device=self.device)
+        student_prompts = [self.prompts.latent(q, len(row)) for q, row in zip(batch.questions, slots)]
+        projected = comp.project(latents)[order]
+        student = self.generator.continuation_logits(
+            pack_prompts(student_prompts, self.generator.embed, projected, answers, pad_id=self._pad_id())
+        )
+        losses["distill"] = distillation_kl(student, teacher)
+        losses["loss"] = cfg.recon_weight * losses["recon"] + cfg.contrast_weight * losses["contrast"]
+        losses["loss"] = losses["loss"] + cfg.distill_weight * losses["distill"]
+        with torch.no_grad():  # retrieval quality inside each question's pool: recall@1 of its positives
+            scores = comp.keys(query_latents) @ comp.keys(latents).T
+            in_pool = torch.cat([batch.positive_owner, batch.negative_owner]).to(self.device)
+            pool_mask = in_pool.unsqueeze(0) == torch.arange(len(batch), device=self.device).unsqueeze(1)
+            best = scores.masked_fill(~pool_mask, float("-inf")).argmax(dim=1)
+            losses["recall@1"] = positive_mask.gather(1, best.unsqueeze(1)).float().mean()
+        return losses
+
+    # ----------------------------------------------------------------- Lightning hooks
+
+    def training_step(self, batch: QABatch, batch_idx: int) -> torch.Tensor:
+        losses = self.compute_losses(batch, step_seed=self.config.seed * 1_000_003 + self.global_step * 97 + batch_idx)
+        for name, value in losses.items():
+            self.log(f"train/{name}", value, prog_bar=name in ("loss", "distill"), batch_size=len(batch))
+        return losses["loss"]
+
+    def validation_step(self, batch: QABatch, batch_idx: int) -> None:
+        losses = self.compute_losses(batch, step_seed=self.config.seed * 7919 + batch_idx)
+        for name, value in losses.items():
+            self.log(f"val/{name}", value, prog_bar=name == "loss", batch_size=len(batch))
+
+    def on_train_epoch_start(self) -> None:
+        dataset = getattr(self.trainer.datamodule, "train_set", None)
+        if dataset is not None:
+            dataset.epoch = self.current_epoch
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        opt_cfg = self.config.optim
+        named = dict(self.named_parameters())
+        params = [named[name] for name in sorted(self._trainable)]
+        optimizer = torch.optim.AdamW(params, lr=opt_cfg.lr, weight_decay=opt_cfg.weight_decay)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, warmup_cosine(opt_cfg.warmup_steps, total, opt_cfg.min_lr / opt_cfg.lr)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def trainable_names(self) -> set[str]:
+        """Fixed at construction: peft toggles requires_grad when adapters switch."""
+        return set(self._trainable)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Frozen base weights are reproducible from the config: keep checkpoints a few MB.
+        keep = self.trainable_names()
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("state_dict", {})
+        missing = sorted(self.trainable_names() - set(state))
+        unexpected = sorted(set(state) - set(self.state_dict()))
+        if missing or unexpected:
+            raise LatentLabError(
+                f"checkpoint does not match this compressor: missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+                f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
+            )
+        own = self.state_dict()
+        for key, value in state.items():
+            if own[key].shape != value.shape:
+                raise LatentLabError(
+                    f"checkpoint key '{key}' has shape {tuple(value.shape)}, expected {tuple(own[key].shape)}"
+                )

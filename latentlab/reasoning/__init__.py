@@ -1,0 +1,1 @@
+"""Latent reasoning: continuous thoughts, curriculum, CVAE latent steps, RL on latent chains."""

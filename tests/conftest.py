@@ -1,0 +1,41 @@
+"""Shared fixtures: tiny random models (milliseconds) and paths to the optional shared datasets."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+TINY_LLAMA = {"tiny": {"arch": "llama", "layers": 2, "hidden": 64, "heads": 4}}
+
+
+def shared_file(relative: str) -> Path:
+    """A file under ../shared/data, or a visible skip when this machine lacks it."""
+    path = SHARED_DATA / relative
+    if not path.exists():
+        pytest.skip(f"shared dataset not found at {path}")
+    return path
+
+
+@pytest.fixture
+def tiny_overrides(tmp_path: Path) -> dict:
+    """Overrides that turn the tiny latent-memory config into a seconds-long run on random 2-layer models."""
+    return {
+        "compressor.backbone.model": TINY_LLAMA,
+        "generator.backbone.model": TINY_LLAMA,
+        "compressor.key_dim": 32,
+        "data.synthetic.num_people": 30,
+        "data.batch_size": 2,
+        "data.limit_val": 4,
+        "trainer.max_steps": 4,
+        "trainer.progress_bar": False,
+        "trainer.checkpoint_every_n_steps": 2,
+        "output_dir": str(tmp_path / "runs"),
+    }
