@@ -6,6 +6,7 @@ Everything below this module is argv-free, so notebooks call the same functions 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Callable
 
@@ -33,9 +34,113 @@ def _add_fit(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", default=None, help="run directory whose last.ckpt to continue from")
 
 
+def _cmd_index(args: argparse.Namespace, extra: list[str]) -> int:
+    from latentlab.memory.index import LatentIndex
+
+    if args.action == "build":
+        from latentlab.config import load_config, parse_overrides
+        from latentlab.data.schema import read_corpus
+        from latentlab.memory.pipeline import build_memory
+
+        config = load_config(args.target, parse_overrides(extra))
+        checkpoint = args.checkpoint or config.eval.checkpoint
+        if checkpoint is None:
+            raise _usage("index build needs a trained compressor: --checkpoint DIR or eval.checkpoint in the YAML")
+        if not args.corpus or not args.out:
+            raise _usage("index build needs --corpus FILE and --out DIR")
+        index = build_memory(checkpoint, read_corpus(args.corpus), args.out, batch_size=config.index.batch_size)
+        print(f"built {len(index)} items into {args.out}")
+    elif args.action == "search":
+        from latentlab.memory.pipeline import LatentMemory
+
+        memory = LatentMemory.open(args.target)
+        for hit in memory.search(args.query, args.k):
+            print(f"{hit.score:8.4f}  {hit.id}  {(hit.title + ': ') if hit.title else ''}{hit.text}")
+    else:
+        print(json.dumps(LatentIndex.open(args.target, verify=True).info(), indent=2))
+    return 0
+
+
+def _add_index(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("index", help="build, search or describe a latent memory")
+    p.add_argument("action", choices=["build", "search", "info"])
+    p.add_argument("target", help="build: experiment YAML; search/info: memory directory")
+    p.add_argument("query", nargs="?", help="search: the query text")
+    p.add_argument("--corpus", help="build: corpus JSONL ({id, text|image, title?} per line)")
+    p.add_argument("--out", help="build: output memory directory")
+    p.add_argument("--checkpoint", help="build: trained compressor (export dir, run dir or .ckpt)")
+    p.add_argument("-k", type=int, default=5, help="search: number of hits")
+
+
+def _cmd_ask(args: argparse.Namespace, extra: list[str]) -> int:
+    from latentlab.memory.pipeline import LatentMemory
+
+    memory = LatentMemory.open(args.memory)
+    answer = memory.answer(args.question, args.k)
+    print(answer.answer)
+    for hit in answer.hits:
+        print(f"  [{hit.score:.3f}] {hit.id}: {hit.text}")
+    print(f"  generator tokens: {answer.prompt_tokens} in the prompt, {answer.context_tokens} of context")
+    return 0
+
+
+def _add_ask(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("ask", help="answer a question from a latent memory")
+    p.add_argument("memory", help="memory directory")
+    p.add_argument("question")
+    p.add_argument("-k", type=int, default=5)
+
+
+def _cmd_evaluate(args: argparse.Namespace, extra: list[str]) -> int:
+    from latentlab.config import load_config, parse_overrides
+    from latentlab.eval.evaluate import evaluate
+
+    config = load_config(args.config, parse_overrides(extra))
+    command = "latentlab evaluate " + " ".join([args.config, *extra])
+    result = evaluate(config, checkpoint=args.checkpoint, out_dir=args.out, command=command)
+    print(result.table())
+    print(f"written to {result.out_dir}")
+    return 0
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="latent memory vs raw-text baselines; writes predictions, summary, table")
+    p.add_argument("config")
+    p.add_argument("--checkpoint", default=None, help="trained compressor (default: eval.checkpoint)")
+    p.add_argument("--out", default=None, help="output directory (default: <eval.output_dir>/<name>)")
+
+
+def _cmd_demo(args: argparse.Namespace, extra: list[str]) -> int:
+    from latentlab.demo import run_demo
+
+    result = run_demo(config_path=args.config, overrides=extra)
+    print(result.table())
+    print(f"written to {result.out_dir}")
+    return 0
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="the main job on the embedded default: train or load, build, answer, compare")
+    p.add_argument(
+        "--config", default=None, help="experiment YAML (default: paper_configs/tiny/latent_memory_text.yaml)"
+    )
+
+
+class _UsageError(LatentLabError):
+    pass
+
+
+def _usage(message: str) -> _UsageError:
+    return _UsageError(message)
+
+
 COMMANDS: dict[str, tuple[Callable[[argparse._SubParsersAction], None], Callable[..., int], bool]] = {
     # name: (add arguments, run, accepts free --dotted.key overrides)
     "fit": (_add_fit, _cmd_fit, True),
+    "index": (_add_index, _cmd_index, True),
+    "ask": (_add_ask, _cmd_ask, False),
+    "evaluate": (_add_evaluate, _cmd_evaluate, True),
+    "demo": (_add_demo, _cmd_demo, True),
 }
 
 

@@ -195,6 +195,44 @@ class TrainerConfig:
 
 
 @dataclass
+class IndexConfig:
+    """The FAISS index of a built memory (see ``latentlab.memory.index.IndexSpec``)."""
+
+    factory: str = "Flat"
+    """FAISS factory string over inner product: Flat, IVF256,Flat, HNSW32,Flat, IVF256,PQ32."""
+    nprobe: int = 16
+    """IVF lists visited per query."""
+    ef_search: int = 64
+    """HNSW candidate-list size per query."""
+    latent_dtype: Literal["float32", "float16"] = "float32"
+    """Storage type of the latents on disk."""
+    batch_size: int = 32
+    """Evidence items compressed per batch while building."""
+
+
+@dataclass
+class EvalConfig:
+    """What `latentlab evaluate` runs: methods, retrieval protocol, k and where results go."""
+
+    checkpoint: str | None = None
+    """Trained compressor: an exported folder, a run directory (last.ckpt) or a .ckpt file."""
+    split: Literal["val", "test"] = "test"
+    """Which split of the configured data to evaluate."""
+    methods: list[str] = field(default_factory=lambda: ["latent", "bm25", "dense", "no_retrieval"])
+    """Rows of the table: latent, bm25, dense, no_retrieval, full_context."""
+    k: int = 5
+    """Items retrieved per question."""
+    retrieval: Literal["pool", "global"] = "pool"
+    """`pool`: rank each question's own evidence (the paper's protocol); `global`: one index of the corpus."""
+    limit: int | None = None
+    """Evaluate only the first N questions."""
+    batch_size: int = 8
+    """Questions per generator batch."""
+    output_dir: str = "results"
+    """Predictions, summary and table go to `<output_dir>/<name>/`."""
+
+
+@dataclass
 class ExperimentConfig:
     """One experiment: task, models, data, losses, optimizer and trainer."""
 
@@ -218,6 +256,10 @@ class ExperimentConfig:
     """Optimizer and schedule."""
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     """Lightning Trainer."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """Evaluation (`latentlab evaluate`, `latentlab demo`)."""
+    index: IndexConfig = field(default_factory=IndexConfig)
+    """Memory index built by `latentlab index build` and global-retrieval evaluation."""
 
     source_file: str | None = None
     """Path of the YAML this config was read from (set by the loader)."""
@@ -419,6 +461,12 @@ def validate(config: ExperimentConfig, ctx: _Ctx) -> None:
         ctx.fail("trainer.max_epochs", "must be >= 1 when trainer.max_steps is -1")
     if config.data.source != "synthetic" and not config.data.train:
         ctx.fail("data.train", f"data.source is '{config.data.source}', so a training file is required")
+    known_methods = {"latent", "bm25", "dense", "no_retrieval", "full_context"}
+    for i, method in enumerate(config.eval.methods):
+        if method not in known_methods:
+            ctx.fail(f"eval.methods[{i}]", f"unknown method {method!r} (known: {', '.join(sorted(known_methods))})")
+    if config.eval.k < 1:
+        ctx.fail("eval.k", f"must be >= 1, got {config.eval.k}")
     if config.compressor.key_dim < 1:
         ctx.fail("compressor.key_dim", "must be >= 1")
     for name in ("compress_lora", "query_lora", "decode_lora"):

@@ -191,13 +191,11 @@ def _as_matrix(values: Any, rows: int, dim: int, what: str, where: str) -> np.nd
 
 def _check_vectors(items: Sequence[Evidence], keys: np.ndarray, latents: np.ndarray, latent_dtype: str) -> None:
     """Keys finite and unit-norm, latents finite in their storage dtype; DataError naming the first bad item."""
-    for what, matrix in (("key", keys), ("latent", latents.astype(latent_dtype, copy=False))):
+    for what, matrix in (("key", keys), (f"latent (as {latent_dtype})", latents.astype(latent_dtype, copy=False))):
         finite = np.isfinite(matrix).all(axis=1)
         if not finite.all():
             bad = int(np.flatnonzero(~finite)[0])
-            raise DataError(
-                f"item '{items[bad].id}' has a non-finite {what} (NaN or inf in {latent_dtype if what == 'latent' else 'float32'})"
-            )
+            raise DataError(f"item '{items[bad].id}' has a non-finite {what}: NaN or inf")
     norms = np.linalg.norm(keys, axis=1)
     off = np.abs(norms - 1.0) > NORM_TOLERANCE
     if off.any():
@@ -360,7 +358,7 @@ class LatentIndex:
                 raise IndexError_(
                     f"{file}: {size} bytes, but {manifest_path} records {entry['bytes']} (truncated or overwritten)"
                 )
-            if False and _sha256(file) != entry["sha256"]:
+            if verify and _sha256(file) != entry["sha256"]:
                 raise IndexError_(f"{file}: sha256 differs from the one recorded in {manifest_path} (file corrupted)")
             files[role] = file
         try:
@@ -651,13 +649,9 @@ def _refuse_or_reuse_finished(
             f"yourself to replace it"
         )
     memory = LatentIndex.open(out_dir, fingerprint=fingerprint)
-    same = (memory.key_dim, memory.latent_dim, memory.spec.factory, memory.spec.latent_dtype) == (
-        key_dim,
-        latent_dim,
-        spec.factory,
-        spec.latent_dtype,
-    ) and memory.items_for(memory.ids) == items
-    if not same:
+    wanted = (key_dim, latent_dim, spec.factory, spec.latent_dtype)
+    found_layout = (memory.key_dim, memory.latent_dim, memory.spec.factory, memory.spec.latent_dtype)
+    if found_layout != wanted or memory.items_for(memory.ids) != items:
         raise IndexError_(
             f"{out_dir} already holds a finished memory with fingerprint '{fingerprint}' but different items, "
             f"dimensions or index type ({len(memory)} items, factory '{memory.spec.factory}'); it was left "

@@ -1,0 +1,68 @@
+"""Compressor throughput relative to a bare backbone forward on the same batch, measured in one run.
+
+    python benchmarks/compressor_throughput.py [--model smollm2-135m-instruct] [--batch 32] [--repeats 5]
+
+Prints items/s of (a) the bare base model's transformer body on the evidence tokens, (b) the compressor
+(compress adapter active, memory slot appended, latent gathered) on the same texts, and their ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from latentlab.backbones import inner_model, load_causal_lm
+from latentlab.config import CompressorConfig, LoraSpec
+from latentlab.data.synthetic import generate_world
+from latentlab.memory.compressor import Compressor
+
+
+def timed(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+
+    model_spec = {"tiny": {}} if args.model == "tiny" else args.model
+    loaded = load_causal_lm(model_spec)
+    lora = LoraSpec(r=args.rank, alpha=2 * args.rank, dropout=0.0)
+    config = CompressorConfig(compress_lora=lora, query_lora=lora, decode_lora=lora, key_dim=256)
+    compressor = Compressor(config, loaded.model, loaded.tokenizer, loaded.model.get_input_embeddings())
+    compressor.to(args.device).eval()
+    texts = [e.text for e in generate_world(num_people=64, seed=1).corpus()][: args.batch]
+    ids, mask = compressor.tokenize(texts, config.max_evidence_tokens)
+
+    def bare() -> None:
+        with torch.no_grad(), compressor.lm.disable_adapter():
+            inner_model(compressor.lm)(input_ids=ids, attention_mask=mask, use_cache=False)
+
+    def compress() -> None:
+        with torch.no_grad():
+            compressor.encode_ids(ids, mask, "compress")
+
+    bare_s, comp_s = timed(bare, args.repeats), timed(compress, args.repeats)
+    bare_ips, comp_ips = len(texts) / bare_s, len(texts) / comp_s
+    print(f"model={args.model} device={args.device} batch={len(texts)} tokens/item={mask.sum(1).float().mean():.1f}")
+    print(f"bare backbone forward : {bare_ips:9.1f} items/s")
+    print(f"compressor (LoRA+slot): {comp_ips:9.1f} items/s")
+    print(f"ratio compressor/bare : {comp_ips / bare_ips:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+"""The main job on the embedded default: get a trained compressor (shipped, or trained now), build a memory
+over the synthetic corpus, answer the held-out questions, and compare with raw-text RAG and no retrieval.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from latentlab.config import load_config, parse_overrides, project_root
+from latentlab.eval.evaluate import EvalResult, evaluate
+
+DEFAULT_CONFIG = "paper_configs/tiny/latent_memory_text.yaml"
+
+
+def ensure_compressor(config) -> Path:
+    """The compressor named by `eval.checkpoint`; trained with `fit` and exported there when missing."""
+    from latentlab.memory.pipeline import WEIGHTS, export_compressor, load_trained
+    from latentlab.training import fit
+
+    root = project_root(Path(config.source_file).resolve().parent)
+    target = root / (config.eval.checkpoint or f"artifacts/{config.name}")
+    if (target / WEIGHTS).exists():
+        return target
+    print(f"[demo] no trained compressor at {target}: training it now ({config.source_file})")
+    result = fit(config, run_name="demo")
+    export_compressor(load_trained(result.run_dir), target)
+    for name in ("metrics.json", "run.json"):
+        shutil.copy(result.run_dir / name, target / name)
+    return target
+
+
+def run_demo(config_path: str | None = None, overrides: list[str] | None = None) -> EvalResult:
+    root = project_root(Path(__file__).resolve().parent)
+    path = Path(config_path) if config_path else root / DEFAULT_CONFIG
+    config = load_config(path, parse_overrides(overrides or []))
+    checkpoint = ensure_compressor(config)
+    command = "latentlab demo" + (f" --config {config_path}" if config_path else "") + " ".join(overrides or [])
+    return evaluate(config, checkpoint=checkpoint, retrieval="global", command=command)

@@ -1,0 +1,280 @@
+"""Use a trained compressor: export it, build a latent memory over a corpus, search it and answer from it.
+
+``LatentMemory.open(DIR)`` needs nothing but the directory: the compressor that built the memory is stored
+beside the index (config + trainable weights, a few MB) and its fingerprint must match the manifest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from latentlab.backbones import fingerprint, spec_name
+from latentlab.config import ExperimentConfig, config_from_dict
+from latentlab.data.schema import Evidence
+from latentlab.errors import IndexError_, LatentLabError
+from latentlab.memory.index import IndexSpec, LatentIndex, build_index
+from latentlab.memory.prompting import Prompt, pack_prompts
+
+COMPRESSOR_DIR = "compressor"
+WEIGHTS = "weights.safetensors"
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One retrieved evidence item."""
+
+    id: str
+    score: float
+    title: str | None = None
+    text: str | None = None
+
+
+@dataclass
+class Answer:
+    """A generated answer with what it read and what it cost in generator tokens."""
+
+    question: str
+    answer: str
+    hits: list[Hit] = field(default_factory=list)
+    prompt_tokens: int = 0
+    no_system_tokens: int = 0
+    context_tokens: int = 0
+
+
+# --------------------------------------------------------------------------- compressor files
+
+
+def compressor_fingerprint(module) -> str:
+    """Identifies a trained compressor: its base model spec, heads' sizes and every trainable tensor."""
+    cfg = module.config.compressor
+    parts = {"model": spec_name(cfg.backbone.model), "key_dim": cfg.key_dim, "precision": cfg.backbone.precision}
+    tensors = {k: v for k, v in module.compressor.trainable_state_dict().items() if ".decode." not in k}
+    return fingerprint(parts, tensors)
+
+
+def export_compressor(module, out_dir: str | Path) -> str:
+    """Write config.yaml + trainable weights (LoRA, slot, heads) + fingerprint.txt; returns the fingerprint."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in module.compressor.trainable_state_dict().items()}
+    tmp = out_dir / f".{WEIGHTS}.tmp"
+    save_file(state, str(tmp))
+    os.replace(tmp, out_dir / WEIGHTS)
+    from latentlab.config import to_dict
+
+    (out_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(module.config), sort_keys=False), encoding="utf-8")
+    print_fp = compressor_fingerprint(module)
+    (out_dir / "fingerprint.txt").write_text(print_fp + "\n", encoding="utf-8")
+    return print_fp
+
+
+def _config_beside(path: Path) -> ExperimentConfig:
+    config_path = path / "config.yaml"
+    if not config_path.exists():
+        raise LatentLabError(f"{path}: no config.yaml beside the compressor weights (expected a run or export dir)")
+    data = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+    config = config_from_dict(data, source=str(config_path))
+    config.source_file = str(config_path)
+    return config
+
+
+def load_trained(source: str | Path, device: str = "cpu"):
+    """A LatentMemoryModule with trained weights from an export dir, a run dir (last.ckpt) or a .ckpt file."""
+    from latentlab.memory.module import LatentMemoryModule
+
+    source = Path(source)
+    if source.is_file() and source.suffix == ".ckpt":
+        config, ckpt = _config_beside(source.parent), source
+    elif (source / WEIGHTS).exists():
+        config, ckpt = _config_beside(source), None
+    elif (source / "last.ckpt").exists():
+        config, ckpt = _config_beside(source), source / "last.ckpt"
+    else:
+        raise LatentLabError(f"{source}: not a trained compressor (expected {WEIGHTS}, last.ckpt or a .ckpt file)")
+    module = LatentMemoryModule(config)
+    if ckpt is not None:
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+        state = {k.removeprefix("compressor."): v for k, v in state.items() if k.startswith("compressor.")}
+    else:
+        state = load_file(str(source / WEIGHTS))
+    expected = set(module.compressor.trainable_state_dict())
+    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    if missing or unexpected:
+        raise LatentLabError(
+            f"{source}: weights do not fit this compressor config: missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
+    module.compressor.load_state_dict(state, strict=False)
+    return module.to(device).eval()
+
+
+# --------------------------------------------------------------------------- building
+
+
+def encode_corpus(module, items: Sequence[Evidence]) -> tuple[np.ndarray, np.ndarray]:
+    """Evidence -> (keys [n, d], latents [n, H]) float32, with the compress adapter."""
+    with torch.no_grad():
+        latents = module.compressor.encode_evidence([e.display_text() for e in items])
+        keys = module.compressor.keys(latents)
+    return keys.cpu().numpy().astype(np.float32), latents.cpu().numpy().astype(np.float32)
+
+
+def index_spec(config) -> IndexSpec:
+    """The IndexSpec of an experiment's `index:` section."""
+    ix = config.index
+    return IndexSpec(factory=ix.factory, nprobe=ix.nprobe, ef_search=ix.ef_search, latent_dtype=ix.latent_dtype)
+
+
+def build_memory(
+    compressor: str | Path,
+    corpus: Sequence[Evidence],
+    out_dir: str | Path,
+    spec: IndexSpec | None = None,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> LatentIndex:
+    """Compress a corpus into a memory directory (resumable; refuses a directory built by another compressor)."""
+    out_dir = Path(out_dir)
+    module = load_trained(compressor)
+    spec = spec or index_spec(module.config)
+    fp = compressor_fingerprint(module)
+    stored = out_dir / COMPRESSOR_DIR / "fingerprint.txt"
+    if stored.exists() and stored.read_text().strip() != fp:
+        raise IndexError_(
+            f"{out_dir} was built with compressor {stored.read_text().strip()}, not {fp}; "
+            "choose another output directory or delete it"
+        )
+    index = build_index(
+        out_dir,
+        corpus,
+        lambda batch: encode_corpus(module, batch),
+        key_dim=module.config.compressor.key_dim,
+        latent_dim=module.compressor.hidden,
+        fingerprint=fp,
+        spec=spec,
+        batch_size=batch_size,
+        progress=progress,
+    )
+    if not stored.exists():
+        export_compressor(module, out_dir / COMPRESSOR_DIR)
+    return index
+
+
+# --------------------------------------------------------------------------- answering
+
+
+class LatentMemory:
+    """A built memory and its compressor: ``search`` and ``answer``, batched."""
+
+    def __init__(self, module, index: LatentIndex | None, batch_size: int = 16):
+        self.module = module
+        self.index = index
+        self.batch_size = batch_size
+
+    @classmethod
+    def open(cls, path: str | Path, compressor: str | Path | None = None, verify: bool = True) -> LatentMemory:
+        """Open a memory; ``compressor`` (default: the one stored in it) must be the one that built it."""
+        path = Path(path)
+        source = Path(compressor) if compressor is not None else path / COMPRESSOR_DIR
+        if compressor is None and not (source / WEIGHTS).exists():
+            raise IndexError_(f"{path}: no {COMPRESSOR_DIR}/{WEIGHTS} (is this a memory built by latentlab?)")
+        module = load_trained(source)
+        index = LatentIndex.open(path, fingerprint=compressor_fingerprint(module), verify=verify)
+        return cls(module, index)
+
+    @property
+    def generator(self):
+        return self.module.generator
+
+    def query_keys(self, questions: Sequence[str]) -> torch.Tensor:
+        keys = []
+        with torch.no_grad():
+            for start in range(0, len(questions), self.batch_size):
+                chunk = list(questions[start : start + self.batch_size])
+                keys.append(self.module.compressor.keys(self.module.compressor.encode_queries(chunk)))
+        return torch.cat(keys)
+
+    def search(self, questions: str | Sequence[str], k: int = 5) -> list[list[Hit]]:
+        single = isinstance(questions, str)
+        questions = [questions] if single else list(questions)
+        if self.index is None:
+            raise LatentLabError("this LatentMemory has no index (built for per-question pools only)")
+        scores, ids = self.index.search(self.query_keys(questions).cpu().numpy(), k)
+        results = []
+        for row_scores, row_ids in zip(scores, ids):
+            kept = [(s, i) for s, i in zip(row_scores, row_ids) if i is not None]
+            items = self.index.items_for([i for _, i in kept])
+            results.append([Hit(i, float(s), e.title, e.text) for (s, i), e in zip(kept, items)])
+        return results[0] if single else results
+
+    def answer_from_latents(
+        self, questions: Sequence[str], latents: Sequence[torch.Tensor], hits: Sequence[list[Hit]]
+    ) -> list[Answer]:
+        """Answer each question from its latents ([k_i, H] each) through the projector and the generator."""
+        module, answers = self.module, []
+        for start in range(0, len(questions), self.batch_size):
+            qs = list(questions[start : start + self.batch_size])
+            lats = list(latents[start : start + self.batch_size])
+            prompts = [module.prompts.latent(q, int(z.shape[0])) for q, z in zip(qs, lats)]
+            with torch.no_grad():
+                stacked = torch.cat([z.to(module.device) for z in lats]) if lats else None
+                projected = module.compressor.project(stacked) if stacked is not None and len(stacked) else None
+                packed = pack_prompts(
+                    prompts, module.generator.embed, projected, padding_side="left", pad_id=module._pad_id()
+                )
+                texts = module.generator.decode(module.generator.greedy(packed, module.config.generator.max_new_tokens))
+            answers += _answers(qs, texts, prompts, hits[start : start + self.batch_size])
+        return answers
+
+    def answer(self, questions: str | Sequence[str], k: int = 5) -> Answer | list[Answer]:
+        single = isinstance(questions, str)
+        questions = [questions] if single else list(questions)
+        hits = self.search(questions, k)
+        latents = [torch.from_numpy(self.index.latents_for([h.id for h in row])) for row in hits]
+        answers = self.answer_from_latents(questions, latents, hits)
+        return answers[0] if single else answers
+
+
+def answer_with_text(module, questions: Sequence[str], hits: Sequence[list[Hit]], batch_size: int = 8) -> list[Answer]:
+    """Raw-text RAG with the same generator: `Context i: text` for each hit (none: no retrieval)."""
+    answers: list[Answer] = []
+    for start in tqdm(range(0, len(questions), batch_size), desc="answer (text)", leave=False, disable=None):
+        qs = list(questions[start : start + batch_size])
+        rows = list(hits[start : start + batch_size])
+        prompts = [module.prompts.text(q, [h.text or "" for h in row]) for q, row in zip(qs, rows)]
+        with torch.no_grad():
+            packed = pack_prompts(prompts, module.generator.embed, padding_side="left", pad_id=module._pad_id())
+            texts = module.generator.decode(module.generator.greedy(packed, module.config.generator.max_new_tokens))
+        answers += _answers(qs, texts, prompts, rows)
+    return answers
+
+
+def _answers(questions: list[str], texts: list[str], prompts: list[Prompt], hits) -> list[Answer]:
+    return [
+        Answer(q, t, list(h), p.total_tokens, p.no_system_tokens, p.context_tokens)
+        for q, t, p, h in zip(questions, texts, prompts, hits)
+    ]
+
+
+def answer_to_record(answer: Answer) -> dict:
+    return json.loads(
+        json.dumps(
+            {
+                "question": answer.question,
+                "answer": answer.answer,
+                "hits": [h.__dict__ for h in answer.hits],
+                "prompt_tokens": answer.prompt_tokens,
+                "no_system_tokens": answer.no_system_tokens,
+                "context_tokens": answer.context_tokens,
+            }
+        )
+    )
