@@ -101,3 +101,20 @@ def test_evaluate_writes_predictions_summary_and_table(trained, retrieval):
     assert len(lines) == 2 and "answer" in json.loads(lines[0])
     assert json.loads((out / "summary.json").read_text())["retrieval"] == retrieval
     assert (out / "table.md").exists() and (out / "table.csv").exists() and (out / "table.png").exists()
+
+
+def test_notebook_executes(trained, monkeypatch):
+    """notebooks/serve_retrieval.ipynb runs top to bottom against a memory built here."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    config, run, tmp = trained
+    corpus = generate_world(num_people=30, seed=0).corpus()
+    build_memory(tmp / "export", corpus, tmp / "nb-memory", batch_size=32, progress=False)
+    monkeypatch.setenv("LATENTLAB_MEMORY", str(tmp / "nb-memory"))
+    monkeypatch.setenv("LATENTLAB_PLOT", str(tmp / "nb.png"))
+    notebook = nbformat.read(REPO / "notebooks/serve_retrieval.ipynb", as_version=4)
+    NotebookClient(notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp)}}).execute()
+    outputs = "".join(str(o) for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", []))
+    assert "items, key dim 32" in outputs and "Where was" in outputs
+    assert (tmp / "nb.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
