@@ -18,6 +18,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 import yaml
 
 from latentlab.errors import ConfigError
+from latentlab.reasoning.config import ReasoningConfig
 
 Precision = Literal["fp32", "bf16", "fp16"]
 ModelSpec = Union[str, dict]  # noqa: UP007 - a runtime-inspectable union
@@ -238,8 +239,8 @@ class ExperimentConfig:
 
     name: str = "experiment"
     """Run family name: outputs go to `<output_dir>/<name>/<run>/`."""
-    task: Literal["latent_memory"] = "latent_memory"
-    """What `latentlab fit` trains."""
+    task: Literal["latent_memory", "latent_cot"] = "latent_memory"
+    """What `latentlab fit` trains: the latent-memory compressor, or a latent chain-of-thought reasoner."""
     seed: int = 0
     """Global seed (python, numpy, torch)."""
     output_dir: str = "checkpoints"
@@ -260,6 +261,8 @@ class ExperimentConfig:
     """Evaluation (`latentlab evaluate`, `latentlab demo`)."""
     index: IndexConfig = field(default_factory=IndexConfig)
     """Memory index built by `latentlab index build` and global-retrieval evaluation."""
+    reasoning: ReasoningConfig = field(default_factory=ReasoningConfig)
+    """Latent reasoning (`task: latent_cot`): reasoner, method, curriculum, CVAE and data."""
 
     source_file: str | None = None
     """Path of the YAML this config was read from (set by the loader)."""
@@ -358,7 +361,10 @@ def _build(cls: type, data: dict, prefix: str, ctx: _Ctx) -> Any:
             hint = f"; did you mean '{(prefix + '.') if prefix else ''}{close[0]}'?" if close else ""
             ctx.fail(dotted, f"unknown key (valid keys here: {', '.join(names)}){hint}")
         kwargs[key] = _coerce(value, hints[key], dotted, ctx)
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError as err:  # a section's own cross-field check: say which file and section
+        raise ConfigError(f"{ctx.source}: section '{prefix or '<top>'}': {err}") from None
 
 
 def _deep_merge(base: dict, override: dict) -> dict:
@@ -459,7 +465,7 @@ def validate(config: ExperimentConfig, ctx: _Ctx) -> None:
         ctx.fail("trainer.accumulate_grad_batches", "must be >= 1")
     if config.trainer.max_steps == -1 and config.trainer.max_epochs < 1:
         ctx.fail("trainer.max_epochs", "must be >= 1 when trainer.max_steps is -1")
-    if config.data.source != "synthetic" and not config.data.train:
+    if config.task == "latent_memory" and config.data.source != "synthetic" and not config.data.train:
         ctx.fail("data.train", f"data.source is '{config.data.source}', so a training file is required")
     known_methods = {"latent", "bm25", "dense", "no_retrieval", "full_context"}
     for i, method in enumerate(config.eval.methods):

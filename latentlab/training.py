@@ -12,7 +12,7 @@ import os
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -50,6 +50,32 @@ def write_json(path: Path, data: Any) -> None:
 
 
 @dataclass
+class Task:
+    """What `fit` trains: a LightningDataModule, a LightningModule, and task-specific Trainer settings."""
+
+    datamodule: Any
+    module: Any
+    callbacks: list = field(default_factory=list)
+    trainer_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+TASKS: dict[str, str] = {
+    # task name -> "module:function" returning a Task for an ExperimentConfig (imported lazily: heavy deps)
+    "latent_memory": "latentlab.memory.module:build_task",
+    "latent_cot": "latentlab.reasoning.task:build_task",
+}
+
+
+def build_task(config: ExperimentConfig) -> Task:
+    import importlib
+
+    if config.task not in TASKS:
+        raise ConfigError(f"{config.source_file}: key 'task': unknown task {config.task!r} (known: {sorted(TASKS)})")
+    module_name, function = TASKS[config.task].split(":")
+    return getattr(importlib.import_module(module_name), function)(config)
+
+
+@dataclass
 class RunResult:
     run_dir: Path
     metrics: dict[str, Any]
@@ -78,9 +104,6 @@ def fit(
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-    from latentlab.data.modules import QADataModule
-    from latentlab.memory.module import LatentMemoryModule
-
     root = project_root(Path(config.source_file).resolve().parent) if config.source_file else Path.cwd()
     output_root = Path(config.output_dir)
     if not output_root.is_absolute():
@@ -103,9 +126,9 @@ def fit(
     if config.trainer.num_threads:
         torch.set_num_threads(config.trainer.num_threads)
     L.seed_everything(config.seed, workers=True, verbose=False)
-    data = QADataModule(config)
+    task = build_task(config)
+    data, module = task.datamodule, task.module
     data.setup("fit")
-    module = LatentMemoryModule(config)
     checkpoint = ModelCheckpoint(
         dirpath=run_dir,
         filename="step{step}",
@@ -129,17 +152,19 @@ def fit(
         precision=tc.precision,
         enable_progress_bar=tc.progress_bar,
         logger=[CSVLogger(run_dir, name="logs", version=""), TensorBoardLogger(run_dir, name="tb", version="")],
-        callbacks=[checkpoint, *(callbacks or [])],
+        callbacks=[checkpoint, *task.callbacks, *(callbacks or [])],
         num_sanity_val_steps=0,
         enable_model_summary=False,
         deterministic=False,
+        **task.trainer_kwargs,
     )
     started = time.time()
+    has_val = getattr(data, "val_set", None) is not None
     before: dict[str, float] = {}
-    if data.val_set is not None and ckpt_path is None:
+    if has_val and ckpt_path is None:
         before = _scalars(trainer.validate(module, datamodule=data, verbose=False))
     trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
-    after = _scalars(trainer.validate(module, datamodule=data, verbose=False)) if data.val_set is not None else {}
+    after = _scalars(trainer.validate(module, datamodule=data, verbose=False)) if has_val else {}
     train_last = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
     metrics = {
         "global_step": trainer.global_step,

@@ -180,3 +180,11 @@ class LatentMemoryModule(L.LightningModule):
                 raise LatentLabError(
                     f"checkpoint key '{key}' has shape {tuple(value.shape)}, expected {tuple(own[key].shape)}"
                 )
+
+
+def build_task(config: ExperimentConfig):
+    """`task: latent_memory`: QA batches and the compressor module."""
+    from latentlab.data.modules import QADataModule
+    from latentlab.training import Task
+
+    return Task(datamodule=QADataModule(config), module=LatentMemoryModule(config))
