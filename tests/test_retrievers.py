@@ -254,8 +254,8 @@ def test_no_retrieval_and_full_context():
 
 
 def test_registry_names_and_unknown_name():
-    assert {"none", "full_context", "bm25", "dense"} <= set(RETRIEVERS)
-    with pytest.raises(ConfigError, match="unknown retriever 'bm52'.*bm25.*dense.*full_context.*none"):
+    assert {"no_retrieval", "full_context", "bm25", "dense"} <= set(RETRIEVERS)
+    with pytest.raises(ConfigError, match="unknown retriever 'bm52'.*bm25.*dense.*full_context.*no_retrieval"):
         make_retriever("bm52")
 
 

@@ -198,7 +198,7 @@ def make_retriever(name: str, **options) -> Retriever:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-@register_retriever("none")
+@register_retriever("no_retrieval")
 class NoRetrieval(Retriever):
     """The closed-book baseline: every query gets no hits, so the generator reads the question alone."""
 
