@@ -97,3 +97,14 @@ def test_cross_field_check(tmp_path):
     path.write_text("data:\n  source: jsonl\n")
     with pytest.raises(ConfigError, match="'data.train'.*training file is required"):
         load_config(path)
+
+
+def test_cli_reports_config_errors_without_traceback(tmp_path, capsys):
+    from latentlab.cli import main
+
+    path = tmp_path / "bad.yaml"
+    path.write_text("optim:\n  lr_max: 0.1\n")
+    assert main(["fit", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "bad.yaml" in err and "'optim.lr_max'" in err and "Traceback" not in err
+    assert main(["fit", str(path), "--optim.lrr", "0.1"]) == 2
