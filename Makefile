@@ -8,9 +8,9 @@ export TOKENIZERS_PARALLELISM := false
 env:
 	bash tools/ensure_env.sh
 
-## The main job on the embedded default (SmolLM2-135M, no download).
+## The main job on the embedded default (SmolLM2-135M, no download): memory vs RAG vs no retrieval.
 demo: env
-	.venv/bin/latentlab fit paper_configs/tiny/latent_memory_text.yaml
+	.venv/bin/latentlab demo
 
 ## The whole test suite (lint included), as CI runs it.
 test: env

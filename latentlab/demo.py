@@ -7,6 +7,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import torch
+
 from latentlab.config import load_config, parse_overrides, project_root
 from latentlab.eval.evaluate import EvalResult, evaluate
 
@@ -24,7 +26,7 @@ def ensure_compressor(config) -> Path:
         return target
     print(f"[demo] no trained compressor at {target}: training it now ({config.source_file})")
     result = fit(config, run_name="demo")
-    export_compressor(load_trained(result.run_dir), target)
+    export_compressor(load_trained(result.run_dir), target, include_decoder=False, dtype=torch.float16)
     for name in ("metrics.json", "run.json"):
         shutil.copy(result.run_dir / name, target / name)
     return target

@@ -108,3 +108,12 @@ def test_cli_reports_config_errors_without_traceback(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "bad.yaml" in err and "'optim.lr_max'" in err and "Traceback" not in err
     assert main(["fit", str(path), "--optim.lrr", "0.1"]) == 2
+
+
+def test_exponent_without_dot_is_a_number(tmp_path):
+    path = tmp_path / "lr.yaml"
+    path.write_text("optim:\n  lr: 1e-4\n")
+    assert load_config(path).optim.lr == 1e-4
+    path.write_text("optim:\n  lr: fast\n")
+    with pytest.raises(ConfigError, match="'optim.lr': expected a number, got 'fast'"):
+        load_config(path)

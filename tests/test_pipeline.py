@@ -118,3 +118,19 @@ def test_notebook_executes(trained, monkeypatch):
     outputs = "".join(str(o) for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", []))
     assert "items, key dim 32" in outputs and "Where was" in outputs
     assert (tmp / "nb.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_inference_export_is_smaller_and_consistent(trained):
+    """fp16 without the decoder: loads, matches its fingerprint, and gives latents within fp16 rounding."""
+    config, run, tmp = trained
+    full = load_trained(run)
+    fp = export_compressor(full, tmp / "small", include_decoder=False, dtype=torch.float16)
+    small = load_trained(tmp / "small")
+    assert (tmp / "small" / "fingerprint.txt").read_text().strip() == fp
+    small_bytes = (tmp / "small" / "weights.safetensors").stat().st_size
+    assert small_bytes < (tmp / "export" / "weights.safetensors").stat().st_size / 2
+    texts = ["Ann was born in Oslo."]
+    with torch.no_grad():
+        torch.testing.assert_close(
+            small.compressor.encode_evidence(texts), full.compressor.encode_evidence(texts), atol=1e-2, rtol=1e-2
+        )

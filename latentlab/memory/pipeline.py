@@ -54,28 +54,43 @@ class Answer:
 # --------------------------------------------------------------------------- compressor files
 
 
-def compressor_fingerprint(module) -> str:
-    """Identifies a trained compressor: its base model spec, heads' sizes and every trainable tensor."""
-    cfg = module.config.compressor
+def _fingerprint(config: ExperimentConfig, state: dict[str, torch.Tensor]) -> str:
+    cfg = config.compressor
     parts = {"model": spec_name(cfg.backbone.model), "key_dim": cfg.key_dim, "precision": cfg.backbone.precision}
-    tensors = {k: v for k, v in module.compressor.trainable_state_dict().items() if ".decode." not in k}
-    return fingerprint(parts, tensors)
+    return fingerprint(parts, {k: v for k, v in state.items() if ".decode." not in k})
 
 
-def export_compressor(module, out_dir: str | Path) -> str:
-    """Write config.yaml + trainable weights (LoRA, slot, heads) + fingerprint.txt; returns the fingerprint."""
+def compressor_fingerprint(module) -> str:
+    """Identifies a trained compressor: base model spec, key size and every tensor that builds or reads a memory
+    (the reconstruction decoder is left out: it plays no part in either)."""
+    return _fingerprint(module.config, module.compressor.trainable_state_dict())
+
+
+def export_compressor(
+    module, out_dir: str | Path, include_decoder: bool = True, dtype: torch.dtype = torch.float32
+) -> str:
+    """Write config.yaml + trainable weights (LoRA, slot, heads) + fingerprint.txt; returns the fingerprint.
+
+    ``include_decoder=False`` drops the reconstruction adapter (not needed to build or answer from a memory)
+    and ``dtype=torch.float16`` halves the file: together they make a shippable inference checkpoint.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in module.compressor.trainable_state_dict().items()}
+    state = {
+        k: v.detach().to("cpu", dtype).contiguous()
+        for k, v in module.compressor.trainable_state_dict().items()
+        if include_decoder or ".decode." not in k
+    }
     tmp = out_dir / f".{WEIGHTS}.tmp"
     save_file(state, str(tmp))
     os.replace(tmp, out_dir / WEIGHTS)
     from latentlab.config import to_dict
 
     (out_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(module.config), sort_keys=False), encoding="utf-8")
-    print_fp = compressor_fingerprint(module)
-    (out_dir / "fingerprint.txt").write_text(print_fp + "\n", encoding="utf-8")
-    return print_fp
+    # The fingerprint is of the weights as stored (after any rounding), which is what a loader sees.
+    stored = _fingerprint(module.config, state)
+    (out_dir / "fingerprint.txt").write_text(stored + "\n", encoding="utf-8")
+    return stored
 
 
 def _config_beside(path: Path) -> ExperimentConfig:
@@ -109,11 +124,17 @@ def load_trained(source: str | Path, device: str = "cpu"):
         state = load_file(str(source / WEIGHTS))
     expected = set(module.compressor.trainable_state_dict())
     missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    missing = [k for k in missing if ".decode." not in k]  # inference exports may leave out the decoder
     if missing or unexpected:
         raise LatentLabError(
             f"{source}: weights do not fit this compressor config: missing {missing[:3]}, unexpected {unexpected[:3]}"
         )
-    module.compressor.load_state_dict(state, strict=False)
+    own = module.compressor.state_dict()
+    module.compressor.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=False)
+    if ckpt is None and (source / "fingerprint.txt").exists():
+        stored = (source / "fingerprint.txt").read_text().strip()
+        if compressor_fingerprint(module) != stored:
+            raise LatentLabError(f"{source}: weights do not match fingerprint.txt ({stored}); the export is damaged")
     return module.to(device).eval()
 
 
