@@ -97,7 +97,15 @@ def _cmd_evaluate(args: argparse.Namespace, extra: list[str]) -> int:
 
     config = load_config(args.config, parse_overrides(extra))
     command = "latentlab evaluate " + " ".join([args.config, *extra])
-    result = evaluate(config, checkpoint=args.checkpoint, out_dir=args.out, command=command)
+    if config.task == "latent_cot":
+        from latentlab.reasoning.evaluate import evaluate_cot
+
+        checkpoint = args.checkpoint or config.eval.checkpoint
+        if checkpoint is None:
+            raise _usage("evaluate needs a trained run: --checkpoint RUN_DIR or eval.checkpoint in the YAML")
+        result = evaluate_cot(config, checkpoint=checkpoint, out_dir=args.out, command=command)
+    else:
+        result = evaluate(config, checkpoint=args.checkpoint, out_dir=args.out, command=command)
     print(result.table())
     print(f"written to {result.out_dir}")
     return 0
@@ -126,6 +134,22 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     )
 
 
+def _cmd_explain(args: argparse.Namespace, extra: list[str]) -> int:
+    from latentlab.reasoning.evaluate import explain
+
+    explanation = explain(args.checkpoint, args.question)
+    for i, step in enumerate(explanation.decoded_steps, start=1):
+        print(f"thought {i}: {step}")
+    print(f"answer: {explanation.answer}  ({explanation.n_thoughts} latent thoughts)")
+    return 0
+
+
+def _add_explain(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("explain", help="decode each latent thought of an ATP-Latent run back to text")
+    p.add_argument("checkpoint", help="run directory (config.yaml + last.ckpt) or a .ckpt file")
+    p.add_argument("question")
+
+
 class _UsageError(LatentLabError):
     pass
 
@@ -141,6 +165,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse._SubParsersAction], None], Callable
     "ask": (_add_ask, _cmd_ask, False),
     "evaluate": (_add_evaluate, _cmd_evaluate, True),
     "demo": (_add_demo, _cmd_demo, True),
+    "explain": (_add_explain, _cmd_explain, False),
 }
 
 

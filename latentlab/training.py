@@ -164,8 +164,9 @@ def fit(
     if has_val and ckpt_path is None:
         before = _scalars(trainer.validate(module, datamodule=data, verbose=False))
     trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
-    after = _scalars(trainer.validate(module, datamodule=data, verbose=False)) if has_val else {}
+    # Read before the final validate: Lightning resets callback_metrics when it runs.
     train_last = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
+    after = _scalars(trainer.validate(module, datamodule=data, verbose=False)) if has_val else {}
     metrics = {
         "global_step": trainer.global_step,
         "wall_time_s": round(time.time() - started, 1),

@@ -1,0 +1,186 @@
+"""Reproduce a paper table: fit every row's config, evaluate it, and write results/TABLE.{md,csv,png}.
+
+Usage: python experiments/reproduce.py coconut_arithmetic [--scale tiny|paper] [--rows no_cot cot ...]
+The same function, ``reproduce(...)``, can be called from a notebook. Nothing in latentlab imports this file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from latentlab.config import load_config, project_root
+from latentlab.errors import ConfigError, LatentLabError
+from latentlab.eval.report import PlotSpec, write_table
+from latentlab.reasoning.evaluate import evaluate_cot
+from latentlab.training import fit
+
+REPO = project_root(Path(__file__).resolve().parent)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One table row: its config per scale, and the row whose trained run it starts from (per scale)."""
+
+    key: str
+    label: str
+    configs: dict[str, str]
+    init_from: dict[str, str] = field(default_factory=dict)
+    """scale -> key of the row whose run directory becomes ``reasoning.init_from``."""
+
+
+@dataclass(frozen=True)
+class Table:
+    title: str
+    rows: tuple[Row, ...]
+
+
+TABLES: dict[str, Table] = {
+    "coconut_arithmetic": Table(
+        title="Coconut Table 1 shape: accuracy and reasoning tokens (tiny: synthetic arithmetic; paper: GSM8k-Aug)",
+        rows=(
+            Row(
+                "no_cot",
+                "No-CoT",
+                {
+                    "tiny": "paper_configs/tiny/coconut_arithmetic_no_cot.yaml",
+                    "paper": "paper_configs/reasoning/coconut_gsm8k_aug_gpt2_no_cot.yaml",
+                },
+            ),
+            Row(
+                "cot",
+                "CoT",
+                {
+                    "tiny": "paper_configs/tiny/coconut_arithmetic_cot.yaml",
+                    "paper": "paper_configs/reasoning/coconut_gsm8k_aug_gpt2_cot.yaml",
+                },
+            ),
+            Row(
+                "coconut",
+                "Coconut",
+                {
+                    "tiny": "paper_configs/tiny/coconut_arithmetic.yaml",
+                    "paper": "paper_configs/reasoning/coconut_gsm8k_aug_gpt2.yaml",
+                },
+                init_from={"tiny": "cot", "paper": "cot"},  # Coconut's GSM8k recipe starts from the CoT run
+            ),
+            Row(
+                "atp_latent",
+                "ATP-Latent",
+                {
+                    "tiny": "paper_configs/tiny/atp_latent_arithmetic.yaml",
+                    "paper": "paper_configs/reasoning/atp_latent_gsm8k_aug_llama1b.yaml",
+                },
+                init_from={"tiny": "cot"},  # a tiny reasoner from scratch needs the CoT warm start; Llama does not
+            ),
+        ),
+    ),
+}
+
+COLUMNS = [
+    "method",
+    "accuracy",
+    "pass@1",
+    "reasoning_tokens_mean",
+    "latent_tokens_mean",
+    "language_tokens_mean",
+    "generated_tokens_mean",
+    "step_token_accuracy",
+    "fit_s",
+    "eval_s",
+]
+
+
+def _latest_run(name: str, output_dir: str) -> Path:
+    """The newest run directory of an experiment name that has a last.ckpt."""
+    root = Path(output_dir) if Path(output_dir).is_absolute() else REPO / output_dir
+    runs = sorted((p for p in (root / name).glob("*") if (p / "last.ckpt").exists()), key=lambda p: p.stat().st_mtime)
+    if not runs:
+        raise ConfigError(f"no trained run of '{name}' under {root}; run its row first (or include it in --rows)")
+    return runs[-1]
+
+
+def reproduce(
+    table: str,
+    scale: str = "tiny",
+    rows: list[str] | None = None,
+    overrides: dict | None = None,
+    run_name: str | None = None,
+    results_dir: str | Path = "results",
+) -> list[dict]:
+    """Fit and evaluate the rows of ``table`` at ``scale``; returns the table rows (also written to results/)."""
+    if table not in TABLES:
+        raise ConfigError(f"unknown table '{table}' (known: {', '.join(sorted(TABLES))})")
+    spec = TABLES[table]
+    known = [row.key for row in spec.rows]
+    unknown = [key for key in rows or [] if key not in known]
+    if unknown:
+        raise ConfigError(f"unknown rows {unknown} of table '{table}' (known: {', '.join(known)})")
+    selected = [row for row in spec.rows if rows is None or row.key in rows]
+    command = f"python experiments/reproduce.py {table} --scale {scale}" + (f" --rows {' '.join(rows)}" if rows else "")
+    run_dirs: dict[str, Path] = {}
+    results = []
+    for row in selected:
+        if scale not in row.configs:
+            raise ConfigError(f"row '{row.key}' of table '{table}' has no {scale} config")
+        row_overrides = dict(overrides or {})
+        parent = row.init_from.get(scale)
+        if parent is not None:
+            if parent not in run_dirs:
+                parent_config = load_config(REPO / next(r for r in spec.rows if r.key == parent).configs[scale])
+                run_dirs[parent] = _latest_run(parent_config.name, parent_config.output_dir)
+            row_overrides["reasoning.init_from"] = str(run_dirs[parent])
+        config = load_config(REPO / row.configs[scale], row_overrides)
+        started = time.time()
+        trained = fit(config, run_name=run_name)
+        fit_seconds = time.time() - started
+        run_dirs[row.key] = trained.run_dir
+        started = time.time()
+        evaluation = evaluate_cot(config, trained.run_dir, out_dir=trained.run_dir / "eval", command=command)
+        result = dict(evaluation.rows[0])
+        result.update(
+            method=row.label,
+            fit_s=round(fit_seconds, 1),
+            eval_s=round(time.time() - started, 1),
+            run_dir=str(trained.run_dir.relative_to(REPO) if trained.run_dir.is_relative_to(REPO) else trained.run_dir),
+        )
+        results.append(result)
+        print(
+            f"{row.label}: accuracy {result['accuracy']:.3f}, reasoning tokens {result['reasoning_tokens_mean']:.1f}, "
+            f"fit {fit_seconds:.0f}s",
+            flush=True,
+        )
+    stem = table if scale == "tiny" else f"{table}.{scale}"
+    out = Path(results_dir) if Path(results_dir).is_absolute() else REPO / results_dir
+    columns = [c for c in COLUMNS if any(c in r for r in results)]
+    write_table(
+        results,
+        out / stem,
+        f"{spec.title} [{scale}]",
+        columns=columns + ["run_dir"],
+        plot=PlotSpec(kind="scatter", metrics=("accuracy",), label_column="method", x="reasoning_tokens_mean"),
+        command=command,
+    )
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("table", choices=sorted(TABLES))
+    parser.add_argument("--scale", choices=["tiny", "paper"], default="tiny")
+    parser.add_argument("--rows", nargs="+", default=None, help="row keys to run (default: all)")
+    parser.add_argument("--run", default=None, help="run name of every row (default: a UTC timestamp)")
+    args = parser.parse_args(argv)
+    try:
+        reproduce(args.table, args.scale, args.rows, run_name=args.run)
+    except LatentLabError as err:
+        print(f"reproduce: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

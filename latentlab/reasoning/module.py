@@ -1,0 +1,293 @@
+"""LatentCoTModule: the LightningModule of `task: latent_cot` (no-CoT, CoT, Coconut and ATP-Latent SFT).
+
+It wires the pieces together: layouts come from curriculum.py, the chained forward from thoughts.py, the ELBO from
+cvae.py; generation for validation and evaluation is one code path for every method (``generate_answers``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+
+from latentlab.backbones import DTYPES, load_causal_lm
+from latentlab.config import BackboneConfig, ExperimentConfig
+from latentlab.errors import ConfigError, LatentLabError
+from latentlab.eval.metrics import answers_match
+from latentlab.reasoning.curriculum import DEFAULT_FORMAT, CoTTextFormat, LayoutVocab, build_prompt
+from latentlab.reasoning.cvae import LatentStepCVAE, LatentTrace, beta_schedule, elbo_loss
+from latentlab.reasoning.data import CoTBatch
+from latentlab.reasoning.thoughts import ThoughtFn, add_thought_tokens, generate_from_ids, thought_forward
+from latentlab.training import warmup_cosine
+
+
+def extract_answer(text: str, fmt: CoTTextFormat = DEFAULT_FORMAT) -> str:
+    """The answer in generated text: what follows the last answer marker (``###``), else the whole text, stripped."""
+    marker = fmt.answer_prefix.strip()
+    return (text.rsplit(marker, 1)[-1] if marker and marker in text else text).strip()
+
+
+def tokens_before_answer(token_ids: Sequence[int], tokenizer, fmt: CoTTextFormat = DEFAULT_FORMAT) -> int:
+    """Language tokens generated before the answer marker starts (all of them when no marker is generated).
+
+    These are the language reasoning tokens of CoT; decoding prefixes keeps this right for any tokenizer (a BPE may
+    merge the marker with the text before it).
+    """
+    marker = fmt.answer_prefix.strip()
+    start = tokenizer.decode(token_ids, skip_special_tokens=True).find(marker) if marker else 0
+    if start < 0:
+        return len(token_ids)
+    count = 0  # the longest token prefix whose text ends at or before the marker
+    while count < len(token_ids) and len(tokenizer.decode(token_ids[: count + 1], skip_special_tokens=True)) <= start:
+        count += 1
+    return count
+
+
+class _GumbelHead(nn.Module):
+    """LM head whose argmax is a sample of softmax(logits / T): Gumbel-max, so greedy decoding samples."""
+
+    def __init__(self, head: nn.Module, temperature: float, generator: torch.Generator | None):
+        super().__init__()
+        self.head, self.temperature, self.generator = head, temperature, generator
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        logits = self.head(hidden).float()
+        if self.temperature <= 0:
+            return logits
+        uniform = torch.rand(logits.shape, generator=self.generator, device=logits.device).clamp_(1e-10, 1.0)
+        return logits / self.temperature - torch.log(-torch.log(uniform))
+
+
+class _SampledLM(nn.Module):
+    """A view of a causal LM for ``generate_from_ids`` with a ``_GumbelHead``: same body, embeddings and cache."""
+
+    def __init__(self, lm: nn.Module, temperature: float, generator: torch.Generator | None):
+        super().__init__()
+        self.lm = lm
+        self.config = lm.config
+        self.head = _GumbelHead(lm.get_output_embeddings(), temperature, generator)
+
+    @property
+    def base_model(self) -> nn.Module:
+        return self.lm.base_model
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.lm.get_input_embeddings()
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.head
+
+
+def noisy_thoughts(inner: ThoughtFn | None, scale: float, generator: torch.Generator | None) -> ThoughtFn:
+    """A thought hook adding N(0, (scale * RMS(thought))^2) noise to what ``inner`` (identity if None) feeds."""
+
+    def thought_fn(index: int, hidden: Tensor) -> Tensor:
+        fed = hidden if inner is None else inner(index, hidden)
+        rms = fed.float().pow(2).mean(dim=-1, keepdim=True).sqrt()
+        noise = torch.randn(fed.shape, generator=generator, device=fed.device)
+        return fed + (scale * rms * noise).to(fed.dtype)
+
+    return thought_fn
+
+
+@dataclass
+class GeneratedAnswers:
+    """Answers to a batch of questions; counts are per question."""
+
+    texts: list[str]
+    """Generated language text (special tokens skipped)."""
+    predictions: list[str]
+    """The extracted answers (``extract_answer``)."""
+    n_latent: list[int]
+    """Continuous thoughts fed (``<bot>``/``<eot>`` not counted)."""
+    n_language: list[int]
+    """Language tokens generated before EOS."""
+    n_reasoning_language: list[int]
+    """Language tokens generated before the answer marker (CoT's written steps)."""
+    latents: Tensor | None = None
+    """atp_latent: the z of each thought, [B, K, c, Z] grouped per step; None for other methods."""
+
+
+class LatentCoTModule(L.LightningModule):
+    """Reasoner with thought tokens (+ the ATP-Latent CVAE): answer CE on the language after ``<eot>`` (+ ELBO)."""
+
+    def __init__(self, config: ExperimentConfig):
+        super().__init__()
+        self.config = config
+        r = config.reasoning
+        loaded = load_causal_lm(BackboneConfig(model=r.reasoner, precision=r.precision), key="reasoning.reasoner")
+        model = loaded.model
+        is_tiny = isinstance(r.reasoner, dict) and "tiny" in r.reasoner
+        if r.train_from_scratch and not is_tiny:  # a tiny spec is random (and seeded) already
+            model = type(model)(model.config).to(DTYPES[r.precision])
+        if r.dropout is not None:
+            for layer in model.modules():
+                if isinstance(layer, nn.Dropout):
+                    layer.p = r.dropout
+        model.requires_grad_(True)
+        model.train()
+        self.reasoner = model
+        self.tokenizer = loaded.tokenizer
+        self.thought_tokens = add_thought_tokens(self.tokenizer, model, init_from_text=r.init_thoughts_from)
+        t = self.thought_tokens
+        self.vocab = LayoutVocab.from_tokenizer(self.tokenizer, t.bot_id, t.thought_id, t.eot_id)
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.vocab.eos_id
+        self.fmt = DEFAULT_FORMAT
+        self.cvae = (
+            LatentStepCVAE(r.cvae, model.config.hidden_size, len(self.tokenizer)) if r.method == "atp_latent" else None
+        )
+        self.last_reset_epoch = 0
+        """Epoch whose start last reset the optimizer (saved in checkpoints, so a resumed epoch is not reset twice)."""
+
+    # ----------------------------------------------------------------- weights
+
+    def load_reasoner_from(self, source: str | Path) -> None:
+        """Start from the reasoner weights of a run directory (its last.ckpt) or a .ckpt (``reasoning.init_from``)."""
+        path = Path(source)
+        ckpt = path / "last.ckpt" if path.is_dir() else path
+        if not ckpt.exists():
+            raise ConfigError(f"key 'reasoning.init_from': no checkpoint at {ckpt} (expected a run dir or a .ckpt)")
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+        reasoner = {k.removeprefix("reasoner."): v for k, v in state.items() if k.startswith("reasoner.")}
+        own = self.reasoner.state_dict()
+        missing, unexpected = sorted(set(own) - set(reasoner)), sorted(set(reasoner) - set(own))
+        mismatched = [k for k in own.keys() & reasoner.keys() if own[k].shape != reasoner[k].shape]
+        if missing or unexpected or mismatched:
+            raise LatentLabError(
+                f"reasoning.init_from {ckpt}: reasoner weights do not match this reasoner "
+                f"(missing {missing[:3]}, unexpected {unexpected[:3]}, mis-shaped {mismatched[:3]}); "
+                "it must come from a run with the same reasoning.reasoner"
+            )
+        self.reasoner.load_state_dict(reasoner)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["latent_cot"] = {"last_reset_epoch": self.last_reset_epoch, "vocab_size": len(self.tokenizer)}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state, own = checkpoint.get("state_dict", {}), self.state_dict()
+        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+        mismatched = [k for k in own.keys() & state.keys() if own[k].shape != state[k].shape]
+        if missing or unexpected or mismatched:
+            detail = ", ".join(f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in mismatched[:3])
+            raise LatentLabError(
+                f"checkpoint does not match this latent_cot module: missing {missing[:3]}, unexpected {unexpected[:3]}"
+                f", mis-shaped [{detail}] (was it trained with another reasoning.method or reasoner?)"
+            )
+        self.last_reset_epoch = checkpoint.get("latent_cot", {}).get("last_reset_epoch", 0)
+
+    # ----------------------------------------------------------------- losses
+
+    def compute_losses(self, batch: CoTBatch, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """Answer CE (token mean over the language after the thoughts) and, for atp_latent, the step ELBO."""
+        r = self.config.reasoning
+        losses: dict[str, Tensor] = {}
+        if self.cvae is None or batch.thoughts.n_thoughts == 0:
+            out = thought_forward(self.reasoner, batch.thoughts)
+            losses["answer_ce"] = out.loss
+            losses["loss"] = out.loss
+            return losses
+        step_ids, lengths = batch.step_ids.to(self.device), batch.step_lengths.to(self.device)
+        thought_fn, trace = self.cvae.training_hook(self.cvae.encode_steps(step_ids, lengths), generator)
+        out = thought_forward(self.reasoner, batch.thoughts, thought_fn=thought_fn)
+        recon, kl = self.cvae.step_losses(trace, step_ids, lengths, self.vocab.eos_id)  # [B, K] each
+        beta = beta_schedule(self.global_step, r.cvae.beta, r.cvae.beta_warmup_steps)
+        elbo = elbo_loss(recon, kl, beta)
+        losses.update(answer_ce=out.loss, recon=recon.mean(), kl=kl.mean(), beta=torch.tensor(beta), elbo=elbo)
+        losses["loss"] = out.loss + r.elbo_weight * elbo
+        return losses
+
+    # ----------------------------------------------------------------- generation (validation and evaluation)
+
+    def generate_answers(
+        self,
+        questions: Sequence[str],
+        stage: int,
+        temperature: float = 0.0,
+        thought_noise: float = 0.0,
+        generator: torch.Generator | None = None,
+        max_new_tokens: int | None = None,
+    ) -> GeneratedAnswers:
+        """Answer ``questions`` as at ``stage``: question, thoughts (``n_thoughts_for(None, stage)``), ``<eot>``, text.
+
+        Greedy by default; ``temperature > 0`` samples tokens (Gumbel-max), ``thought_noise > 0`` perturbs each thought.
+        cot/no_cot run the same path with no thoughts and no markers. atp_latent feeds the CVAE's z (see cvae.py).
+        """
+        r = self.config.reasoning
+        prompts = [build_prompt(q, stage, r.curriculum, self.vocab, self.fmt) for q in questions]
+        thought_fn, trace = None, None
+        if self.cvae is not None:
+            thought_fn, trace = self.cvae.inference_hook(generator)
+        if thought_noise > 0 and r.latent:
+            thought_fn = noisy_thoughts(thought_fn, thought_noise, generator)
+        model = self.reasoner if temperature <= 0 else _SampledLM(self.reasoner, temperature, generator)
+        markers = r.curriculum.mode == "coconut"
+        result = generate_from_ids(
+            model,
+            [p for p, _ in prompts],
+            [n for _, n in prompts],
+            max_new_tokens or r.max_new_tokens,
+            eos_id=self.vocab.eos_id,
+            eot_id=self.thought_tokens.eot_id if markers else None,
+            pad_id=self.pad_id,
+            thought_fn=thought_fn,
+        )
+        texts = self.tokenizer.batch_decode(result.token_ids, skip_special_tokens=True)
+        latents = None
+        if trace is not None and trace.z:
+            latents = self.cvae.group(LatentTrace.stack(trace.z))
+        return GeneratedAnswers(
+            texts=texts,
+            predictions=[extract_answer(t, self.fmt) for t in texts],
+            n_latent=list(result.n_latent_tokens),
+            n_language=list(result.n_language_tokens),
+            n_reasoning_language=[tokens_before_answer(ids, self.tokenizer, self.fmt) for ids in result.token_ids],
+            latents=latents,
+        )
+
+    # ----------------------------------------------------------------- Lightning hooks
+
+    def training_step(self, batch: CoTBatch, batch_idx: int) -> Tensor:
+        generator = torch.Generator(device=self.device).manual_seed(self.config.seed * 1_000_003 + self.global_step)
+        losses = self.compute_losses(batch, generator)
+        for name, value in losses.items():
+            self.log(f"train/{name}", value, prog_bar=name == "loss", batch_size=len(batch))
+        self.log("train/stage", float(batch.stage), batch_size=len(batch))
+        return losses["loss"]
+
+    def validation_step(self, batch: CoTBatch, batch_idx: int) -> None:
+        generator = torch.Generator(device=self.device).manual_seed(self.config.seed * 7919 + batch_idx)
+        losses = self.compute_losses(batch, generator)
+        for name, value in losses.items():
+            self.log(f"val/{name}", value, prog_bar=name == "loss", batch_size=len(batch))
+        if batch_idx < self.config.reasoning.val_generate_batches:
+            answers = self.generate_answers(batch.questions, batch.stage)
+            correct = [float(answers_match(p, g)) for p, g in zip(answers.predictions, batch.answers)]
+            n = len(batch)
+            self.log("val/accuracy", sum(correct) / n, prog_bar=True, batch_size=n)
+            self.log("val/latent_tokens", sum(answers.n_latent) / n, batch_size=n)
+            self.log("val/language_tokens", sum(answers.n_language) / n, batch_size=n)
+        self.log("val/stage", float(batch.stage), batch_size=len(batch))
+
+    def on_train_epoch_start(self) -> None:
+        """Coconut's fresh optimizer at a stage change: Adam's moments and step counts are cleared, LR kept."""
+        r, epoch = self.config.reasoning, self.current_epoch
+        if not (r.latent and r.curriculum.reset_optimizer_each_stage) or epoch <= self.last_reset_epoch:
+            return
+        if r.stage_at_epoch(epoch) != r.stage_at_epoch(epoch - 1):
+            for optimizer in self.trainer.optimizers:
+                optimizer.state.clear()
+            self.last_reset_epoch = epoch
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        opt_cfg = self.config.optim
+        optimizer = torch.optim.AdamW(self.parameters(), lr=opt_cfg.lr, weight_decay=opt_cfg.weight_decay)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, warmup_cosine(opt_cfg.warmup_steps, total, opt_cfg.min_lr / opt_cfg.lr)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

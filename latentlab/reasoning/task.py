@@ -1,0 +1,37 @@
+"""`task: latent_cot` for ``latentlab.training.fit``: the reasoning datamodule, the module and Trainer settings.
+
+The loaders are rebuilt every epoch so that each epoch is laid out for its curriculum stage.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from latentlab.config import ExperimentConfig, project_root
+from latentlab.training import Task
+
+log = logging.getLogger(__name__)
+
+
+def build_task(config: ExperimentConfig) -> Task:
+    """Module (reasoner + thought tokens [+ CVAE]), datamodule laid out with its tokenizer, per-epoch reloads."""
+    from latentlab.reasoning.data import CoTDataModule
+    from latentlab.reasoning.module import LatentCoTModule
+
+    r = config.reasoning
+    module = LatentCoTModule(config)
+    if r.init_from:
+        source = Path(r.init_from).expanduser()
+        if not source.is_absolute():
+            base = Path(config.source_file).resolve().parent if config.source_file else Path.cwd()
+            source = project_root(base) / source
+        module.load_reasoner_from(source)
+    elif r.start_stage > 0 and r.latent:
+        log.warning(
+            "reasoning.start_stage is %d but reasoning.init_from is unset: the curriculum skips stage 0 (CoT) "
+            "and starts from the reasoner's initial weights",
+            r.start_stage,
+        )
+    datamodule = CoTDataModule(config, module.vocab, module.pad_id, module.fmt)
+    return Task(datamodule=datamodule, module=module, trainer_kwargs={"reload_dataloaders_every_n_epochs": 1})

@@ -1,0 +1,292 @@
+"""`task: latent_cot` end to end on tiny models: configs, fit of every method, curriculum stages, evaluation, errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+import yaml
+
+from latentlab.config import load_config
+from latentlab.errors import ConfigError, DataError
+from latentlab.reasoning.data import CoTDataModule, latent_step_texts
+from latentlab.reasoning.evaluate import explain, load_run, step_token_accuracy
+from latentlab.reasoning.module import _GumbelHead, extract_answer, tokens_before_answer
+from latentlab.training import fit
+from tests.conftest import REPO
+
+TINY_COT = REPO / "paper_configs/tiny/coconut_arithmetic_cot.yaml"
+REASONING_YAMLS = sorted((REPO / "paper_configs/reasoning").glob("*.yaml"))
+TINY_TWINS = {
+    "coconut_arithmetic_no_cot.yaml": "coconut_gsm8k_aug_gpt2_no_cot.yaml",
+    "coconut_arithmetic_cot.yaml": "coconut_gsm8k_aug_gpt2_cot.yaml",
+    "coconut_arithmetic.yaml": "coconut_gsm8k_aug_gpt2.yaml",
+    "atp_latent_arithmetic.yaml": "atp_latent_gsm8k_aug_llama1b.yaml",
+}
+TINY_REASONER = {"tiny": {"arch": "gpt2", "layers": 2, "hidden": 32, "heads": 2}}
+TINY_CVAE = {
+    "thoughts_per_step": 1,
+    "latent_dim": 8,
+    "mlp_dim": 16,
+    "text_embed_dim": 8,
+    "text_dim": 8,
+    "decoder_embed_dim": 8,
+    "decoder_hidden_dim": 16,
+}
+
+
+def tiny(tmp_path: Path, method: str, **extra) -> dict:
+    """Overrides that turn the tiny CoT config into a seconds-long run of ``method`` on a 2-layer GPT-2."""
+    return {
+        "name": f"t_{method}",
+        "reasoning.method": method,
+        "reasoning.reasoner": TINY_REASONER,
+        "reasoning.curriculum": {"thoughts_per_step": 1, "max_latent_stage": 2, "epochs_per_stage": 1},
+        "reasoning.cvae": TINY_CVAE,
+        "reasoning.data.num_train": 8,
+        "reasoning.data.num_val": 4,
+        "reasoning.data.num_test": 4,
+        "reasoning.data.batch_size": 4,
+        "reasoning.max_new_tokens": 8,
+        "reasoning.val_generate_batches": 1,
+        "trainer.max_steps": 2,
+        "trainer.progress_bar": False,
+        "trainer.num_threads": 1,
+        "trainer.checkpoint_every_n_steps": 2,
+        "eval.batch_size": 2,
+        "output_dir": str(tmp_path / "runs"),
+        **extra,
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Configs
+
+
+@pytest.mark.parametrize("name", sorted(TINY_TWINS))
+def test_tiny_twins_load_and_base_their_paper_config(name):
+    path = REPO / "paper_configs/tiny" / name
+    assert yaml.safe_load(path.read_text())["base"] == f"../reasoning/{TINY_TWINS[name]}"
+    tiny_config = load_config(path)
+    paper = load_config(REPO / "paper_configs/reasoning" / TINY_TWINS[name])
+    assert tiny_config.task == paper.task == "latent_cot"
+    assert tiny_config.reasoning.method == paper.reasoning.method
+    assert tiny_config.reasoning.data.source == "arithmetic" and tiny_config.trainer.accelerator == "cpu"
+
+
+def test_paper_configs_follow_the_references():
+    configs = {p.stem: load_config(p) for p in REASONING_YAMLS}
+    coconut = configs["coconut_gsm8k_aug_gpt2"]
+    assert coconut.reasoning.reasoner == "openai-community/gpt2"
+    assert (coconut.reasoning.curriculum.thoughts_per_step, coconut.reasoning.curriculum.max_latent_stage) == (2, 3)
+    assert coconut.optim.lr == 1e-4 and coconut.optim.weight_decay == 0.01
+    assert coconut.reasoning.data.batch_size * coconut.trainer.accumulate_grad_batches == 128
+    resumed_epochs = coconut.reasoning.start_stage * coconut.reasoning.curriculum.epochs_per_stage
+    assert resumed_epochs + coconut.trainer.max_epochs == 25  # Coconut's run resumes its CoT run at epoch 3 of 25
+    assert {c.reasoning.method for c in configs.values()} == {"no_cot", "cot", "coconut", "atp_latent"}
+    atp = configs["atp_latent_gsm8k_aug_llama1b"]
+    assert atp.reasoning.reasoner == "meta-llama/Llama-3.2-1B-Instruct" and atp.reasoning.cvae.thoughts_per_step == 2
+    assert all("../shared/data/gsm8k_aug/" in c.reasoning.data.test for c in configs.values())
+
+
+def test_method_sets_the_curriculum_mode_and_contradictions_name_the_key(tmp_path):
+    config = load_config(TINY_COT, {"reasoning.method": "no_cot"})
+    assert config.reasoning.curriculum.mode == "no_cot"
+    with pytest.raises(ConfigError, match="curriculum.mode.*contradicts method 'cot'"):
+        load_config(TINY_COT, {"reasoning.curriculum.mode": "no_cot"})
+    with pytest.raises(ConfigError, match="cvae.thoughts_per_step"):
+        load_config(TINY_COT, {"reasoning.method": "atp_latent", "reasoning.cvae.thoughts_per_step": 3})
+    with pytest.raises(ConfigError, match="num_samples"):
+        load_config(TINY_COT, {"reasoning.pass_k": [1, 4]})
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Pure helpers
+
+
+def test_latent_step_texts_follow_the_group_rule():
+    steps = ["s1", "s2", "s3", "s4"]
+    assert latent_step_texts(steps, 2, 3) == ["s1", "s2", ""]  # a group past the latent steps rebuilds EOS only
+    assert latent_step_texts(steps, 4, 3) == ["s1", "s2", "s3 s4"]  # the last group takes the remaining steps
+    assert latent_step_texts(steps, 0, 0) == []
+
+
+def test_answer_extraction_and_reasoning_token_count():
+    from latentlab.backbones import byte_tokenizer
+
+    assert extract_answer("<<3*4=12>>\n### 12") == "12"
+    assert extract_answer("  7 ") == "7"
+    tokenizer = byte_tokenizer()
+    ids = tokenizer("<<1+2=3>>\n### 3", add_special_tokens=False)["input_ids"]
+    assert tokens_before_answer(ids, tokenizer) == len("<<1+2=3>>\n")  # byte-level: one token a character
+    assert tokens_before_answer(tokenizer("### 3", add_special_tokens=False)["input_ids"], tokenizer) == 0
+
+
+def test_gumbel_head_samples_softmax_and_is_argmax_at_zero_temperature():
+    head = torch.nn.Identity()
+    logits = torch.log(torch.tensor([[0.7, 0.2, 0.1]])).expand(20000, 3)
+    greedy = _GumbelHead(head, 0.0, None)(logits).argmax(-1)
+    assert (greedy == 0).all()
+    sampled = _GumbelHead(head, 1.0, torch.Generator().manual_seed(0))(logits).argmax(-1)
+    freq = torch.bincount(sampled, minlength=3).float() / len(sampled)
+    torch.testing.assert_close(freq, torch.tensor([0.7, 0.2, 0.1]), atol=0.015, rtol=0)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Fit, stages, optimizer resets, resume
+
+
+@pytest.mark.parametrize("method", ["no_cot", "cot", "coconut", "atp_latent"])
+def test_two_step_fit_of_every_method(tmp_path, method):
+    config = load_config(TINY_COT, tiny(tmp_path, method))
+    result = fit(config, run_name="r")
+    assert result.metrics["global_step"] == 2
+    assert (result.run_dir / "last.ckpt").exists() and (result.run_dir / "metrics.json").exists()
+    after = result.metrics["val_after"]
+    assert {"val/loss", "val/accuracy", "val/latent_tokens"} <= set(after)
+    assert torch.isfinite(torch.tensor(after["val/loss"]))
+    if method == "atp_latent":
+        assert {"val/recon", "val/kl", "val/elbo"} <= set(after)
+
+
+class StageProbe(L.Callback):
+    """Records each epoch's thought count and whether the optimizer state was empty at its first batch."""
+
+    def __init__(self):
+        self.thoughts: dict[int, int] = {}
+        self.fresh_optimizer: dict[int, bool] = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx == 0:
+            self.thoughts[trainer.current_epoch] = batch.thoughts.n_thoughts
+            self.fresh_optimizer[trainer.current_epoch] = len(trainer.optimizers[0].state) == 0
+
+
+@pytest.mark.parametrize("method", ["coconut", "cot"])
+def test_stage_changes_at_epoch_boundaries_reset_the_optimizer(tmp_path, method):
+    probe = StageProbe()
+    overrides = tiny(tmp_path, method, **{"trainer.max_steps": -1, "trainer.max_epochs": 4})
+    fit(load_config(TINY_COT, overrides), run_name="r", callbacks=[probe])
+    if method == "coconut":  # c = 1, M = 2: stages 0, 1, 2, then all latent with M*c thoughts
+        assert probe.thoughts == {0: 0, 1: 1, 2: 2, 3: 2}
+        assert probe.fresh_optimizer == {0: True, 1: True, 2: True, 3: True}
+    else:
+        assert probe.thoughts == {0: 0, 1: 0, 2: 0, 3: 0}
+        assert probe.fresh_optimizer == {0: True, 1: False, 2: False, 3: False}
+
+
+def test_start_stage_and_init_from_continue_a_cot_run(tmp_path):
+    cot = fit(load_config(TINY_COT, tiny(tmp_path, "cot")), run_name="cot")
+    probe = StageProbe()
+    overrides = tiny(
+        tmp_path,
+        "coconut",
+        **{
+            "reasoning.init_from": str(cot.run_dir),
+            "reasoning.start_stage": 1,
+            "trainer.max_steps": -1,
+            "trainer.max_epochs": 2,
+        },
+    )
+    from latentlab.reasoning.task import build_task
+
+    module = build_task(load_config(TINY_COT, overrides)).module
+    saved = torch.load(cot.run_dir / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    for key, value in module.reasoner.state_dict().items():
+        torch.testing.assert_close(value, saved[f"reasoner.{key}"], atol=0, rtol=0)
+    fit(load_config(TINY_COT, overrides), run_name="co", callbacks=[probe])
+    assert probe.thoughts == {0: 1, 1: 2}
+
+
+def test_resume_continues_the_step_count(tmp_path):
+    overrides = tiny(tmp_path, "coconut")
+    first = fit(load_config(TINY_COT, overrides), run_name="r")
+    resumed = fit(load_config(TINY_COT, {**overrides, "trainer.max_steps": 4}), resume=first.run_dir)
+    assert resumed.metrics["global_step"] == 4
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Evaluation and explanations
+
+
+@pytest.fixture(scope="module")
+def atp_run(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("atp")
+    config = load_config(TINY_COT, tiny(tmp_path, "atp_latent", **{"reasoning.start_stage": 3}))
+    return config, fit(config, run_name="r").run_dir
+
+
+def test_evaluate_cot_writes_predictions_summary_and_table(atp_run, tmp_path):
+    from latentlab.reasoning.evaluate import evaluate_cot
+
+    config, run_dir = atp_run
+    config = load_config(
+        TINY_COT, {**tiny(tmp_path, "atp_latent"), "reasoning.num_samples": 3, "reasoning.pass_k": [1, 2]}
+    )
+    result = evaluate_cot(config, run_dir, out_dir=tmp_path / "eval", command="test")
+    for name in ("predictions.jsonl", "summary.json", "table.md", "table.csv", "table.png"):
+        assert (tmp_path / "eval" / name).exists(), name
+    records = [json.loads(line) for line in (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()]
+    assert len(records) == 4 and all(r["samples"] == 3 and 0 <= r["samples_correct"] <= 3 for r in records)
+    assert all(r["latent_tokens"] == 2 for r in records)  # final stage: M * c = 2 thoughts
+    row = result.rows[0]
+    assert row["method"] == "ATP-Latent" and 0.0 <= row["pass@1"] <= row["pass@2"] <= 1.0
+    assert row["reasoning_tokens_mean"] >= row["latent_tokens_mean"] == 2.0
+    assert 0.0 <= row["step_token_accuracy"] <= 1.0
+    assert "ATP-Latent" in result.table() and "Produced by: `test`" in (tmp_path / "eval" / "table.md").read_text()
+    summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    assert summary["method"] == "atp_latent" and summary["questions"] == 4
+
+
+def test_explain_decodes_every_thought_group(atp_run):
+    _, run_dir = atp_run
+    explanation = explain(run_dir, "a=3, b=4, c=2. Compute (a+b)-c.")
+    assert explanation.n_thoughts == 2 and len(explanation.decoded_steps) == 2  # c = 1: one group per thought
+    assert all(isinstance(step, str) for step in explanation.decoded_steps)
+    assert isinstance(explanation.answer, str)
+
+
+def test_step_token_accuracy_counts_only_real_steps(atp_run):
+    config, run_dir = atp_run
+    module = load_run(run_dir)
+    from latentlab.reasoning.data import load_cot_split
+
+    examples = load_cot_split(config, "test")
+    score = step_token_accuracy(module, examples, batch_size=2)
+    assert score.n_steps == len(examples) * 2  # every test example has >= 3 steps; 2 groups, the last one merged
+    assert score.n_tokens > score.n_steps and 0.0 <= score.token_accuracy <= 1.0
+    assert 0.0 <= score.step_exact_match <= 1.0
+
+
+def test_explain_refuses_a_run_without_a_cvae(tmp_path):
+    run_dir = fit(load_config(TINY_COT, tiny(tmp_path, "coconut")), run_name="r").run_dir
+    with pytest.raises(ConfigError, match="needs an atp_latent run"):
+        explain(run_dir, "a=1, b=2. Compute a+b.")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Data errors
+
+
+def test_malformed_data_line_names_file_and_line(tmp_path):
+    good = {"id": "x1", "question": "a=1, b=2. Compute a+b.", "steps": ["<<1+2=3>>"], "answer": "3"}
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps(good) + "\n" + '{"id": "x2", "question": "q", "steps": "not a list", "answer": "1"}\n')
+    overrides = {"reasoning.data.source": "jsonl", "reasoning.data.train": str(path), "reasoning.data.val": None}
+    config = load_config(TINY_COT, {**tiny(tmp_path, "cot"), **overrides})
+    from latentlab.reasoning.task import build_task
+
+    datamodule = build_task(config).datamodule
+    with pytest.raises(DataError, match=r"bad\.jsonl:2: field 'steps' must be a list"):
+        datamodule.setup("fit")
+
+
+def test_missing_training_file_names_the_key(tmp_path):
+    overrides = {"reasoning.data.source": "gsm8k_aug", "reasoning.data.train": "no/such/train.txt"}
+    config = load_config(TINY_COT, {**tiny(tmp_path, "cot"), **overrides})
+    datamodule = CoTDataModule(config, vocab=None, pad_id=0)
+    with pytest.raises(ConfigError, match=r"'reasoning.data.train': file not found"):
+        datamodule.setup("fit")
