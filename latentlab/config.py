@@ -220,7 +220,8 @@ class EvalConfig:
     split: Literal["val", "test"] = "test"
     """Which split of the configured data to evaluate."""
     methods: list[str] = field(default_factory=lambda: ["latent", "bm25", "dense", "no_retrieval"])
-    """Rows of the table: latent, bm25, dense, no_retrieval, full_context."""
+    """Rows of the table: latent (generator.slot_format), latent_compact (one header, latents back to back),
+    bm25, dense, no_retrieval, full_context."""
     k: int = 5
     """Items retrieved per question."""
     retrieval: Literal["pool", "global"] = "pool"
@@ -472,7 +473,7 @@ def validate(config: ExperimentConfig, ctx: _Ctx) -> None:
         ctx.fail("trainer.max_epochs", "must be >= 1 when trainer.max_steps is -1")
     if config.task == "latent_memory" and config.data.source != "synthetic" and not config.data.train:
         ctx.fail("data.train", f"data.source is '{config.data.source}', so a training file is required")
-    known_methods = {"latent", "bm25", "dense", "no_retrieval", "full_context"}
+    known_methods = {"latent", "latent_compact", "bm25", "dense", "no_retrieval", "full_context"}
     for i, method in enumerate(config.eval.methods):
         if method not in known_methods:
             ctx.fail(f"eval.methods[{i}]", f"unknown method {method!r} (known: {', '.join(sorted(known_methods))})")

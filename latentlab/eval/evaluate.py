@@ -28,6 +28,7 @@ from latentlab.memory.pipeline import (
     build_memory,
     load_trained,
 )
+from latentlab.memory.prompting import PromptBuilder
 
 TABLE_COLUMNS = [
     "method",
@@ -141,7 +142,10 @@ def evaluate(
     for method in methods:
         started = time.time()
         answers: list[Answer]
-        if method == "latent":
+        if method in ("latent", "latent_compact"):
+            # Same memory and latents; only the generator's slot labels differ (paper labels vs one header).
+            slot_format = "compact" if method == "latent_compact" else config.generator.slot_format
+            module.prompts = PromptBuilder(module.generator.tokenizer, config.generator.system_prompt, slot_format)
             if retrieval == "global":
                 index = build_memory(
                     checkpoint if Path(checkpoint).is_absolute() else root / checkpoint, corpus, out_dir / "memory"
