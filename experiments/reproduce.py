@@ -134,6 +134,13 @@ def reproduce(
                 run_dirs[parent] = _latest_run(parent_config.name, parent_config.output_dir)
             row_overrides["reasoning.init_from"] = str(run_dirs[parent])
         config = load_config(REPO / row.configs[scale], row_overrides)
+        if run_name is not None:
+            existing = Path(config.output_dir) if Path(config.output_dir).is_absolute() else REPO / config.output_dir
+            if (existing / config.name / run_name).exists():
+                raise ConfigError(
+                    f"run directory {existing / config.name / run_name} exists; pass another --run (a second fit "
+                    "into it would mix checkpoints)"
+                )
         started = time.time()
         trained = fit(config, run_name=run_name)
         fit_seconds = time.time() - started
@@ -154,6 +161,8 @@ def reproduce(
             flush=True,
         )
     stem = table if scale == "tiny" else f"{table}.{scale}"
+    if rows:  # a partial run must not overwrite the whole table
+        stem += "." + "_".join(row.key for row in selected)
     out = Path(results_dir) if Path(results_dir).is_absolute() else REPO / results_dir
     columns = [c for c in COLUMNS if any(c in r for r in results)]
     write_table(
