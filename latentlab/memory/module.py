@@ -94,9 +94,8 @@ class LatentMemoryModule(L.LightningModule):
 
         owners = torch.cat([batch.positive_owner, torch.full_like(batch.negative_owner, -1)]).to(self.device)
         positive_mask = owners.unsqueeze(0) == torch.arange(len(batch), device=self.device).unsqueeze(1)
-        losses["contrast"] = multi_positive_infonce(
-            comp.keys(query_latents), comp.keys(latents), positive_mask, cfg.temperature
-        )
+        query_keys, item_keys = comp.keys(query_latents), comp.keys(latents)
+        losses["contrast"] = multi_positive_infonce(query_keys, item_keys, positive_mask, cfg.temperature)
 
         count = len(texts) if cfg.recon_negatives else num_pos
         logits, targets = comp.reconstruction_logits(latents[:count], ids[:count], mask[:count])
@@ -120,7 +119,7 @@ class LatentMemoryModule(L.LightningModule):
         losses["loss"] = cfg.recon_weight * losses["recon"] + cfg.contrast_weight * losses["contrast"]
         losses["loss"] = losses["loss"] + cfg.distill_weight * losses["distill"]
         with torch.no_grad():  # retrieval quality inside each question's pool: recall@1 of its positives
-            scores = comp.keys(query_latents) @ comp.keys(latents).T
+            scores = query_keys.detach() @ item_keys.detach().T
             in_pool = torch.cat([batch.positive_owner, batch.negative_owner]).to(self.device)
             pool_mask = in_pool.unsqueeze(0) == torch.arange(len(batch), device=self.device).unsqueeze(1)
             best = scores.masked_fill(~pool_mask, float("-inf")).argmax(dim=1)
