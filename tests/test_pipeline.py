@@ -134,3 +134,12 @@ def test_inference_export_is_smaller_and_consistent(trained):
         torch.testing.assert_close(
             small.compressor.encode_evidence(texts), full.compressor.encode_evidence(texts), atol=1e-2, rtol=1e-2
         )
+
+
+def test_latent_rows_need_a_checkpoint(trained):
+    from latentlab.errors import ConfigError
+
+    config, run, tmp = trained
+    config.eval.checkpoint = None
+    with pytest.raises(ConfigError, match="'eval.checkpoint': the latent methods need a trained compressor"):
+        evaluate(config, out_dir=tmp / "no-ckpt", methods=["latent_compact", "no_retrieval"])

@@ -125,10 +125,10 @@ def evaluate(
     examples = load_qa_split(config, ev.split)
     examples = examples[: ev.limit] if ev.limit else examples
     checkpoint = checkpoint or ev.checkpoint
-    if checkpoint is None and "latent" in methods:
+    if checkpoint is None and any(m.startswith("latent") for m in methods):
         from latentlab.errors import ConfigError
 
-        raise ConfigError(f"{config.source_file}: key 'eval.checkpoint': the latent method needs a trained compressor")
+        raise ConfigError(f"{config.source_file}: key 'eval.checkpoint': the latent methods need a trained compressor")
     if checkpoint is not None:
         module = load_trained(checkpoint if Path(checkpoint).is_absolute() else root / checkpoint)
     else:
@@ -139,6 +139,7 @@ def evaluate(
     corpus = corpus_of(config, examples) if retrieval == "global" else []
     by_id = {e.id: e for ex in examples for e in ex.evidence} | {e.id: e for e in corpus}
     rows = []
+    latent_retrieval = None  # (memory, hits, latents): shared by the latent rows, which differ only in slot labels
     for method in methods:
         started = time.time()
         answers: list[Answer]
@@ -146,16 +147,17 @@ def evaluate(
             # Same memory and latents; only the generator's slot labels differ (paper labels vs one header).
             slot_format = "compact" if method == "latent_compact" else config.generator.slot_format
             module.prompts = PromptBuilder(module.generator.tokenizer, config.generator.system_prompt, slot_format)
-            if retrieval == "global":
-                index = build_memory(
-                    checkpoint if Path(checkpoint).is_absolute() else root / checkpoint, corpus, out_dir / "memory"
-                )
-                memory = LatentMemory(module, index, batch_size=ev.batch_size)
-                hits = memory.search(questions, ev.k)
-                latents = [torch.from_numpy(index.latents_for([h.id for h in row])) for row in hits]
-            else:
-                memory = LatentMemory(module, None, batch_size=ev.batch_size)
-                hits, latents = _pool_latent_hits(memory, examples, ev.k)
+            if latent_retrieval is None:
+                if retrieval == "global":
+                    index = build_memory(module, corpus, out_dir / "memory")
+                    memory = LatentMemory(module, index, batch_size=ev.batch_size)
+                    hits = memory.search(questions, ev.k)
+                    latents = [torch.from_numpy(index.latents_for([h.id for h in row])) for row in hits]
+                else:
+                    memory = LatentMemory(module, None, batch_size=ev.batch_size)
+                    hits, latents = _pool_latent_hits(memory, examples, ev.k)
+                latent_retrieval = (memory, hits, latents)
+            memory, hits, latents = latent_retrieval
             answers = memory.answer_from_latents(questions, latents, hits)
         else:
             if method == "no_retrieval":

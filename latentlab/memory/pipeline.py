@@ -156,16 +156,19 @@ def index_spec(config) -> IndexSpec:
 
 
 def build_memory(
-    compressor: str | Path,
+    compressor,
     corpus: Sequence[Evidence],
     out_dir: str | Path,
     spec: IndexSpec | None = None,
     batch_size: int = 32,
     progress: bool = True,
 ) -> LatentIndex:
-    """Compress a corpus into a memory directory (resumable; refuses a directory built by another compressor)."""
+    """Compress a corpus into a memory directory (resumable; refuses a directory built by another compressor).
+
+    ``compressor``: a trained-compressor path (see ``load_trained``) or an already loaded module.
+    """
     out_dir = Path(out_dir)
-    module = load_trained(compressor)
+    module = load_trained(compressor) if isinstance(compressor, (str, Path)) else compressor
     spec = spec or index_spec(module.config)
     fp = compressor_fingerprint(module)
     stored = out_dir / COMPRESSOR_DIR / "fingerprint.txt"
@@ -249,10 +252,7 @@ class LatentMemory:
             with torch.no_grad():
                 stacked = torch.cat([z.to(module.device) for z in lats]) if lats else None
                 projected = module.compressor.project(stacked) if stacked is not None and len(stacked) else None
-                packed = pack_prompts(
-                    prompts, module.generator.embed, projected, padding_side="left", pad_id=module._pad_id()
-                )
-                texts = module.generator.decode(module.generator.greedy(packed, module.config.generator.max_new_tokens))
+            texts = _generate(module, prompts, projected)
             answers += _answers(qs, texts, prompts, hits[start : start + self.batch_size])
         return answers
 
@@ -272,11 +272,15 @@ def answer_with_text(module, questions: Sequence[str], hits: Sequence[list[Hit]]
         qs = list(questions[start : start + batch_size])
         rows = list(hits[start : start + batch_size])
         prompts = [module.prompts.text(q, [h.text or "" for h in row]) for q, row in zip(qs, rows)]
-        with torch.no_grad():
-            packed = pack_prompts(prompts, module.generator.embed, padding_side="left", pad_id=module._pad_id())
-            texts = module.generator.decode(module.generator.greedy(packed, module.config.generator.max_new_tokens))
-        answers += _answers(qs, texts, prompts, rows)
+        answers += _answers(qs, _generate(module, prompts), prompts, rows)
     return answers
+
+
+def _generate(module, prompts: list[Prompt], projected: torch.Tensor | None = None) -> list[str]:
+    """Greedy answers of the frozen generator for left-padded prompts (latent slots filled from ``projected``)."""
+    with torch.no_grad():
+        packed = pack_prompts(prompts, module.generator.embed, projected, padding_side="left", pad_id=module._pad_id())
+        return module.generator.decode(module.generator.greedy(packed, module.config.generator.max_new_tokens))
 
 
 def _answers(questions: list[str], texts: list[str], prompts: list[Prompt], hits) -> list[Answer]:
