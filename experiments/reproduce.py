@@ -16,7 +16,7 @@ from latentlab.config import load_config, project_root
 from latentlab.errors import ConfigError, LatentLabError
 from latentlab.eval.report import PlotSpec, write_table
 from latentlab.reasoning.evaluate import evaluate_cot
-from latentlab.training import fit
+from latentlab.training import fit, new_run_dir
 
 REPO = project_root(Path(__file__).resolve().parent)
 
@@ -121,6 +121,10 @@ def reproduce(
         raise ConfigError(f"unknown rows {unknown} of table '{table}' (known: {', '.join(known)})")
     selected = [row for row in spec.rows if rows is None or row.key in rows]
     command = f"python experiments/reproduce.py {table} --scale {scale}" + (f" --rows {' '.join(rows)}" if rows else "")
+    if run_name is not None:  # refuse a used run name before the first row spends any time
+        for row in selected:
+            if scale in row.configs:
+                new_run_dir(load_config(REPO / row.configs[scale], dict(overrides or {})), run_name)
     run_dirs: dict[str, Path] = {}
     results = []
     for row in selected:
@@ -134,13 +138,6 @@ def reproduce(
                 run_dirs[parent] = _latest_run(parent_config.name, parent_config.output_dir)
             row_overrides["reasoning.init_from"] = str(run_dirs[parent])
         config = load_config(REPO / row.configs[scale], row_overrides)
-        if run_name is not None:
-            existing = Path(config.output_dir) if Path(config.output_dir).is_absolute() else REPO / config.output_dir
-            if (existing / config.name / run_name).exists():
-                raise ConfigError(
-                    f"run directory {existing / config.name / run_name} exists; pass another --run (a second fit "
-                    "into it would mix checkpoints)"
-                )
         started = time.time()
         trained = fit(config, run_name=run_name)
         fit_seconds = time.time() - started

@@ -88,6 +88,26 @@ def _scalars(results: list[dict[str, Any]]) -> dict[str, float]:
     return merged
 
 
+def _config_root(config: ExperimentConfig) -> Path:
+    return project_root(Path(config.source_file).resolve().parent) if config.source_file else Path.cwd()
+
+
+def new_run_dir(config: ExperimentConfig, run_name: str | None = None) -> Path:
+    """``output_dir/name/run_name`` (a UTC timestamp when unnamed); an existing one is refused.
+
+    A second fit into a used directory would mix its checkpoints, logs and metrics with the first run's.
+    """
+    output_root = Path(config.output_dir)
+    if not output_root.is_absolute():
+        output_root = _config_root(config) / output_root
+    run_dir = output_root / config.name / (run_name or datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S"))
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise ConfigError(
+            f"run directory {run_dir} already holds a run; pass another run name, or --resume {run_dir} to continue it"
+        )
+    return run_dir
+
+
 def fit(
     config: ExperimentConfig,
     run_name: str | None = None,
@@ -104,10 +124,7 @@ def fit(
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-    root = project_root(Path(config.source_file).resolve().parent) if config.source_file else Path.cwd()
-    output_root = Path(config.output_dir)
-    if not output_root.is_absolute():
-        output_root = root / output_root
+    root = _config_root(config)
     ckpt_path = None
     if resume is not None:
         run_dir = Path(resume)
@@ -116,8 +133,7 @@ def fit(
             raise ConfigError(f"--resume {resume}: no last.ckpt in {run_dir}")
         ckpt_path = str(ckpt)
     else:
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-        run_dir = output_root / config.name / (run_name or stamp)
+        run_dir = new_run_dir(config, run_name)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(dump_yaml(config), encoding="utf-8")
     info = {"git_commit": git_commit(root), "seed": config.seed, "config_file": config.source_file}

@@ -21,6 +21,8 @@ from latentlab.reasoning.cvae import (
     elbo_loss,
     gaussian_kl,
     reparameterize,
+    stop_loss,
+    stop_targets,
 )
 from latentlab.reasoning.thoughts import ThoughtBatch, generate_from_ids, thought_forward
 
@@ -230,3 +232,15 @@ def test_inference_with_the_mean_is_deterministic_and_decodable(prior):
     sampled_fn(0, torch.zeros(2, 32))
     sampled_fn(1, torch.zeros(2, 32))
     assert not torch.equal(sampled.z[0], sampled.z[1])  # same context, two different draws
+
+
+def test_stop_targets_and_loss_by_hand():
+    """Step starts 0, 2, 4 of 6 slots (c = 2): decisions count up to the first stop."""
+    targets, valid = stop_targets(torch.tensor([2, 4, 6, 0]), n_slots=6, per_step=2)
+    assert targets.tolist() == [[0, 1, 1], [0, 0, 1], [0, 0, 0], [1, 1, 1]]
+    assert valid.tolist() == [[True, True, False], [True, True, True], [True, True, True], [True, False, False]]
+    logits = torch.zeros(4, 3, 2)
+    logits[0, 1] = torch.tensor([0.0, math.log(3.0)])  # p(stop) = 3/4 where the target is stop
+    loss = stop_loss(logits, targets, valid)
+    expected = (8 * math.log(2.0) + (-math.log(0.75))) / 9  # 9 valid decisions, 8 of them at p = 1/2
+    assert loss.item() == pytest.approx(expected, rel=1e-6)

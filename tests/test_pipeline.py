@@ -11,9 +11,10 @@ from latentlab.errors import IndexError_
 from latentlab.eval.evaluate import evaluate
 from latentlab.memory.pipeline import LatentMemory, build_memory, export_compressor, load_trained
 from latentlab.training import fit
-from tests.conftest import REPO
+from tests.conftest import REPO, shared_file
 
 TINY_YAML = REPO / "paper_configs/tiny/latent_memory_text.yaml"
+TINY_MODEL = {"tiny": {"layers": 2, "hidden": 64, "heads": 4}}
 
 
 @pytest.fixture(scope="module")
@@ -21,8 +22,8 @@ def trained(tmp_path_factory):
     """A 2-step tiny run and its exported compressor (shared by the tests of this module)."""
     tmp = tmp_path_factory.mktemp("pipeline")
     overrides = {
-        "compressor.backbone.model": {"tiny": {"layers": 2, "hidden": 64, "heads": 4}},
-        "generator.backbone.model": {"tiny": {"layers": 2, "hidden": 64, "heads": 4}},
+        "compressor.backbone.model": TINY_MODEL,
+        "generator.backbone.model": TINY_MODEL,
         "compressor.key_dim": 32,
         "data.synthetic.num_people": 30,
         "data.batch_size": 2,
@@ -101,6 +102,24 @@ def test_evaluate_writes_predictions_summary_and_table(trained, retrieval):
     assert len(lines) == 2 and "answer" in json.loads(lines[0])
     assert json.loads((out / "summary.json").read_text())["retrieval"] == retrieval
     assert (out / "table.md").exists() and (out / "table.csv").exists() and (out / "table.png").exists()
+
+
+def test_evaluate_runs_on_real_hotpotqa_by_config(trained):
+    """The HotpotQA config (official dev-distractor JSON, per-question pools) evaluates end to end."""
+    _, _, tmp = trained
+    shared_file("hotpotqa/hotpot_dev_distractor_shared.json")
+    models = {"compressor.backbone.model": TINY_MODEL, "generator.backbone.model": TINY_MODEL}
+    hotpot = load_config(
+        REPO / "paper_configs/tiny/latent_memory_hotpotqa.yaml",
+        {**models, "compressor.key_dim": 32, "generator.max_new_tokens": 4, "eval.limit": 2},
+    )
+    out = tmp / "eval-hotpotqa"
+    result = evaluate(hotpot, checkpoint=tmp / "export", out_dir=out, methods=["latent", "bm25", "full_context"])
+    latent, bm25, full = result.rows
+    assert latent["context_tokens"] * 5 < bm25["context_tokens"] < full["context_tokens"]
+    first = json.loads((out / "predictions.latent.jsonl").read_text().splitlines()[0])
+    assert first["gold"] and first["supporting"] and len(first["hits"]) == 5
+    assert json.loads((out / "summary.json").read_text())["retrieval"] == "pool"
 
 
 def test_notebook_executes(trained, monkeypatch):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import lightning as L
@@ -14,7 +15,8 @@ from latentlab.config import load_config
 from latentlab.errors import ConfigError, DataError
 from latentlab.reasoning.data import CoTDataModule, latent_step_texts
 from latentlab.reasoning.evaluate import explain, load_run, step_token_accuracy
-from latentlab.reasoning.module import _GumbelHead, extract_answer, tokens_before_answer
+from latentlab.reasoning.module import extract_answer, tokens_before_answer
+from latentlab.reasoning.thoughts import next_token
 from latentlab.training import fit
 from tests.conftest import REPO
 
@@ -125,12 +127,11 @@ def test_answer_extraction_and_reasoning_token_count():
     assert tokens_before_answer(tokenizer("### 3", add_special_tokens=False)["input_ids"], tokenizer) == 0
 
 
-def test_gumbel_head_samples_softmax_and_is_argmax_at_zero_temperature():
-    head = torch.nn.Identity()
+def test_next_token_samples_softmax_and_is_argmax_at_zero_temperature():
     logits = torch.log(torch.tensor([[0.7, 0.2, 0.1]])).expand(20000, 3)
-    greedy = _GumbelHead(head, 0.0, None)(logits).argmax(-1)
+    greedy = next_token(logits, 0.0)
     assert (greedy == 0).all()
-    sampled = _GumbelHead(head, 1.0, torch.Generator().manual_seed(0))(logits).argmax(-1)
+    sampled = next_token(logits, 1.0, torch.Generator().manual_seed(0))
     freq = torch.bincount(sampled, minlength=3).float() / len(sampled)
     torch.testing.assert_close(freq, torch.tensor([0.7, 0.2, 0.1]), atol=0.015, rtol=0)
 
@@ -150,6 +151,38 @@ def test_two_step_fit_of_every_method(tmp_path, method):
     assert torch.isfinite(torch.tensor(after["val/loss"]))
     if method == "atp_latent":
         assert {"val/recon", "val/kl", "val/elbo"} <= set(after)
+
+
+def test_atp_stop_head_trains_and_ends_thoughts_per_question(tmp_path):
+    """With pad_latent_to_max off, rows of 1-4 steps have their own thought counts: the stop head learns from them,
+    and generation reports the thoughts each question actually used."""
+    stop = {"reasoning.cvae": {**TINY_CVAE, "stop_head": True}}
+    with pytest.raises(ConfigError, match="cvae.stop_head.*pad_latent_to_max: false"):
+        load_config(TINY_COT, tiny(tmp_path, "atp_latent", **stop))
+    overrides = tiny(
+        tmp_path,
+        "atp_latent",
+        **stop,
+        **{
+            "reasoning.curriculum": {"thoughts_per_step": 1, "max_latent_stage": 4, "pad_latent_to_max": False},
+            "reasoning.start_stage": 5,
+            "reasoning.data.min_steps": 1,
+            "reasoning.data.max_steps": 4,
+        },
+    )
+    config = load_config(TINY_COT, overrides)
+    L.seed_everything(config.seed, verbose=False)
+    from latentlab.reasoning.task import build_task
+
+    initial = {k: v.clone() for k, v in build_task(config).module.cvae.stop.state_dict().items()}
+    result = fit(config, run_name="r")
+    after = result.metrics["val_after"]
+    assert {"val/stop", "val/stop_accuracy"} <= set(after) and math.isfinite(after["val/stop"])
+    module = load_run(result.run_dir)
+    for key, value in module.cvae.stop.state_dict().items():
+        assert not torch.equal(value, initial[key]), f"stop head weight {key} got no update"
+    answers = module.generate_answers(["a=1, b=2. Compute a+b.", "a=3, b=1, c=2. Compute (a-b)+c."], stage=5)
+    assert all(0 <= n <= 4 for n in answers.n_latent)
 
 
 class StageProbe(L.Callback):

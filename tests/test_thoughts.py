@@ -279,6 +279,25 @@ def test_generation_thought_hook_and_per_row_counts(setup):
         assert result.token_ids[row] == naive_greedy(model, prefix, n, tokens.eot_id, vocab.eos_id, 5, perturb)
 
 
+def test_stop_fn_ends_a_row_like_a_shorter_thought_count(setup):
+    """A row stopped at slot 2 of 4 generates exactly what it generates with 2 thoughts; the other row is untouched."""
+    model, _, tokens, vocab = setup
+    prefixes = [layout.prefix_ids for layout in layouts_at(vocab, 0)][:2]
+    calls = []
+
+    def stop_first_row_at_two(index):
+        calls.append(index)
+        return torch.tensor([index == 2, False])
+
+    stopped = generate_from_ids(
+        model, prefixes, 4, 6, eos_id=vocab.eos_id, eot_id=tokens.eot_id, stop_fn=stop_first_row_at_two
+    )
+    plain = generate_from_ids(model, prefixes, [2, 4], 6, eos_id=vocab.eos_id, eot_id=tokens.eot_id)
+    assert calls == [0, 1, 2, 3]
+    assert stopped.n_latent_tokens == [2, 4]
+    assert stopped.token_ids == plain.token_ids
+
+
 def test_generate_with_thoughts_formats_questions_as_in_training(setup):
     model, tokenizer, tokens, vocab = setup
     questions = [example.question for example in EXAMPLES]

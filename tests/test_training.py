@@ -3,10 +3,12 @@
 import json
 
 import lightning as L
+import pytest
 import torch
 import yaml
 
 from latentlab.config import load_config
+from latentlab.errors import ConfigError
 from latentlab.training import fit, warmup_cosine
 from tests.conftest import REPO
 
@@ -59,6 +61,12 @@ def test_fit_writes_run_records_and_resumes_exactly(tiny_overrides):
     for key, value in saved.items():
         torch.testing.assert_close(capture.state[key], value, atol=0, rtol=0)
     assert second.metrics["global_step"] == 6
+
+    # Fitting again under the same run name is refused before anything in the run directory is touched.
+    before = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
+    with pytest.raises(ConfigError, match=r"already holds a run.*--resume"):
+        fit(config, run_name="a")
+    assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == before
 
 
 def test_warmup_cosine_values():

@@ -152,6 +152,12 @@ class ReasoningConfig:
                 f"curriculum.thoughts_per_step {self.curriculum.thoughts_per_step}; the decoder reads one step's "
                 "thoughts, so set both to the same c"
             )
+        if self.cvae.stop_head and (self.method != "atp_latent" or self.curriculum.pad_latent_to_max):
+            raise ConfigError(
+                "key 'cvae.stop_head': the stop head learns each question's step count, so it needs method "
+                f"atp_latent (got {self.method!r}) and curriculum.pad_latent_to_max: false (got "
+                f"{self.curriculum.pad_latent_to_max}), which gives each row its own thought count"
+            )
         if self.method == "atp_latent" and self.curriculum.thoughts_per_step < 1:
             raise ConfigError("key 'curriculum.thoughts_per_step': atp_latent needs at least 1 thought per step")
         if self.start_stage < 0:

@@ -78,6 +78,26 @@ def reparameterize(mu: Tensor, logvar: Tensor, generator: torch.Generator | None
     return mu + torch.exp(0.5 * logvar) * eps
 
 
+def stop_targets(counts: Tensor, n_slots: int, per_step: int) -> tuple[Tensor, Tensor]:
+    """Targets of the stop head at each step start t = 0, c, 2c, ... < n (ATP-Latent's variable length).
+
+    counts: [B] thought slots each row uses -> (targets [B, G], valid [B, G]) with G = ceil(n / c). A decision at
+    t is "stop" (1) when t >= count, "continue" (0) otherwise; only decisions up to the first stop count (valid),
+    since inference never asks again once a row has stopped. A row that uses every slot has no stop target.
+    """
+    starts = torch.arange(0, n_slots, per_step, device=counts.device)  # [G]
+    targets = (starts[None, :] >= counts[:, None]).long()
+    valid = starts[None, :] <= counts[:, None]
+    return targets, valid
+
+
+def stop_loss(logits: Tensor, targets: Tensor, valid: Tensor) -> Tensor:
+    """Mean cross-entropy of the stop head over valid decisions. logits [B, G, 2], targets/valid [B, G] -> scalar."""
+    per_item = F.cross_entropy(rearrange(logits, "b g k -> (b g) k").float(), targets.reshape(-1), reduction="none")
+    mask = valid.reshape(-1).to(per_item.dtype)
+    return (per_item * mask).sum() / mask.sum().clamp(min=1.0)
+
+
 # ---------------------------------------------------------------- modules
 
 
@@ -274,6 +294,11 @@ class CVAEConfig:
     """KL weight after warm-up (1 = the true ELBO under this module's sum convention)."""
     beta_warmup_steps: int = 0
     """Optimizer steps of the linear KL warm-up from 0 to ``beta``; 0 = no warm-up."""
+    stop_head: bool = False
+    """ATP-Latent's stop head: an MLP on each step's first z says whether to stop thinking there, so a question
+    uses as many latent steps as it needs (needs ``curriculum.pad_latent_to_max: false`` to see variable counts)."""
+    stop_weight: float = 1.0
+    """Weight of the stop head's cross-entropy in the loss."""
 
     def __post_init__(self) -> None:
         if self.prior not in ("learned", "standard_normal"):
@@ -285,6 +310,8 @@ class CVAEConfig:
                 "cvae.latent_dim and cvae.thoughts_per_step must be >= 1, "
                 f"got {self.latent_dim} and {self.thoughts_per_step}"
             )
+        if self.stop_weight < 0:
+            raise ConfigError(f"cvae.stop_weight must be >= 0, got {self.stop_weight}")
         if self.beta < 0 or self.beta_warmup_steps < 0:
             raise ConfigError(
                 f"cvae.beta and cvae.beta_warmup_steps must be >= 0, got {self.beta}, {self.beta_warmup_steps}"
@@ -325,6 +352,12 @@ class LatentStepCVAE(nn.Module):
             vocab_size, config.latent_dim, config.thoughts_per_step, config.decoder_embed_dim, config.decoder_hidden_dim
         )
         self.to_thought = nn.Linear(config.latent_dim, hidden_size)
+        self.stop = (
+            nn.Sequential(nn.Linear(config.latent_dim, config.mlp_dim), nn.GELU(), nn.Linear(config.mlp_dim, 2))
+            if config.stop_head
+            else None
+        )
+        """Stop head (ATP-Latent's STOPPolicy, reading z): logit 1 = stop thinking before this step."""
 
     def encode_steps(self, step_ids: Tensor, lengths: Tensor) -> Tensor | None:
         """step_ids [B, K, L], lengths [B, K] -> text encodings [B, K, E] (None when the posterior ignores text)."""
@@ -369,6 +402,24 @@ class LatentStepCVAE(nn.Module):
             return self.to_thought(z).to(hidden.dtype)
 
         return thought_fn, trace
+
+    def stop_logits(self, z: Tensor) -> Tensor:
+        """z [B, n, Z] per slot -> stop logits [B, G, 2] at the step starts (slots 0, c, 2c, ...)."""
+        if self.stop is None:
+            raise ConfigError("this CVAE has no stop head (cvae.stop_head: false)")
+        return self.stop(z[:, :: self.config.thoughts_per_step])
+
+    def stop_hook(self, trace: LatentTrace):
+        """A ``stop_fn`` for ``generate_from_ids``: at each step start, argmax of the stop head on the z just chosen
+        (``trace`` is the inference hook's); never stops inside a step."""
+
+        def stop_fn(index: int) -> Tensor:
+            z = trace.z[-1]
+            if index % self.config.thoughts_per_step:
+                return torch.zeros(z.shape[0], dtype=torch.bool, device=z.device)
+            return self.stop(z).argmax(dim=-1) == 1
+
+        return stop_fn
 
     def step_losses(self, trace: LatentTrace, step_ids: Tensor, lengths: Tensor, eos_id: int) -> tuple[Tensor, Tensor]:
         """Per-step reconstruction NLL and KL (sums, see the module docstring).

@@ -240,6 +240,11 @@ def _require_cvae(module: LatentCoTModule) -> None:
         )
 
 
+def _groups_used(n_thoughts: int, module: LatentCoTModule) -> int:
+    """Thought groups (steps) a row fed: ceil(n_thoughts / c)."""
+    return -(-n_thoughts // module.config.reasoning.curriculum.thoughts_per_step)
+
+
 def explain(checkpoint: str | Path | LatentCoTModule, question: str, max_step_tokens: int = 48) -> Explanation:
     """Answer ``question`` with an atp_latent run and decode each thought group into the step it stands for."""
     module = _as_module(checkpoint)
@@ -250,6 +255,7 @@ def explain(checkpoint: str | Path | LatentCoTModule, question: str, max_step_to
         steps = decode_steps(
             module.cvae.decoder, answers.latents, module.vocab.eos_id, max_step_tokens, module.tokenizer
         )[0]
+        steps = steps[: _groups_used(answers.n_latent[0], module)]  # a stop head may end the thoughts early
     return Explanation(
         decoded_steps=steps, answer=answers.predictions[0], n_thoughts=answers.n_latent[0], text=answers.texts[0]
     )
@@ -277,7 +283,9 @@ def step_token_accuracy(
             continue
         n_groups = answers.latents.shape[1]
         decoded = decode_steps(module.cvae.decoder, answers.latents, eos, max_step_tokens)
-        for ex, row in zip(batch, decoded):
+        for ex, row, used in zip(batch, decoded, answers.n_latent):
+            kept = _groups_used(used, module)
+            row = row[:kept] + [[] for _ in row[kept:]]  # groups after a stop were never fed: nothing decoded
             gold_texts = latent_step_texts(ex.steps, n_latent_steps(len(ex.steps), stage, r.curriculum), n_groups)
             for gold_text, got in zip(gold_texts, row):
                 if not gold_text:

@@ -20,7 +20,7 @@ from latentlab.config import BackboneConfig, ExperimentConfig
 from latentlab.errors import ConfigError, LatentLabError
 from latentlab.eval.metrics import answers_match
 from latentlab.reasoning.curriculum import DEFAULT_FORMAT, CoTTextFormat, LayoutVocab, build_prompt
-from latentlab.reasoning.cvae import LatentStepCVAE, LatentTrace, beta_schedule, elbo_loss
+from latentlab.reasoning.cvae import LatentStepCVAE, LatentTrace, beta_schedule, elbo_loss, stop_loss, stop_targets
 from latentlab.reasoning.data import CoTBatch
 from latentlab.reasoning.thoughts import ThoughtFn, add_thought_tokens, generate_from_ids, thought_forward
 from latentlab.training import warmup_cosine
@@ -46,41 +46,6 @@ def tokens_before_answer(token_ids: Sequence[int], tokenizer, fmt: CoTTextFormat
     while count < len(token_ids) and len(tokenizer.decode(token_ids[: count + 1], skip_special_tokens=True)) <= start:
         count += 1
     return count
-
-
-class _GumbelHead(nn.Module):
-    """LM head whose argmax is a sample of softmax(logits / T): Gumbel-max, so greedy decoding samples."""
-
-    def __init__(self, head: nn.Module, temperature: float, generator: torch.Generator | None):
-        super().__init__()
-        self.head, self.temperature, self.generator = head, temperature, generator
-
-    def forward(self, hidden: Tensor) -> Tensor:
-        logits = self.head(hidden).float()
-        if self.temperature <= 0:
-            return logits
-        uniform = torch.rand(logits.shape, generator=self.generator, device=logits.device).clamp_(1e-10, 1.0)
-        return logits / self.temperature - torch.log(-torch.log(uniform))
-
-
-class _SampledLM(nn.Module):
-    """A view of a causal LM for ``generate_from_ids`` with a ``_GumbelHead``: same body, embeddings and cache."""
-
-    def __init__(self, lm: nn.Module, temperature: float, generator: torch.Generator | None):
-        super().__init__()
-        self.lm = lm
-        self.config = lm.config
-        self.head = _GumbelHead(lm.get_output_embeddings(), temperature, generator)
-
-    @property
-    def base_model(self) -> nn.Module:
-        return self.lm.base_model
-
-    def get_input_embeddings(self) -> nn.Module:
-        return self.lm.get_input_embeddings()
-
-    def get_output_embeddings(self) -> nn.Module:
-        return self.head
 
 
 def noisy_thoughts(inner: ThoughtFn | None, scale: float, generator: torch.Generator | None) -> ThoughtFn:
@@ -199,6 +164,14 @@ class LatentCoTModule(L.LightningModule):
         elbo = elbo_loss(recon, kl, beta)
         losses.update(answer_ce=out.loss, recon=recon.mean(), kl=kl.mean(), beta=torch.tensor(beta), elbo=elbo)
         losses["loss"] = out.loss + r.elbo_weight * elbo
+        if self.cvae.stop is not None:
+            mask = batch.thoughts.thought_mask.to(self.device)
+            targets, valid = stop_targets(mask.sum(dim=1), mask.shape[1], r.cvae.thoughts_per_step)
+            logits = self.cvae.stop_logits(LatentTrace.stack(trace.z))
+            losses["stop"] = stop_loss(logits, targets, valid)
+            hits = (logits.argmax(dim=-1) == targets)[valid]
+            losses["stop_accuracy"] = hits.float().mean() if hits.numel() else torch.tensor(1.0)
+            losses["loss"] = losses["loss"] + r.cvae.stop_weight * losses["stop"]
         return losses
 
     # ----------------------------------------------------------------- generation (validation and evaluation)
@@ -219,15 +192,16 @@ class LatentCoTModule(L.LightningModule):
         """
         r = self.config.reasoning
         prompts = [build_prompt(q, stage, r.curriculum, self.vocab, self.fmt) for q in questions]
-        thought_fn, trace = None, None
+        thought_fn, trace, stop_fn = None, None, None
         if self.cvae is not None:
             thought_fn, trace = self.cvae.inference_hook(generator)
+            if self.cvae.stop is not None:
+                stop_fn = self.cvae.stop_hook(trace)
         if thought_noise > 0 and r.latent:
             thought_fn = noisy_thoughts(thought_fn, thought_noise, generator)
-        model = self.reasoner if temperature <= 0 else _SampledLM(self.reasoner, temperature, generator)
         markers = r.curriculum.mode == "coconut"
         result = generate_from_ids(
-            model,
+            self.reasoner,
             [p for p, _ in prompts],
             [n for _, n in prompts],
             max_new_tokens or r.max_new_tokens,
@@ -235,6 +209,9 @@ class LatentCoTModule(L.LightningModule):
             eot_id=self.thought_tokens.eot_id if markers else None,
             pad_id=self.pad_id,
             thought_fn=thought_fn,
+            temperature=temperature,
+            generator=generator,
+            stop_fn=stop_fn,
         )
         texts = self.tokenizer.batch_decode(result.token_ids, skip_special_tokens=True)
         latents = None

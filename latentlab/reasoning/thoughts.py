@@ -37,6 +37,9 @@ ThoughtFn = Callable[[int, Tensor], Tensor]
 """``thought_fn(step_index, hidden [B, H]) -> [B, H]``: what is fed at thought slot ``step_index`` given the last
 hidden state before it (identity = Coconut; noise for RL exploration; a CVAE latent mapped back to H)."""
 
+StopFn = Callable[[int], Tensor]
+"""``stop_fn(step_index) -> bool [B]``: rows whose thoughts end at this slot (called after ``thought_fn`` there)."""
+
 
 @dataclass(frozen=True)
 class ThoughtTokens:
@@ -116,24 +119,31 @@ class CachedStepper:
         return out.last_hidden_state
 
     def run_thoughts(
-        self, hidden: Tensor, thought_mask: Tensor, thought_fn: ThoughtFn | None
-    ) -> tuple[Tensor, Tensor, Tensor]:
+        self, hidden: Tensor, thought_mask: Tensor, thought_fn: ThoughtFn | None, stop_fn: StopFn | None = None
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Feed n thoughts, one incremental forward each, starting from hidden [B, H] of the last prefix column.
 
-        thought_mask: [B, n]. Returns (contexts [B, n, H]: the hidden state before each slot, inputs [B, n, H]: what
-        was fed, last [B, H]: the hidden state after each row's last real thought, or ``hidden`` when it has none).
+        thought_mask: [B, n]. ``stop_fn(index)`` (called after ``thought_fn`` at each slot) returns a bool [B] of rows
+        that stop here: that slot and every later one is masked for them (ATP-Latent's stop head).
+        Returns (contexts [B, n, H]: the hidden state before each slot, inputs [B, n, H]: what was fed, last [B, H]:
+        the hidden state after each row's last real thought, or ``hidden`` when it has none, mask [B, n]: the slots
+        used, ``thought_mask`` less the stopped ones).
         """
         contexts, inputs, last = [], [], hidden
+        thought_mask = thought_mask.clone()
         for index in range(thought_mask.shape[1]):
             fed = hidden if thought_fn is None else thought_fn(index, hidden)
+            if stop_fn is not None:
+                stopping = stop_fn(index).to(thought_mask.device)
+                thought_mask[stopping, index:] = 0
             contexts.append(hidden)
             inputs.append(fed)
             hidden = self.step(fed.unsqueeze(1), thought_mask[:, index : index + 1])[:, -1]
             last = torch.where(thought_mask[:, index : index + 1].bool(), hidden, last)
         if not contexts:
             empty = hidden.new_zeros(hidden.shape[0], 0, hidden.shape[1])
-            return empty, empty, last
-        return torch.stack(contexts, dim=1), torch.stack(inputs, dim=1), last
+            return empty, empty, last, thought_mask
+        return torch.stack(contexts, dim=1), torch.stack(inputs, dim=1), last, thought_mask
 
 
 @dataclass
@@ -227,7 +237,7 @@ def thought_forward(
     stepper = CachedStepper(model)
     device = stepper.embed.weight.device
     prefix_hidden = stepper.step(stepper.embed(batch.prefix_ids.to(device)), batch.prefix_mask)  # [B, P, H]
-    contexts, inputs, last = stepper.run_thoughts(prefix_hidden[:, -1], batch.thought_mask.to(device), thought_fn)
+    contexts, inputs, last, _ = stepper.run_thoughts(prefix_hidden[:, -1], batch.thought_mask.to(device), thought_fn)
     suffix_hidden = stepper.step(stepper.embed(batch.suffix_ids.to(device)), batch.suffix_mask)  # [B, S, H]
     predictor = torch.cat([last.unsqueeze(1), suffix_hidden[:, :-1]], dim=1)  # [B, S, H]
     labels = batch.suffix_labels.to(device)
@@ -254,6 +264,15 @@ class GenerationResult:
     """[B, n, H] what was fed at each thought slot."""
 
 
+def next_token(logits: Tensor, temperature: float = 0.0, generator: torch.Generator | None = None) -> Tensor:
+    """argmax of ``logits`` (greedy) or, for ``temperature > 0``, a sample of softmax(logits / T) (Gumbel-max)."""
+    logits = logits.float()
+    if temperature <= 0:
+        return logits.argmax(dim=-1)
+    uniform = torch.rand(logits.shape, generator=generator, device=logits.device).clamp_(1e-10, 1.0)
+    return (logits / temperature - torch.log(-torch.log(uniform))).argmax(dim=-1)
+
+
 @torch.no_grad()
 def generate_from_ids(
     model: nn.Module,
@@ -264,10 +283,15 @@ def generate_from_ids(
     eot_id: int | None,
     pad_id: int = 0,
     thought_fn: ThoughtFn | None = None,
+    temperature: float = 0.0,
+    generator: torch.Generator | None = None,
+    stop_fn: StopFn | None = None,
 ) -> GenerationResult:
-    """Batched greedy decoding over a KV cache: prefix, thoughts, ``<eot>`` (if given), then language tokens.
+    """Batched decoding over a KV cache: prefix, thoughts, ``<eot>`` (if given), then language tokens.
 
-    ``n_thoughts`` per row masks the unused slots of shorter rows, so no row depends on the others.
+    Greedy by default; ``temperature > 0`` samples the language tokens (``next_token``) from ``generator``.
+    ``n_thoughts`` per row masks the unused slots of shorter rows, so no row depends on the others; ``stop_fn``
+    (see ``CachedStepper.run_thoughts``) ends a row's thoughts early, and the counts returned are the slots used.
     """
     batch = len(prefix_ids)
     counts = [n_thoughts] * batch if isinstance(n_thoughts, int) else list(n_thoughts)
@@ -280,14 +304,15 @@ def generate_from_ids(
     n_max = max(counts, default=0)
     thought_mask = (torch.arange(n_max, device=device)[None, :] < torch.tensor(counts, device=device)[:, None]).long()
     hidden = stepper.step(stepper.embed(ids), mask)[:, -1]
-    _, inputs, hidden = stepper.run_thoughts(hidden, thought_mask, thought_fn)
+    _, inputs, hidden, used = stepper.run_thoughts(hidden, thought_mask, thought_fn, stop_fn)
+    counts = used.sum(dim=1).tolist()
     ones = torch.ones(batch, 1, dtype=torch.long, device=device)
     if eot_id is not None:
         hidden = stepper.step(stepper.embed(ones * eot_id), ones)[:, -1]
     generated = torch.full((batch, max_new_tokens), eos_id, dtype=torch.long, device=device)
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     for index in range(max_new_tokens):
-        token = stepper.head(hidden).argmax(dim=-1)  # [B]
+        token = next_token(stepper.head(hidden), temperature, generator)  # [B]
         token = torch.where(finished, torch.full_like(token, eos_id), token)
         generated[:, index] = token
         finished |= token == eos_id
