@@ -25,7 +25,6 @@ from latentlab.memory.retrievers import (
     SentenceEncoder,
     make_retriever,
     register_retriever,
-    retrieval_text,
 )
 
 DOCS = [
@@ -87,8 +86,8 @@ def test_bm25_reads_the_title():
     bm25 = make_retriever("bm25")
     bm25.fit(DOCS)
     assert bm25.search(["Smith"], k=1)[0][0].id == "d4"
-    assert retrieval_text(DOCS[4]) == "Bob Smith\nBob plays the violin in an orchestra."
-    assert retrieval_text(DOCS[0]) == "Ann was born in Oslo."
+    assert DOCS[4].display_text() == "Bob Smith: Bob plays the violin in an orchestra."
+    assert DOCS[0].display_text() == "Ann was born in Oslo."
 
 
 def test_bm25_k_larger_than_the_corpus_returns_only_the_corpus():
@@ -185,7 +184,7 @@ def test_dense_batched_search_equals_one_at_a_time(dense):
 def test_dense_faiss_scores_equal_numpy_dot_products(dense):
     dense.fit(PEOPLE)
     queries = ["Where was Ann born?", "a river in England"]
-    corpus_embeddings = dense.encoder.encode([retrieval_text(item) for item in PEOPLE])
+    corpus_embeddings = dense.encoder.encode([item.display_text() for item in PEOPLE])
     query_embeddings = dense.encoder.encode(queries)
     expected = query_embeddings @ corpus_embeddings.T  # [2, 6]
     row = {item.id: position for position, item in enumerate(PEOPLE)}
@@ -205,7 +204,7 @@ def test_dense_pools_match_a_loop_reference(dense):
             assert hits == []
             continue
         query_embedding = dense.encoder.encode([query])[0]
-        pool_scores = dense.encoder.encode([retrieval_text(item) for item in pool]) @ query_embedding
+        pool_scores = dense.encoder.encode([item.display_text() for item in pool]) @ query_embedding
         best = np.argsort(-pool_scores, kind="stable")[:2]
         assert ids(hits) == [pool[i].id for i in best]
         np.testing.assert_allclose([h.score for h in hits], pool_scores[best], atol=1e-5, rtol=0)

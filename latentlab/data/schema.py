@@ -16,6 +16,15 @@ from typing import Any, TypeVar
 from latentlab.errors import DataError
 
 
+def titled(title: str | None, body: str) -> str:
+    """``Title: body`` when the item has a title, else the body.
+
+    HotpotQA sentences often name their subject only in their paragraph's title ("He was born in 1950."), so the
+    title is part of what every reader of the item sees: the compressor, BM25, the dense encoder and the generator.
+    """
+    return f"{title}: {body}" if title else body
+
+
 @dataclass(frozen=True)
 class Evidence:
     """One evidence item: a sentence or passage (``text``) or an image (``image`` path) with an optional title."""
@@ -26,9 +35,8 @@ class Evidence:
     title: str | None = None
 
     def display_text(self) -> str:
-        """The text a raw-text baseline reads for this item (title prefixed when present)."""
-        body = self.text if self.text is not None else f"[image {self.image}]"
-        return body
+        """What the compressor, the text retrievers and a raw-text prompt read for this item (``titled``)."""
+        return titled(self.title, self.text if self.text is not None else f"[image {self.image}]")
 
 
 @dataclass(frozen=True)

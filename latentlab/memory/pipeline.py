@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from latentlab.backbones import fingerprint, spec_name
 from latentlab.config import ExperimentConfig, config_from_dict
-from latentlab.data.schema import Evidence
+from latentlab.data.schema import Evidence, titled
 from latentlab.errors import IndexError_, LatentLabError
 from latentlab.memory.index import IndexSpec, LatentIndex, build_index
 from latentlab.memory.prompting import Prompt, pack_prompts
@@ -271,7 +271,7 @@ def answer_with_text(module, questions: Sequence[str], hits: Sequence[list[Hit]]
     for start in tqdm(range(0, len(questions), batch_size), desc="answer (text)", leave=False, disable=None):
         qs = list(questions[start : start + batch_size])
         rows = list(hits[start : start + batch_size])
-        prompts = [module.prompts.text(q, [h.text or "" for h in row]) for q, row in zip(qs, rows)]
+        prompts = [module.prompts.text(q, [titled(h.title, h.text or "") for h in row]) for q, row in zip(qs, rows)]
         answers += _answers(qs, _generate(module, prompts), prompts, rows)
     return answers
 

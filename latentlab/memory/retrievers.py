@@ -42,16 +42,6 @@ class Hit:
     rank: int
 
 
-def retrieval_text(item: Evidence) -> str:
-    """What a text retriever indexes for ``item``: its title on a line of its own, then its text, when titled.
-
-    HotpotQA sentences often name their subject only in the title ("He was born in 1950."), so the title is part of
-    what BM25 and the dense encoder see. The generator's prompt is formatted elsewhere; this is only the search key.
-    """
-    body = item.text if item.text is not None else item.display_text()
-    return f"{item.title}\n{body}" if item.title else body
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Argument checks shared by every retriever
 # ---------------------------------------------------------------------------------------------------------------
@@ -234,7 +224,7 @@ BM25_METHODS = ("robertson", "lucene", "atire", "bm25l", "bm25+")
 
 @register_retriever("bm25")
 class BM25Retriever(Retriever):
-    """Okapi BM25 over ``retrieval_text`` (title + text) with the ``bm25s`` library.
+    """Okapi BM25 over ``Evidence.display_text`` (title + text) with the ``bm25s`` library.
 
     Tokenisation is bm25s's: lower-cased words of two or more characters, no stemming and, by default, no stopword
     removal. Stemming would need PyStemmer, which is not a dependency; stopwords cost little to keep because BM25's
@@ -278,7 +268,7 @@ class BM25Retriever(Retriever):
 
     def _index(self, items: list[Evidence]) -> bm25s.BM25:
         bm25 = bm25s.BM25(k1=self.k1, b=self.b, method=self.method)
-        tokens = self._tokenize([retrieval_text(item) for item in items], return_ids=True)
+        tokens = self._tokenize([item.display_text() for item in items], return_ids=True)
         bm25.index(tokens, show_progress=self.progress and len(items) >= PROGRESS_MIN_ITEMS)
         return bm25
 
@@ -416,7 +406,7 @@ class SentenceEncoder:
 
 @register_retriever("dense")
 class DenseRetriever(Retriever):
-    """Cosine-similarity retrieval over ``retrieval_text`` with a ``SentenceEncoder`` and a ``faiss.IndexFlatIP``.
+    """Cosine-similarity retrieval over ``Evidence.display_text`` with a ``SentenceEncoder`` and a ``faiss.IndexFlatIP``.
 
     ``search_pools`` encodes every distinct pool text once across all pools, then scores pools in chunks with one
     batched matmul each (pools are a few dozen items, so a FAISS index per pool would only add overhead).
@@ -438,7 +428,7 @@ class DenseRetriever(Retriever):
         self._index: faiss.IndexFlatIP | None = None
 
     def _build(self, corpus: list[Evidence]) -> None:
-        embeddings = self.encoder.encode([retrieval_text(item) for item in corpus])
+        embeddings = self.encoder.encode([item.display_text() for item in corpus])
         self._index = faiss.IndexFlatIP(self.encoder.dim)
         self._index.add(embeddings)
 
@@ -452,7 +442,7 @@ class DenseRetriever(Retriever):
         width = max(len(pool) for pool in pools)
         rows = np.full((len(pools), width), -1, dtype=np.int64)  # [P, L] rows of `embeddings`, -1 past a pool's end
         for number, pool in enumerate(pools):
-            texts = [retrieval_text(item) for item in pool]
+            texts = [item.display_text() for item in pool]
             rows[number, : len(pool)] = [row_of_text.setdefault(text, len(row_of_text)) for text in texts]
         embeddings = self.encoder.encode(list(row_of_text))  # [U, dim]
         query_embeddings = self.encoder.encode(queries)  # [P, dim]
