@@ -84,7 +84,9 @@ def measure(
     workdir: Path, keys: np.ndarray, queries: np.ndarray, exact: np.ndarray, factory: str, args: argparse.Namespace
 ) -> Row:
     n, dim = keys.shape
-    spec = IndexSpec(factory, nprobe=args.nprobe, ef_search=args.ef_search, latent_dtype="float16")
+    spec = IndexSpec(
+        factory, nprobe=args.nprobe, ef_search=args.ef_search, latent_dtype="float16", max_train_keys=args.train_keys
+    )
     items = [Evidence(id=str(i)) for i in range(n)]  # ids only: the raw text is what the latents replace
     latents = np.zeros((n, args.latent_dim), np.float16)  # content does not change sizes or search speed
     path = workdir / f"{dim}-{factory.replace(',', '_')}"
@@ -156,6 +158,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--factories", nargs="+", default=None, help="FAISS factory strings (default: Flat, IVF, HNSW)")
     parser.add_argument("--nprobe", type=int, default=16, help="IVF lists visited per query")
     parser.add_argument("--ef-search", type=int, default=64, help="HNSW candidate list per query")
+    parser.add_argument(
+        "--train-keys", type=int, default=None, help="IVF trains on a sample of this many keys (default: FAISS's cap)"
+    )
     parser.add_argument("--latent-dim", type=int, default=576, help="latent size H (576: SmolLM2-135M)")
     parser.add_argument("--text-bytes", type=float, default=150.0, help="mean bytes of raw text one item replaces")
     parser.add_argument("--data", choices=["clustered", "random"], default="clustered", help="key distribution")

@@ -207,6 +207,8 @@ class IndexConfig:
     """HNSW candidate-list size per query."""
     latent_dtype: Literal["float32", "float16"] = "float32"
     """Storage type of the latents on disk."""
+    max_train_keys: int | None = None
+    """IVF/PQ train on a seeded sample of at most this many keys; null = all keys of the first batch added."""
     batch_size: int = 32
     """Evidence items compressed per batch while building."""
 

@@ -61,6 +61,9 @@ class IndexSpec:
     """HNSW candidate-list size per query (ignored by index types without HNSW)."""
     latent_dtype: Literal["float32", "float16"] = "float32"
     """Storage type of the latents on disk; ``latents_for`` always returns float32."""
+    max_train_keys: int | None = None
+    """IVF/PQ train on a seeded sample of at most this many keys (k-means time grows with it); None = all of the
+    first ``add``'s keys, which FAISS itself caps at 256 per IVF list."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.factory, str) or not self.factory.strip():
@@ -73,6 +76,13 @@ class IndexSpec:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"index.{name} must be a positive integer, got {value!r}")
+        if self.max_train_keys is not None and (
+            not isinstance(self.max_train_keys, int) or self.max_train_keys < max(1, training_keys_needed(self.factory))
+        ):
+            raise ConfigError(
+                f"index.max_train_keys must be null or an integer >= {max(1, training_keys_needed(self.factory))} "
+                f"(what '{self.factory}' needs to train), got {self.max_train_keys!r}"
+            )
         if self.latent_dtype not in ("float32", "float16"):
             raise ConfigError(f"index.latent_dtype must be 'float32' or 'float16', got {self.latent_dtype!r}")
 
@@ -389,7 +399,13 @@ class LatentIndex:
                 raise IndexError_(f"{file}: {what} {found}, but {manifest_path} says {expected}")
         if repeats := _duplicate_ids(item.id for item in items):
             raise IndexError_(f"{files['items']}: duplicate id '{next(iter(repeats))}'")
-        spec = IndexSpec(manifest["factory"], manifest["nprobe"], manifest["ef_search"], manifest["latent_dtype"])
+        spec = IndexSpec(
+            manifest["factory"],
+            manifest["nprobe"],
+            manifest["ef_search"],
+            manifest["latent_dtype"],
+            manifest.get("max_train_keys"),
+        )
         _apply_search_params(faiss_index, spec)
         memory = cls(
             path,
@@ -445,6 +461,9 @@ class LatentIndex:
                 f"(about count / 39, e.g. 'IVF{max(1, len(keys) // 39)},Flat') or 'Flat'"
             )
         index = _new_faiss_index(self.key_dim, self.spec)
+        limit = self.spec.max_train_keys
+        if limit is not None and len(keys) > limit:
+            keys = keys[np.sort(np.random.default_rng(0).choice(len(keys), limit, replace=False))]
         try:
             index.train(keys)
         except RuntimeError as err:
@@ -600,6 +619,7 @@ class LatentIndex:
             "nprobe": self.spec.nprobe,
             "ef_search": self.spec.ef_search,
             "latent_dtype": self.spec.latent_dtype,
+            "max_train_keys": self.spec.max_train_keys,
             "generation": generation,
             "files": files,
         }

@@ -152,7 +152,13 @@ def encode_corpus(module, items: Sequence[Evidence]) -> tuple[np.ndarray, np.nda
 def index_spec(config) -> IndexSpec:
     """The IndexSpec of an experiment's `index:` section."""
     ix = config.index
-    return IndexSpec(factory=ix.factory, nprobe=ix.nprobe, ef_search=ix.ef_search, latent_dtype=ix.latent_dtype)
+    return IndexSpec(
+        factory=ix.factory,
+        nprobe=ix.nprobe,
+        ef_search=ix.ef_search,
+        latent_dtype=ix.latent_dtype,
+        max_train_keys=ix.max_train_keys,
+    )
 
 
 def build_memory(
