@@ -29,10 +29,9 @@ from latentlab.data.converters import (
 )
 from latentlab.data.schema import CoTExample, Evidence, QAExample, read_corpus, read_cot, read_qa, write_jsonl
 from latentlab.errors import ConfigError, DataError
+from tests.conftest import REPO, shared_file
 
-REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
-SHARED_DATA = Path(os.environ.get("LATENTLAB_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 FIXTURE_OF = {
     "hotpotqa": "hotpotqa_mini.json",
@@ -46,13 +45,6 @@ FIXTURE_OF = {
 def write(tmp_path: Path, name: str, text: str) -> Path:
     path = tmp_path / name
     path.write_text(text, encoding="utf-8")
-    return path
-
-
-def shared(relative: str) -> Path:
-    path = SHARED_DATA / relative
-    if not path.exists():
-        pytest.skip(f"real data not found at {path}")
     return path
 
 
@@ -405,13 +397,13 @@ def test_convert_script_reports_errors_without_a_traceback(tmp_path):
     ],
 )
 def test_real_file_counts(name, relative, count):
-    records = convert(name, shared(relative))
+    records = convert(name, shared_file(relative))
     assert len(records) == count
     assert len({r.id for r in records}) == count
 
 
 def test_real_hotpotqa_distractor_first_record_and_round_trip(tmp_path):
-    examples, stats = load_hotpotqa(shared("hotpotqa/hotpot_dev_distractor_shared.json"))
+    examples, stats = load_hotpotqa(shared_file("hotpotqa/hotpot_dev_distractor_shared.json"))
     first = examples[0]
     assert first.id == "5a85ea095542994775f606a8"
     assert first.answers == ["Animorphs"]
@@ -424,7 +416,7 @@ def test_real_hotpotqa_distractor_first_record_and_round_trip(tmp_path):
 
 
 def test_real_hotpotqa_fullwiki_skips_supporting_facts_outside_the_retrieved_context():
-    _, stats = load_hotpotqa(shared("hotpotqa/hotpot_dev_fullwiki_subset.json"))
+    _, stats = load_hotpotqa(shared_file("hotpotqa/hotpot_dev_fullwiki_subset.json"))
     assert stats.questions == 480
     assert stats.supporting_title_missing == 471  # gold paragraphs the fullwiki retrieval missed (counted here)
     assert stats.supporting_index_out_of_range == 0
@@ -437,35 +429,35 @@ def test_real_hotpotqa_corpus_has_no_conflicting_ids():
         "hotpotqa/hotpot_dev_fullwiki_subset.json",
         "hotpotqa/hotpot_train_v1.1_subset_hipporag100.json",
     ):
-        examples += load_hotpotqa(shared(relative))[0]
+        examples += load_hotpotqa(shared_file(relative))[0]
     corpus = extract_corpus(examples)
     assert len({e.id for e in corpus}) == len(corpus) == 25417
 
 
 def test_real_gsm8k_first_records_checked_by_hand():
-    train = convert_gsm8k(shared("gsm8k/train.jsonl"))
+    train = convert_gsm8k(shared_file("gsm8k/train.jsonl"))
     assert (train[0].steps, train[0].answer) == (["<<48/2=24>>", "<<48+24=72>>"], "72")
-    test = convert_gsm8k(shared("gsm8k/test.jsonl"))
+    test = convert_gsm8k(shared_file("gsm8k/test.jsonl"))
     assert test[0].id == "gsm8k-test-0"
     assert (test[0].steps, test[0].answer) == (["<<16-3-4=9>>", "<<9*2=18>>"], "18")
     assert all("," not in e.answer for e in train + test)
 
 
 def test_real_gsm8k_aug_first_record_checked_by_hand():
-    valid = convert_gsm8k_aug(shared("gsm8k_aug/valid.txt"))
+    valid = convert_gsm8k_aug(shared_file("gsm8k_aug/valid.txt"))
     assert valid[0].steps == ["<<4-2=2>>", "<<2/.5=4>>", "<<12/4=3>>", "<<100*3=300>>"]
     assert valid[0].answer == "300"
 
 
 def test_real_gsm8k_test_and_gsm8k_aug_test_agree_record_for_record():
     """The iCoT test file is GSM8K test with the calculator annotations as steps; both converters must agree."""
-    gsm = convert_gsm8k(shared("gsm8k/test.jsonl"))
-    aug = convert_gsm8k_aug(shared("gsm8k_aug/test.txt"))
+    gsm = convert_gsm8k(shared_file("gsm8k/test.jsonl"))
+    aug = convert_gsm8k_aug(shared_file("gsm8k_aug/test.txt"))
     assert [(e.question, e.steps, e.answer) for e in gsm] == [(e.question, e.steps, e.answer) for e in aug]
 
 
 def test_real_prosqa_first_record_and_step_counts():
-    test = convert_prosqa(shared("prosqa/prosqa_test.json"))
+    test = convert_prosqa(shared_file("prosqa/prosqa_test.json"))
     assert test[0].id == "prosqa-test-0"
     assert test[0].steps == ["Sally is a scrompus.", "Every scrompus is a rempus.", "Every rempus is a sterpus."]
     assert test[0].answer == "Sally is a sterpus."
@@ -474,7 +466,7 @@ def test_real_prosqa_first_record_and_step_counts():
 
 
 def test_real_prontoqa_first_record():
-    test = convert_prontoqa(shared("prontoqa/prontoqa_test.json"))
+    test = convert_prontoqa(shared_file("prontoqa/prontoqa_test.json"))
     assert test[0].answer == "False"
     assert test[0].steps[0] == "Stella is a zumpus. Zumpuses are gorpuses."
     assert test[0].steps[-1] == "Stella is floral."
