@@ -109,6 +109,10 @@ class LossConfig:
     """Teacher answer tokens (greedy) over which the KL is taken."""
     student_distractors_max: int = 3
     """The student also reads 0..this many random hard-negative latents."""
+    answer_weight: float = 0.0
+    """Weight of the gold-answer cross-entropy of the student (the generator reading latents, teacher-forced on the
+    first gold answer + end of turn). Not in the reference (0 = off): it puts the whole gradient on the answer
+    tokens, where the 16-token KL spreads it over words the question already gives."""
 
 
 @dataclass
@@ -464,7 +468,7 @@ def validate(config: ExperimentConfig, ctx: _Ctx) -> None:
     """Cross-field checks that types alone cannot express."""
     if config.loss.temperature <= 0:
         ctx.fail("loss.temperature", f"must be > 0, got {config.loss.temperature}")
-    for name in ("recon_weight", "contrast_weight", "distill_weight"):
+    for name in ("recon_weight", "contrast_weight", "distill_weight", "answer_weight"):
         if getattr(config.loss, name) < 0:
             ctx.fail(f"loss.{name}", "must be >= 0")
     if config.data.batch_size < 1:

@@ -4,15 +4,15 @@ import math
 
 import torch
 
-from latentlab.memory.losses import distillation_kl, multi_positive_infonce, reconstruction_loss
+from latentlab.memory.losses import distillation_kl, multi_positive_infonce, token_cross_entropy
 
 
-def test_reconstruction_loss_is_token_mean_ce_ignoring_pads():
+def test_token_cross_entropy_is_token_mean_ce_ignoring_pads():
     logits = torch.tensor([[0.0, 0.0], [math.log(3.0), 0.0], [5.0, -5.0]])
     targets = torch.tensor([0, 0, -100])
     # token 1: -log(1/2); token 2: -log(3/4); the third is ignored
     expected = (math.log(2.0) + math.log(4.0 / 3.0)) / 2
-    assert abs(reconstruction_loss(logits, targets).item() - expected) < 1e-6
+    assert abs(token_cross_entropy(logits, targets).item() - expected) < 1e-6
 
 
 def test_infonce_2x3_by_hand():

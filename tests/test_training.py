@@ -94,6 +94,13 @@ def test_one_step_reaches_every_trainable_part(tiny_overrides):
     batch = next(iter(data.train_dataloader()))
     losses = module.compute_losses(batch, step_seed=0)
     assert all(torch.isfinite(v) for v in losses.values())
+    weights = config.loss
+    assert weights.answer_weight > 0  # the tiny config trains on gold answers too
+    expected = sum(getattr(weights, f"{name}_weight") * losses[name] for name in ("recon", "contrast", "distill"))
+    torch.testing.assert_close(losses["loss"], expected + weights.answer_weight * losses["answer"])
+    gold = module.gold_answers(batch)[0]
+    assert gold[-1] == module.generator.tokenizer.eos_token_id
+    assert module.generator.tokenizer.decode(gold[:-1]).strip() == batch.answers[0][0]
     losses["loss"].backward()
     named = dict(module.named_parameters())
     groups = {

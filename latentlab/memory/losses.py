@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 
 
-def reconstruction_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
-    """Token-mean cross-entropy of the reconstruction decoder.
+def token_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+    """Token-mean cross-entropy: the reconstruction decoder's, and the student's on gold answers.
 
     logits: [N, V] at the labelled positions only (or [B, T, V]); targets: [N] (or [B, T]) token ids,
     ``ignore_index`` where there is nothing to predict. Returns a scalar.

@@ -17,7 +17,7 @@ from latentlab.data.modules import QABatch
 from latentlab.errors import LatentLabError
 from latentlab.memory.compressor import Compressor
 from latentlab.memory.generator import Generator
-from latentlab.memory.losses import distillation_kl, multi_positive_infonce, reconstruction_loss
+from latentlab.memory.losses import distillation_kl, multi_positive_infonce, token_cross_entropy
 from latentlab.memory.prompting import PromptBuilder, pack_prompts
 from latentlab.training import warmup_cosine
 
@@ -44,6 +44,7 @@ class LatentMemoryModule(L.LightningModule):
         self.generator = Generator(self.compressor.lm if shared else gen_model, gen_tokenizer, shares_peft_base=shared)
         self.prompts = PromptBuilder(gen_tokenizer, config.generator.system_prompt, config.generator.slot_format)
         self.teacher_cache: dict[str, list[int]] = {}
+        self.gold_cache: dict[str, list[int]] = {}
         self._trainable = {name for name, p in self.named_parameters() if p.requires_grad}
 
     # ----------------------------------------------------------------- the three losses
@@ -58,6 +59,15 @@ class LatentMemoryModule(L.LightningModule):
             for b, row in zip(missing, rows):
                 self.teacher_cache[batch.question_ids[b]] = row or [self.generator.eos_ids[0]]
         return [self.teacher_cache[qid] for qid in batch.question_ids]
+
+    def gold_answers(self, batch: QABatch) -> list[list[int]]:
+        """Token ids of each question's first gold answer followed by the generator's end of turn (cached)."""
+        tok = self.generator.tokenizer
+        end = tok.eos_token_id if tok.eos_token_id is not None else self.generator.eos_ids[0]
+        for qid, answers in zip(batch.question_ids, batch.answers):
+            if qid not in self.gold_cache:
+                self.gold_cache[qid] = tok(answers[0], add_special_tokens=False)["input_ids"] + [end]
+        return [self.gold_cache[qid] for qid in batch.question_ids]
 
     def _positives_of(self, batch: QABatch, b: int) -> list[str]:
         return [t for t, o in zip(batch.positives, batch.positive_owner.tolist()) if o == b]
@@ -99,7 +109,7 @@ class LatentMemoryModule(L.LightningModule):
 
         count = len(texts) if cfg.recon_negatives else num_pos
         logits, targets = comp.reconstruction_logits(latents[:count], ids[:count], mask[:count])
-        losses["recon"] = reconstruction_loss(logits, targets)
+        losses["recon"] = token_cross_entropy(logits, targets)
 
         answers = self.teacher_answers(batch)
         teacher_prompts = [self.prompts.text(q, self._positives_of(batch, b)) for b, q in enumerate(batch.questions)]
@@ -112,12 +122,21 @@ class LatentMemoryModule(L.LightningModule):
         order = torch.tensor([i for row in slots for i in row], dtype=torch.long, device=self.device)
         student_prompts = [self.prompts.latent(q, len(row)) for q, row in zip(batch.questions, slots)]
         projected = comp.project(latents)[order]
+        pad = self._pad_id()
         student = self.generator.continuation_logits(
-            pack_prompts(student_prompts, self.generator.embed, projected, answers, pad_id=self._pad_id())
+            pack_prompts(student_prompts, self.generator.embed, projected, answers, pad_id=pad)
         )
         losses["distill"] = distillation_kl(student, teacher)
         losses["loss"] = cfg.recon_weight * losses["recon"] + cfg.contrast_weight * losses["contrast"]
         losses["loss"] = losses["loss"] + cfg.distill_weight * losses["distill"]
+        if cfg.answer_weight > 0:
+            packed = pack_prompts(
+                student_prompts, self.generator.embed, projected, self.gold_answers(batch), pad_id=pad
+            )
+            losses["answer"] = token_cross_entropy(
+                self.generator.continuation_logits(packed), packed.continuation_targets
+            )
+            losses["loss"] = losses["loss"] + cfg.answer_weight * losses["answer"]
         with torch.no_grad():  # retrieval quality inside each question's pool: recall@1 of its positives
             scores = query_keys.detach() @ item_keys.detach().T
             in_pool = torch.cat([batch.positive_owner, batch.negative_owner]).to(self.device)
