@@ -24,8 +24,11 @@ def ensure_compressor(config) -> Path:
     target = root / (config.eval.checkpoint or f"artifacts/{config.name}")
     if (target / WEIGHTS).exists():
         return target
-    print(f"[demo] no trained compressor at {target}: training it now ({config.source_file})")
-    result = fit(config, run_name="demo")
+    print(
+        f"[demo] no trained compressor at {target}: training it now ({config.source_file}, "
+        f"{config.trainer.max_steps} steps; about 10 s a step on a 2-core CPU)"
+    )
+    result = fit(config)  # a fresh timestamped run directory: an earlier interrupted demo run is left alone
     export_compressor(load_trained(result.run_dir), target, include_decoder=False, dtype=torch.float16)
     for name in ("metrics.json", "run.json"):
         shutil.copy(result.run_dir / name, target / name)

@@ -162,3 +162,29 @@ def test_latent_rows_need_a_checkpoint(trained):
     config.eval.checkpoint = None
     with pytest.raises(ConfigError, match="'eval.checkpoint': the latent methods need a trained compressor"):
         evaluate(config, out_dir=tmp / "no-ckpt", methods=["latent_compact", "no_retrieval"])
+
+
+def test_demo_trains_and_exports_a_missing_compressor_once(tmp_path):
+    from latentlab.demo import ensure_compressor
+    from latentlab.memory.pipeline import WEIGHTS
+
+    overrides = {
+        "compressor.backbone.model": TINY_MODEL,
+        "generator.backbone.model": TINY_MODEL,
+        "compressor.key_dim": 32,
+        "data.synthetic.num_people": 30,
+        "data.batch_size": 2,
+        "data.limit_val": 2,
+        "trainer.max_steps": 2,
+        "trainer.progress_bar": False,
+        "output_dir": str(tmp_path / "runs"),
+        "eval.checkpoint": str(tmp_path / "artifact"),
+    }
+    config = load_config(TINY_YAML, overrides)
+    target = ensure_compressor(config)
+    assert target == tmp_path / "artifact" and (target / WEIGHTS).exists() and (target / "metrics.json").exists()
+    runs = list((tmp_path / "runs" / config.name).iterdir())
+    stamp = (target / WEIGHTS).stat().st_mtime_ns
+    assert ensure_compressor(config) == target  # present now: nothing is trained again
+    assert list((tmp_path / "runs" / config.name).iterdir()) == runs and (target / WEIGHTS).stat().st_mtime_ns == stamp
+    assert load_trained(target).compressor.config.key_dim == 32
