@@ -113,6 +113,10 @@ class LossConfig:
     """Weight of the gold-answer cross-entropy of the student (the generator reading latents, teacher-forced on the
     first gold answer + end of turn). Not in the reference (0 = off): it puts the whole gradient on the answer
     tokens, where the 16-token KL spreads it over words the question already gives."""
+    paraphrase_weight: float = 0.0
+    """Weight of the generator rebuilding each positive's text from its projected latent (xRAG's paraphrase
+    pretraining; not in the reference, 0 = off). It teaches the projector what the frozen generator can read with
+    every token of every positive, where the answer losses see a few tokens a question."""
 
 
 @dataclass
@@ -468,7 +472,7 @@ def validate(config: ExperimentConfig, ctx: _Ctx) -> None:
     """Cross-field checks that types alone cannot express."""
     if config.loss.temperature <= 0:
         ctx.fail("loss.temperature", f"must be > 0, got {config.loss.temperature}")
-    for name in ("recon_weight", "contrast_weight", "distill_weight", "answer_weight"):
+    for name in ("recon_weight", "contrast_weight", "distill_weight", "answer_weight", "paraphrase_weight"):
         if getattr(config.loss, name) < 0:
             ctx.fail(f"loss.{name}", "must be >= 0")
     if config.data.batch_size < 1:

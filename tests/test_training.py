@@ -87,7 +87,7 @@ def test_one_step_reaches_every_trainable_part(tiny_overrides):
     from latentlab.data.modules import QADataModule
     from latentlab.memory.module import LatentMemoryModule
 
-    config = load_config(TINY_YAML, tiny_overrides)
+    config = load_config(TINY_YAML, {**tiny_overrides, "loss.paraphrase_weight": 0.3})
     data = QADataModule(config)
     data.setup("fit")
     module = LatentMemoryModule(config)
@@ -96,8 +96,9 @@ def test_one_step_reaches_every_trainable_part(tiny_overrides):
     assert all(torch.isfinite(v) for v in losses.values())
     weights = config.loss
     assert weights.answer_weight > 0  # the tiny config trains on gold answers too
-    expected = sum(getattr(weights, f"{name}_weight") * losses[name] for name in ("recon", "contrast", "distill"))
-    torch.testing.assert_close(losses["loss"], expected + weights.answer_weight * losses["answer"])
+    names = ("recon", "contrast", "distill", "answer", "paraphrase")
+    expected = sum(getattr(weights, f"{name}_weight") * losses[name] for name in names)
+    torch.testing.assert_close(losses["loss"], expected)
     gold = module.gold_answers(batch)[0]
     assert gold[-1] == module.generator.tokenizer.eos_token_id
     assert module.generator.tokenizer.decode(gold[:-1]).strip() == batch.answers[0][0]

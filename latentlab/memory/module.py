@@ -21,6 +21,9 @@ from latentlab.memory.losses import distillation_kl, multi_positive_infonce, tok
 from latentlab.memory.prompting import PromptBuilder, pack_prompts
 from latentlab.training import warmup_cosine
 
+PARAPHRASE_INSTRUCTION = "Repeat the latent context word for word."
+"""The question of the paraphrase prompt: the generator reads one latent and is taught to say its text."""
+
 
 class LatentMemoryModule(L.LightningModule):
     """Compressor (trained: LoRA adapters, memory slot, heads) + frozen generator; loss = weighted sum of three."""
@@ -44,7 +47,7 @@ class LatentMemoryModule(L.LightningModule):
         self.generator = Generator(self.compressor.lm if shared else gen_model, gen_tokenizer, shares_peft_base=shared)
         self.prompts = PromptBuilder(gen_tokenizer, config.generator.system_prompt, config.generator.slot_format)
         self.teacher_cache: dict[str, list[int]] = {}
-        self.gold_cache: dict[str, list[int]] = {}
+        self.reply_cache: dict[str, list[int]] = {}
         self._trainable = {name for name, p in self.named_parameters() if p.requires_grad}
 
     # ----------------------------------------------------------------- the three losses
@@ -60,14 +63,18 @@ class LatentMemoryModule(L.LightningModule):
                 self.teacher_cache[batch.question_ids[b]] = row or [self.generator.eos_ids[0]]
         return [self.teacher_cache[qid] for qid in batch.question_ids]
 
+    def reply_tokens(self, text: str) -> list[int]:
+        """``text`` as a generator reply: its token ids (at most max_evidence_tokens) and the end of turn (cached)."""
+        if text not in self.reply_cache:
+            tok = self.generator.tokenizer
+            end = tok.eos_token_id if tok.eos_token_id is not None else self.generator.eos_ids[0]
+            ids = tok(text, add_special_tokens=False)["input_ids"][: self.config.compressor.max_evidence_tokens]
+            self.reply_cache[text] = ids + [end]
+        return self.reply_cache[text]
+
     def gold_answers(self, batch: QABatch) -> list[list[int]]:
-        """Token ids of each question's first gold answer followed by the generator's end of turn (cached)."""
-        tok = self.generator.tokenizer
-        end = tok.eos_token_id if tok.eos_token_id is not None else self.generator.eos_ids[0]
-        for qid, answers in zip(batch.question_ids, batch.answers):
-            if qid not in self.gold_cache:
-                self.gold_cache[qid] = tok(answers[0], add_special_tokens=False)["input_ids"] + [end]
-        return [self.gold_cache[qid] for qid in batch.question_ids]
+        """Each question's first gold answer as a generator reply (``reply_tokens``)."""
+        return [self.reply_tokens(answers[0]) for answers in batch.answers]
 
     def _positives_of(self, batch: QABatch, b: int) -> list[str]:
         return [t for t, o in zip(batch.positives, batch.positive_owner.tolist()) if o == b]
@@ -137,6 +144,14 @@ class LatentMemoryModule(L.LightningModule):
                 self.generator.continuation_logits(packed), packed.continuation_targets
             )
             losses["loss"] = losses["loss"] + cfg.answer_weight * losses["answer"]
+        if cfg.paraphrase_weight > 0:  # the generator itself rebuilds each positive from its projected latent
+            prompts = [self.prompts.latent(PARAPHRASE_INSTRUCTION, 1)] * num_pos
+            replies = [self.reply_tokens(text) for text in batch.positives]
+            packed = pack_prompts(prompts, self.generator.embed, comp.project(latents[:num_pos]), replies, pad_id=pad)
+            losses["paraphrase"] = token_cross_entropy(
+                self.generator.continuation_logits(packed), packed.continuation_targets
+            )
+            losses["loss"] = losses["loss"] + cfg.paraphrase_weight * losses["paraphrase"]
         with torch.no_grad():  # retrieval quality inside each question's pool: recall@1 of its positives
             scores = query_keys.detach() @ item_keys.detach().T
             in_pool = torch.cat([batch.positive_owner, batch.negative_owner]).to(self.device)
