@@ -117,6 +117,7 @@ def test_evaluate_runs_on_real_hotpotqa_by_config(trained):
     result = evaluate(hotpot, checkpoint=tmp / "export", out_dir=out, methods=["latent", "bm25", "full_context"])
     latent, bm25, full = result.rows
     assert latent["context_tokens"] * 5 < bm25["context_tokens"] < full["context_tokens"]
+    assert "recall@k" in bm25 and "recall@k" not in full  # full context ranks nothing
     first = json.loads((out / "predictions.latent.jsonl").read_text().splitlines()[0])
     assert first["gold"] and first["supporting"] and len(first["hits"]) == 5
     assert json.loads((out / "summary.json").read_text())["retrieval"] == "pool"

@@ -196,7 +196,7 @@ def evaluate(
 def _score(method: str, examples: list[QAExample], answers: list[Answer], k: int, seconds: float) -> dict:
     metrics = QAMetrics(ks=[k])
     retrieved = [[h.id for h in a.hits] for a in answers]
-    has_retrieval = method not in ("no_retrieval",)
+    has_retrieval = method not in ("no_retrieval", "full_context")  # nothing ranked: Recall@k would be meaningless
     metrics.update(
         [a.answer for a in answers],
         [ex.answers for ex in examples],
