@@ -154,7 +154,7 @@ class DataConfig:
     limit_train: int | None = None
     """Use only the first N training questions."""
     limit_val: int | None = None
-    """Use only the first N validation questions."""
+    """Validate on only the first N validation questions during training (`evaluate` uses `eval.limit`)."""
 
 
 @dataclass

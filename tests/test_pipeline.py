@@ -189,3 +189,12 @@ def test_demo_trains_and_exports_a_missing_compressor_once(tmp_path):
     assert ensure_compressor(config) == target  # present now: nothing is trained again
     assert list((tmp_path / "runs" / config.name).iterdir()) == runs and (target / WEIGHTS).stat().st_mtime_ns == stamp
     assert load_trained(target).compressor.config.key_dim == 32
+
+
+def test_evaluation_ignores_the_training_time_validation_limit():
+    """data.limit_val shortens validation during a fit; `evaluate` reads the whole split (eval.limit aside)."""
+    from latentlab.data.modules import load_qa_split
+
+    config = load_config(TINY_YAML, {"data.synthetic.num_people": 100, "data.limit_val": 3})
+    assert len(load_qa_split(config, "val")) == 3
+    assert len(load_qa_split(config, "val", training_limits=False)) == 10

@@ -79,8 +79,12 @@ def collate_qa(items: list[tuple[QAExample, list[str], list[str]]]) -> QABatch:
     )
 
 
-def load_qa_split(config: ExperimentConfig, split: str) -> list[QAExample]:
-    """Examples of ``train``/``val``/``test`` from the configured source."""
+def load_qa_split(config: ExperimentConfig, split: str, training_limits: bool = True) -> list[QAExample]:
+    """Examples of ``train``/``val``/``test`` from the configured source.
+
+    ``training_limits``: apply ``data.limit_train``/``data.limit_val`` (what a fit uses); evaluation passes False
+    and applies ``eval.limit`` instead, so a short validation during training does not shrink the evaluated split.
+    """
     data: DataConfig = config.data
     if data.source == "synthetic":
         s = data.synthetic
@@ -92,7 +96,7 @@ def load_qa_split(config: ExperimentConfig, split: str) -> list[QAExample]:
             return []
         path = resolve_path(config, f"data.{split}", value)
         examples = _read_source(data.source, path)
-    limit = {"train": data.limit_train, "val": data.limit_val}.get(split)
+    limit = {"train": data.limit_train, "val": data.limit_val}.get(split) if training_limits else None
     return examples[:limit] if limit else examples
 
 

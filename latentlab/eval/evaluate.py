@@ -122,7 +122,7 @@ def evaluate(
     root = project_root(Path(config.source_file).resolve().parent) if config.source_file else Path.cwd()
     out_dir = Path(out_dir) if out_dir else root / ev.output_dir / config.name
     out_dir.mkdir(parents=True, exist_ok=True)
-    examples = load_qa_split(config, ev.split)
+    examples = load_qa_split(config, ev.split, training_limits=False)
     examples = examples[: ev.limit] if ev.limit else examples
     checkpoint = checkpoint or ev.checkpoint
     if checkpoint is None and any(m.startswith("latent") for m in methods):
