@@ -1,6 +1,7 @@
 """Trained compressor -> memory -> search/answer, and evaluation tables, on tiny random models."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,11 +18,9 @@ TINY_YAML = REPO / "paper_configs/tiny/latent_memory_text.yaml"
 TINY_MODEL = {"tiny": {"layers": 2, "hidden": 64, "heads": 4}}
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A 2-step tiny run and its exported compressor (shared by the tests of this module)."""
-    tmp = tmp_path_factory.mktemp("pipeline")
-    overrides = {
+def two_step_run(tmp: Path) -> dict:
+    """Overrides for a 2-step fit of the tiny config on 2-layer random models, writing under ``tmp``."""
+    return {
         "compressor.backbone.model": TINY_MODEL,
         "generator.backbone.model": TINY_MODEL,
         "compressor.key_dim": 32,
@@ -32,9 +31,14 @@ def trained(tmp_path_factory):
         "trainer.progress_bar": False,
         "generator.max_new_tokens": 4,
         "output_dir": str(tmp / "runs"),
-        "eval.output_dir": str(tmp / "results"),
     }
-    config = load_config(TINY_YAML, overrides)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A 2-step tiny run and its exported compressor (shared by the tests of this module)."""
+    tmp = tmp_path_factory.mktemp("pipeline")
+    config = load_config(TINY_YAML, {**two_step_run(tmp), "eval.output_dir": str(tmp / "results")})
     run = fit(config, run_name="p").run_dir
     module = load_trained(run)
     export_compressor(module, tmp / "export")
@@ -169,19 +173,7 @@ def test_demo_trains_and_exports_a_missing_compressor_once(tmp_path):
     from latentlab.demo import ensure_compressor
     from latentlab.memory.pipeline import WEIGHTS
 
-    overrides = {
-        "compressor.backbone.model": TINY_MODEL,
-        "generator.backbone.model": TINY_MODEL,
-        "compressor.key_dim": 32,
-        "data.synthetic.num_people": 30,
-        "data.batch_size": 2,
-        "data.limit_val": 2,
-        "trainer.max_steps": 2,
-        "trainer.progress_bar": False,
-        "output_dir": str(tmp_path / "runs"),
-        "eval.checkpoint": str(tmp_path / "artifact"),
-    }
-    config = load_config(TINY_YAML, overrides)
+    config = load_config(TINY_YAML, {**two_step_run(tmp_path), "eval.checkpoint": str(tmp_path / "artifact")})
     target = ensure_compressor(config)
     assert target == tmp_path / "artifact" and (target / WEIGHTS).exists() and (target / "metrics.json").exists()
     runs = list((tmp_path / "runs" / config.name).iterdir())
