@@ -507,12 +507,16 @@ def project_root(start: Path) -> Path:
     return Path.cwd()
 
 
+def config_root(config: ExperimentConfig) -> Path:
+    """The project a config belongs to: relative paths in it (data, output_dir, checkpoints) resolve here."""
+    return project_root(Path(config.source_file).resolve().parent) if config.source_file else Path.cwd()
+
+
 def resolve_path(config: ExperimentConfig, key: str, value: str) -> Path:
     """Resolve a data path from the config; a missing file is an error naming the key and the YAML."""
     path = Path(value).expanduser()
     if not path.is_absolute():
-        base = project_root(Path(config.source_file).resolve().parent) if config.source_file else Path.cwd()
-        path = base / path
+        path = config_root(config) / path
     if not path.exists():
         raise ConfigError(f"{config.source_file or '<config>'}: key '{key}': file not found: {path}")
     return path

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from latentlab.config import load_config, parse_overrides, project_root
+from latentlab.config import config_root, load_config, parse_overrides, project_root
 from latentlab.eval.evaluate import EvalResult, evaluate
 
 DEFAULT_CONFIG = "paper_configs/tiny/latent_memory_text.yaml"
@@ -20,7 +20,7 @@ def ensure_compressor(config) -> Path:
     from latentlab.memory.pipeline import WEIGHTS, export_compressor, load_trained
     from latentlab.training import fit
 
-    root = project_root(Path(config.source_file).resolve().parent)
+    root = config_root(config)
     target = root / (config.eval.checkpoint or f"artifacts/{config.name}")
     if (target / WEIGHTS).exists():
         return target

@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from latentlab.config import ExperimentConfig, dump_yaml, project_root
+from latentlab.config import ExperimentConfig, config_root, dump_yaml
 from latentlab.errors import ConfigError
 
 
@@ -88,10 +88,6 @@ def _scalars(results: list[dict[str, Any]]) -> dict[str, float]:
     return merged
 
 
-def _config_root(config: ExperimentConfig) -> Path:
-    return project_root(Path(config.source_file).resolve().parent) if config.source_file else Path.cwd()
-
-
 def new_run_dir(config: ExperimentConfig, run_name: str | None = None) -> Path:
     """``output_dir/name/run_name`` (a UTC timestamp when unnamed); an existing one is refused.
 
@@ -99,7 +95,7 @@ def new_run_dir(config: ExperimentConfig, run_name: str | None = None) -> Path:
     """
     output_root = Path(config.output_dir)
     if not output_root.is_absolute():
-        output_root = _config_root(config) / output_root
+        output_root = config_root(config) / output_root
     run_dir = output_root / config.name / (run_name or datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S"))
     if run_dir.exists() and any(run_dir.iterdir()):
         raise ConfigError(
@@ -124,7 +120,7 @@ def fit(
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-    root = _config_root(config)
+    root = config_root(config)
     ckpt_path = None
     if resume is not None:
         run_dir = Path(resume)

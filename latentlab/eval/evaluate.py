@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from latentlab.config import ExperimentConfig, project_root
+from latentlab.config import ExperimentConfig, config_root
 from latentlab.data.modules import load_qa_split
 from latentlab.data.schema import Evidence, QAExample, write_jsonl
 from latentlab.eval.metrics import QAMetrics
@@ -119,7 +119,7 @@ def evaluate(
     ev = config.eval
     methods = methods or ev.methods
     retrieval = retrieval or ev.retrieval
-    root = project_root(Path(config.source_file).resolve().parent) if config.source_file else Path.cwd()
+    root = config_root(config)
     out_dir = Path(out_dir) if out_dir else root / ev.output_dir / config.name
     out_dir.mkdir(parents=True, exist_ok=True)
     examples = load_qa_split(config, ev.split, training_limits=False)

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from latentlab.config import ExperimentConfig, config_from_dict, project_root
+from latentlab.config import ExperimentConfig, config_from_dict, config_root
 from latentlab.data.schema import CoTExample, write_jsonl
 from latentlab.errors import ConfigError
 from latentlab.eval.metrics import answers_match, pass_at_k
@@ -126,7 +126,7 @@ def evaluate_cot(
     checkpoint = checkpoint if checkpoint is not None else config.eval.checkpoint
     if checkpoint is None:
         raise ConfigError(f"{config.source_file}: key 'eval.checkpoint': evaluate_cot needs a trained run directory")
-    root = project_root(Path(config.source_file).resolve().parent) if config.source_file else Path.cwd()
+    root = config_root(config)
     if not isinstance(checkpoint, LatentCoTModule) and not Path(checkpoint).is_absolute():
         checkpoint = root / checkpoint
     module = _as_module(checkpoint)
