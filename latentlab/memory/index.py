@@ -76,11 +76,12 @@ class IndexSpec:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"index.{name} must be a positive integer, got {value!r}")
+        fewest = max(1, training_keys_needed(self.factory))
         if self.max_train_keys is not None and (
-            not isinstance(self.max_train_keys, int) or self.max_train_keys < max(1, training_keys_needed(self.factory))
+            not isinstance(self.max_train_keys, int) or self.max_train_keys < fewest
         ):
             raise ConfigError(
-                f"index.max_train_keys must be null or an integer >= {max(1, training_keys_needed(self.factory))} "
+                f"index.max_train_keys must be null or an integer >= {fewest} "
                 f"(what '{self.factory}' needs to train), got {self.max_train_keys!r}"
             )
         if self.latent_dtype not in ("float32", "float16"):

@@ -76,6 +76,11 @@ class LatentMemoryModule(L.LightningModule):
         """Each question's first gold answer as a generator reply (``reply_tokens``)."""
         return [self.reply_tokens(answers[0]) for answers in batch.answers]
 
+    def _reply_cross_entropy(self, prompts, projected: torch.Tensor, replies: list[list[int]]) -> torch.Tensor:
+        """Token-mean CE of the generator teacher-forced on ``replies`` after latent ``prompts`` (slots: ``projected``)."""
+        packed = pack_prompts(prompts, self.generator.embed, projected, replies, pad_id=self._pad_id())
+        return token_cross_entropy(self.generator.continuation_logits(packed), packed.continuation_targets)
+
     def _positives_of(self, batch: QABatch, b: int) -> list[str]:
         return [t for t, o in zip(batch.positives, batch.positive_owner.tolist()) if o == b]
 
@@ -128,7 +133,8 @@ class LatentMemoryModule(L.LightningModule):
         slots = self._student_slots(batch, rng)
         order = torch.tensor([i for row in slots for i in row], dtype=torch.long, device=self.device)
         student_prompts = [self.prompts.latent(q, len(row)) for q, row in zip(batch.questions, slots)]
-        projected = comp.project(latents)[order]
+        projected_items = comp.project(latents)  # [items, G]: one projection serves the student and the paraphrase
+        projected = projected_items[order]
         pad = self._pad_id()
         student = self.generator.continuation_logits(
             pack_prompts(student_prompts, self.generator.embed, projected, answers, pad_id=pad)
@@ -137,20 +143,12 @@ class LatentMemoryModule(L.LightningModule):
         losses["loss"] = cfg.recon_weight * losses["recon"] + cfg.contrast_weight * losses["contrast"]
         losses["loss"] = losses["loss"] + cfg.distill_weight * losses["distill"]
         if cfg.answer_weight > 0:
-            packed = pack_prompts(
-                student_prompts, self.generator.embed, projected, self.gold_answers(batch), pad_id=pad
-            )
-            losses["answer"] = token_cross_entropy(
-                self.generator.continuation_logits(packed), packed.continuation_targets
-            )
+            losses["answer"] = self._reply_cross_entropy(student_prompts, projected, self.gold_answers(batch))
             losses["loss"] = losses["loss"] + cfg.answer_weight * losses["answer"]
         if cfg.paraphrase_weight > 0:  # the generator itself rebuilds each positive from its projected latent
             prompts = [self.prompts.latent(PARAPHRASE_INSTRUCTION, 1)] * num_pos
             replies = [self.reply_tokens(text) for text in batch.positives]
-            packed = pack_prompts(prompts, self.generator.embed, comp.project(latents[:num_pos]), replies, pad_id=pad)
-            losses["paraphrase"] = token_cross_entropy(
-                self.generator.continuation_logits(packed), packed.continuation_targets
-            )
+            losses["paraphrase"] = self._reply_cross_entropy(prompts, projected_items[:num_pos], replies)
             losses["loss"] = losses["loss"] + cfg.paraphrase_weight * losses["paraphrase"]
         with torch.no_grad():  # retrieval quality inside each question's pool: recall@1 of its positives
             scores = query_keys.detach() @ item_keys.detach().T
