@@ -48,6 +48,10 @@ class LoraSpec:
     """Module names (suffixes) that get the adapter."""
 
 
+COMPRESSOR_PARTS = ("compress_lora", "query_lora", "decode_lora", "memory_slot", "retrieval_head", "projector")
+"""The separately trainable parts of a compressor (``compressor.train_parts``)."""
+
+
 @dataclass
 class CompressorConfig:
     """The compressor LLM: compress/query/decode adapters, memory slot, retrieval head and projector."""
@@ -70,6 +74,13 @@ class CompressorConfig:
     """Evidence longer than this is truncated before the memory slot."""
     max_query_tokens: int = 64
     """Questions longer than this are truncated before the memory slot."""
+    train_parts: list[str] = field(default_factory=lambda: list(COMPRESSOR_PARTS))
+    """What this run trains, from: compress_lora, query_lora, decode_lora, memory_slot, retrieval_head, projector.
+    The others stay as they are (and still go into checkpoints). Without compress_lora and memory_slot the
+    evidence latents are fixed: each text is compressed once (dropout off) and cached for the whole run."""
+    init_from: str | None = None
+    """Start from a trained compressor: an exported folder (weights.safetensors) or a run directory (last.ckpt);
+    relative to the project. A second stage (say, the projector alone) continues a first this way."""
 
 
 @dataclass
@@ -491,6 +502,12 @@ def validate(config: ExperimentConfig, ctx: _Ctx) -> None:
         ctx.fail("eval.k", f"must be >= 1, got {config.eval.k}")
     if config.compressor.key_dim < 1:
         ctx.fail("compressor.key_dim", "must be >= 1")
+    parts = config.compressor.train_parts
+    for i, part in enumerate(parts):
+        if part not in COMPRESSOR_PARTS:
+            ctx.fail(f"compressor.train_parts[{i}]", f"unknown part {part!r} (known: {', '.join(COMPRESSOR_PARTS)})")
+    if config.task == "latent_memory" and not parts:
+        ctx.fail("compressor.train_parts", "names nothing to train")
     for name in ("compress_lora", "query_lora", "decode_lora"):
         spec = getattr(config.compressor, name)
         if spec.r < 1:

@@ -183,6 +183,25 @@ def test_demo_trains_and_exports_a_missing_compressor_once(tmp_path):
     assert load_trained(target).compressor.config.key_dim == 32
 
 
+def test_demo_makes_a_missing_second_stage_from_its_first(tmp_path):
+    """Neither stage shipped: the first is trained and exported, then the projector stage starts from it."""
+    from latentlab.demo import ensure_compressor
+    from latentlab.memory.pipeline import WEIGHTS
+
+    base = two_step_run(tmp_path)
+    first = load_config(TINY_YAML, {**base, "eval.checkpoint": str(tmp_path / "stage1")})
+    second_yaml = REPO / "paper_configs/tiny/latent_memory_text_projector.yaml"
+    second = load_config(second_yaml, {**base, "eval.checkpoint": str(tmp_path / "stage2")})
+    assert ensure_compressor(second, first_stage=first) == tmp_path / "stage2"
+    assert (tmp_path / "stage1" / WEIGHTS).exists() and (tmp_path / "stage2" / WEIGHTS).exists()
+    assert second.compressor.init_from == str(tmp_path / "stage1")
+    one, two = load_trained(tmp_path / "stage1"), load_trained(tmp_path / "stage2")
+    a, b = one.compressor.trainable_state_dict(), two.compressor.trainable_state_dict()
+    shared = [k for k in a if ".decode." not in k]
+    assert all(torch.equal(a[k], b[k]) for k in shared if not k.startswith("projector."))
+    assert any(not torch.equal(a[k], b[k]) for k in shared if k.startswith("projector."))
+
+
 def test_evaluation_ignores_the_training_time_validation_limit():
     """data.limit_val shortens validation during a fit; `evaluate` reads the whole split (eval.limit aside)."""
     from latentlab.data.modules import load_qa_split
@@ -190,3 +209,66 @@ def test_evaluation_ignores_the_training_time_validation_limit():
     config = load_config(TINY_YAML, {"data.synthetic.num_people": 100, "data.limit_val": 3})
     assert len(load_qa_split(config, "val")) == 3
     assert len(load_qa_split(config, "val", training_limits=False)) == 10
+
+
+def test_second_stage_trains_the_projector_alone_from_an_export(trained):
+    """init_from + train_parts: a projector-only stage starts from an inference export, changes nothing else,
+    caches the fixed latents, and its checkpoint still holds every learned weight."""
+    from latentlab.memory.module import build_task
+
+    _, _, tmp = trained
+    overrides = {
+        **two_step_run(tmp),
+        "compressor.init_from": str(tmp / "export_small"),
+        "compressor.train_parts": ["projector"],
+        "loss.recon_weight": 0.0,
+        "loss.contrast_weight": 0.0,
+        "loss.distill_weight": 0.0,
+        "loss.answer_weight": 1.0,
+        "loss.paraphrase_weight": 1.0,
+    }
+    source = load_trained(tmp / "export")
+    export_compressor(source, tmp / "export_small", include_decoder=False)
+    config = load_config(TINY_YAML, overrides)
+    task = build_task(config)
+    module = task.module
+    start = {k: v.clone() for k, v in module.compressor.trainable_state_dict().items()}
+    exported = source.compressor.trainable_state_dict()
+    kept = [k for k in exported if ".decode." not in k]  # the inference export leaves out the decoder
+    assert all(torch.equal(start[k], exported[k]) for k in kept)  # init_from loaded the export
+    assert module.trainable_names() == {n for n in module.learned_names() if ".projector." in n}
+
+    run = fit(config, run_name="stage2").run_dir
+    after = load_trained(run)
+    end = after.compressor.trainable_state_dict()
+    changed = {k for k in start if not torch.equal(start[k], end[k])}
+    assert changed and all(k.startswith("projector.") for k in changed), sorted(changed)[:5]
+    logged = (run / "logs" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert "val/answer" in logged and "val/paraphrase" in logged and "val/recall@1" in logged
+    assert not any(name.split("/")[-1] in ("recon", "contrast", "distill") for name in logged)
+
+    # the evidence latents were computed once, without gradients, and match a plain encode
+    module.eval()
+    batch_texts = ["Ann was born in Oslo.", "Bo works as a pilot."]
+    cached = module.latents_of(batch_texts, "compress")
+    assert not cached.requires_grad and len(module.frozen_latents) == 2
+    with torch.no_grad():
+        plain = module.compressor.encode_evidence(batch_texts)
+    torch.testing.assert_close(cached, plain)
+
+
+def test_init_from_errors_name_the_key_and_what_is_missing(trained, tmp_path):
+    from latentlab.errors import ConfigError, LatentLabError
+    from latentlab.memory.module import build_task
+
+    _, _, tmp = trained
+    base = two_step_run(tmp)
+    with pytest.raises(ConfigError, match="compressor.init_from.*not found"):
+        build_task(load_config(TINY_YAML, {**base, "compressor.init_from": str(tmp_path / "nowhere")}))
+    source = load_trained(tmp / "export")
+    export_compressor(source, tmp_path / "small", include_decoder=False)
+    # reconstruction needs the decoder that an inference export leaves out
+    with pytest.raises(LatentLabError, match="no decoder"):
+        build_task(load_config(TINY_YAML, {**base, "compressor.init_from": str(tmp_path / "small")}))
+    with pytest.raises(ConfigError, match=r"compressor.train_parts\[1\].*unknown part 'head'"):
+        load_config(TINY_YAML, {**base, "compressor.train_parts": ["projector", "head"]})

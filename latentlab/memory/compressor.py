@@ -23,6 +23,17 @@ from latentlab.backbones import (
 from latentlab.config import CompressorConfig
 
 
+def part_of(name: str) -> str:
+    """Which ``compressor.train_parts`` entry a learned parameter (module or compressor name) belongs to."""
+    for adapter in ("compress", "query", "decode"):
+        if f".{adapter}." in name and "lora_" in name:
+            return f"{adapter}_lora"
+    for part in ("memory_slot", "retrieval_head", "projector"):
+        if name.removeprefix("compressor.").startswith(part):
+            return part
+    raise ValueError(f"{name}: not a learned compressor parameter")
+
+
 class RetrievalHead(nn.Module):
     """Linear(H -> d) + LayerNorm + L2 normalisation, shared by queries and evidence."""
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers import DynamicCache
 
 from latentlab.backbones import inner_model, input_embeddings, lm_head, make_adapters_trainable
 from latentlab.memory.prompting import PackedPrompts
@@ -34,6 +35,7 @@ class Generator:
             if isinstance(token_id, int) and token_id != tokenizer.unk_token_id and token_id >= 0:
                 eos.add(token_id)
         self.eos_ids = sorted(i for i in eos if i is not None)
+        self._prefix_kv: dict[tuple, list[tuple[torch.Tensor, torch.Tensor]]] = {}
 
     @contextlib.contextmanager
     def frozen_base(self) -> Iterator[None]:
@@ -57,20 +59,44 @@ class Generator:
     def embedding_size(self) -> int:
         return self.embed.weight.shape[1]
 
+    def prefix_cache(self, prefix_ids: tuple[int, ...], batch: int) -> DynamicCache:
+        """Keys and values of ``prefix_ids`` (computed once: the generator is frozen), repeated for ``batch`` rows."""
+        device = self.embed.weight.device
+        key = (prefix_ids, str(device))
+        if key not in self._prefix_kv:
+            ids = torch.tensor([prefix_ids], dtype=torch.long, device=device)
+            with torch.no_grad(), self.frozen_base():
+                cache = inner_model(self.lm)(input_ids=ids, use_cache=True).past_key_values
+            self._prefix_kv[key] = [(layer.keys, layer.values) for layer in cache.layers]
+        return DynamicCache(
+            ddp_cache_data=[(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)) for k, v in self._prefix_kv[key]]
+        )
+
     def continuation_logits(self, packed: PackedPrompts) -> torch.Tensor:
-        """Logits at the positions that predict the continuation tokens only: [N, V] (no full-sequence vocab)."""
+        """Logits at the positions that predict the continuation tokens only: [N, V] (no full-sequence vocab).
+
+        A shared prefix split off by ``pack_prompts(split_prefix=True)`` is read from its cached keys and values.
+        """
+        mask, past = packed.attention_mask, None
+        if packed.prefix_ids:
+            batch = mask.shape[0]
+            past = self.prefix_cache(packed.prefix_ids, batch)
+            mask = torch.cat([mask.new_ones(batch, len(packed.prefix_ids)), mask], dim=1)
         with self.frozen_base():
             hidden = inner_model(self.lm)(
                 inputs_embeds=packed.inputs_embeds,
-                attention_mask=packed.attention_mask,
+                attention_mask=mask,
                 position_ids=packed.position_ids,
-                use_cache=False,
+                past_key_values=past,
+                use_cache=past is not None,
             ).last_hidden_state
             return lm_head(self.lm)(hidden[packed.continuation_mask])
 
     @torch.no_grad()
     def greedy(self, packed: PackedPrompts, max_new_tokens: int) -> list[list[int]]:
         """Greedy decoding with the KV cache from left-padded prompts; stops each row at EOS."""
+        if packed.prefix_ids:
+            raise ValueError("greedy decoding takes left-padded prompts packed without split_prefix")
         mask = packed.attention_mask
         batch = mask.shape[0]
         eos = torch.tensor(self.eos_ids, device=mask.device)

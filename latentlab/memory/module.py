@@ -6,16 +6,17 @@ and the frozen generator from generator.py.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 
 from latentlab.backbones import load_causal_lm, spec_name
-from latentlab.config import ExperimentConfig
+from latentlab.config import ExperimentConfig, config_root
 from latentlab.data.modules import QABatch
-from latentlab.errors import LatentLabError
-from latentlab.memory.compressor import Compressor
+from latentlab.errors import ConfigError, LatentLabError
+from latentlab.memory.compressor import Compressor, part_of
 from latentlab.memory.generator import Generator
 from latentlab.memory.losses import distillation_kl, multi_positive_infonce, token_cross_entropy
 from latentlab.memory.prompting import PromptBuilder, pack_prompts
@@ -48,7 +49,11 @@ class LatentMemoryModule(L.LightningModule):
         self.prompts = PromptBuilder(gen_tokenizer, config.generator.system_prompt, config.generator.slot_format)
         self.teacher_cache: dict[str, list[int]] = {}
         self.reply_cache: dict[str, list[int]] = {}
-        self._trainable = {name for name, p in self.named_parameters() if p.requires_grad}
+        self.frozen_latents: dict[tuple[str, str], torch.Tensor] = {}
+        # Everything learned goes into checkpoints; the optimizer gets the parts this run trains.
+        self._learned = {name for name, p in self.named_parameters() if p.requires_grad}
+        self.train_parts = set(config.compressor.train_parts)
+        self._trainable = {name for name in self._learned if part_of(name) in self.train_parts}
 
     # ----------------------------------------------------------------- the three losses
 
@@ -78,7 +83,9 @@ class LatentMemoryModule(L.LightningModule):
 
     def _reply_cross_entropy(self, prompts, projected: torch.Tensor, replies: list[list[int]]) -> torch.Tensor:
         """Token-mean CE of the generator teacher-forced on ``replies`` after latent ``prompts`` (slots: ``projected``)."""
-        packed = pack_prompts(prompts, self.generator.embed, projected, replies, pad_id=self._pad_id())
+        packed = pack_prompts(
+            prompts, self.generator.embed, projected, replies, pad_id=self._pad_id(), split_prefix=True
+        )
         return token_cross_entropy(self.generator.continuation_logits(packed), packed.continuation_targets)
 
     def _positives_of(self, batch: QABatch, b: int) -> list[str]:
@@ -105,30 +112,51 @@ class LatentMemoryModule(L.LightningModule):
             slots.append([chosen[i] for i in order])
         return slots
 
+    def latents_of(self, texts: list[str], adapter: str) -> torch.Tensor:
+        """[N, H] latents of ``texts`` through ``adapter`` (compress or query).
+
+        When this run trains neither that adapter nor the memory slot, the latents are fixed: each text is
+        compressed once, without gradients or dropout, and cached.
+        """
+        comp = self.compressor
+        max_tokens = comp.config.max_evidence_tokens if adapter == "compress" else comp.config.max_query_tokens
+        if self.train_parts & {f"{adapter}_lora", "memory_slot"}:
+            return comp.encode_ids(*comp.tokenize(texts, max_tokens), adapter)
+        missing = [t for t in dict.fromkeys(texts) if (adapter, t) not in self.frozen_latents]
+        if missing:
+            was_training = comp.training
+            comp.eval()
+            with torch.no_grad():
+                latents = comp.encode_ids(*comp.tokenize(missing, max_tokens), adapter)
+            comp.train(was_training)
+            self.frozen_latents.update({(adapter, t): z for t, z in zip(missing, latents)})
+        return torch.stack([self.frozen_latents[(adapter, t)] for t in texts])
+
     def compute_losses(self, batch: QABatch, step_seed: int) -> dict[str, torch.Tensor]:
+        """Each loss whose weight is above zero, their weighted sum (``loss``) and in-pool ``recall@1``."""
         cfg, comp = self.config.loss, self.compressor
         texts = batch.positives + batch.negatives
         num_pos = len(batch.positives)
-        ids, mask = comp.tokenize(texts, comp.config.max_evidence_tokens)
-        latents = comp.encode_ids(ids, mask, "compress")  # each item compressed once per step
-        query_latents = comp.encode_queries(batch.questions)
+        latents = self.latents_of(texts, "compress")  # each item compressed once per step
+        query_latents = self.latents_of(batch.questions, "query")
         losses: dict[str, torch.Tensor] = {}
+        total = latents.new_zeros(())
 
         owners = torch.cat([batch.positive_owner, torch.full_like(batch.negative_owner, -1)]).to(self.device)
         positive_mask = owners.unsqueeze(0) == torch.arange(len(batch), device=self.device).unsqueeze(1)
-        query_keys, item_keys = comp.keys(query_latents), comp.keys(latents)
-        losses["contrast"] = multi_positive_infonce(query_keys, item_keys, positive_mask, cfg.temperature)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and cfg.contrast_weight > 0):
+            query_keys, item_keys = comp.keys(query_latents), comp.keys(latents)
+        if cfg.contrast_weight > 0:
+            losses["contrast"] = multi_positive_infonce(query_keys, item_keys, positive_mask, cfg.temperature)
+            total = total + cfg.contrast_weight * losses["contrast"]
 
-        count = len(texts) if cfg.recon_negatives else num_pos
-        logits, targets = comp.reconstruction_logits(latents[:count], ids[:count], mask[:count])
-        losses["recon"] = token_cross_entropy(logits, targets)
+        if cfg.recon_weight > 0:
+            count = len(texts) if cfg.recon_negatives else num_pos
+            ids, mask = comp.tokenize(texts[:count], comp.config.max_evidence_tokens)
+            logits, targets = comp.reconstruction_logits(latents[:count], ids, mask)
+            losses["recon"] = token_cross_entropy(logits, targets)
+            total = total + cfg.recon_weight * losses["recon"]
 
-        answers = self.teacher_answers(batch)
-        teacher_prompts = [self.prompts.text(q, self._positives_of(batch, b)) for b, q in enumerate(batch.questions)]
-        with torch.no_grad():
-            teacher = self.generator.continuation_logits(
-                pack_prompts(teacher_prompts, self.generator.embed, continuations=answers, pad_id=self._pad_id())
-            )
         rng = torch.Generator().manual_seed(step_seed)
         slots = self._student_slots(batch, rng)
         order = torch.tensor([i for row in slots for i in row], dtype=torch.long, device=self.device)
@@ -136,20 +164,31 @@ class LatentMemoryModule(L.LightningModule):
         projected_items = comp.project(latents)  # [items, G]: one projection serves the student and the paraphrase
         projected = projected_items[order]
         pad = self._pad_id()
-        student = self.generator.continuation_logits(
-            pack_prompts(student_prompts, self.generator.embed, projected, answers, pad_id=pad)
-        )
-        losses["distill"] = distillation_kl(student, teacher)
-        losses["loss"] = cfg.recon_weight * losses["recon"] + cfg.contrast_weight * losses["contrast"]
-        losses["loss"] = losses["loss"] + cfg.distill_weight * losses["distill"]
+        if cfg.distill_weight > 0:
+            answers = self.teacher_answers(batch)
+            teacher_prompts = [
+                self.prompts.text(q, self._positives_of(batch, b)) for b, q in enumerate(batch.questions)
+            ]
+            with torch.no_grad():
+                teacher = self.generator.continuation_logits(
+                    pack_prompts(
+                        teacher_prompts, self.generator.embed, continuations=answers, pad_id=pad, split_prefix=True
+                    )
+                )
+            student = self.generator.continuation_logits(
+                pack_prompts(student_prompts, self.generator.embed, projected, answers, pad_id=pad, split_prefix=True)
+            )
+            losses["distill"] = distillation_kl(student, teacher)
+            total = total + cfg.distill_weight * losses["distill"]
         if cfg.answer_weight > 0:
             losses["answer"] = self._reply_cross_entropy(student_prompts, projected, self.gold_answers(batch))
-            losses["loss"] = losses["loss"] + cfg.answer_weight * losses["answer"]
+            total = total + cfg.answer_weight * losses["answer"]
         if cfg.paraphrase_weight > 0:  # the generator itself rebuilds each positive from its projected latent
             prompts = [self.prompts.latent(PARAPHRASE_INSTRUCTION, 1)] * num_pos
             replies = [self.reply_tokens(text) for text in batch.positives]
             losses["paraphrase"] = self._reply_cross_entropy(prompts, projected_items[:num_pos], replies)
-            losses["loss"] = losses["loss"] + cfg.paraphrase_weight * losses["paraphrase"]
+            total = total + cfg.paraphrase_weight * losses["paraphrase"]
+        losses["loss"] = total
         with torch.no_grad():  # retrieval quality inside each question's pool: recall@1 of its positives
             scores = query_keys.detach() @ item_keys.detach().T
             in_pool = torch.cat([batch.positive_owner, batch.negative_owner]).to(self.device)
@@ -188,17 +227,22 @@ class LatentMemoryModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def trainable_names(self) -> set[str]:
-        """Fixed at construction: peft toggles requires_grad when adapters switch."""
+        """What the optimizer updates: the learned weights of ``compressor.train_parts``. Fixed at construction
+        (peft toggles requires_grad when adapters switch)."""
         return set(self._trainable)
+
+    def learned_names(self) -> set[str]:
+        """Every learned weight (adapters, slot, heads), trained in this run or not: what checkpoints hold."""
+        return set(self._learned)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Frozen base weights are reproducible from the config: keep checkpoints a few MB.
-        keep = self.trainable_names()
+        keep = self.learned_names()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("state_dict", {})
-        missing = sorted(self.trainable_names() - set(state))
+        missing = sorted(self.learned_names() - set(state))
         unexpected = sorted(set(state) - set(self.state_dict()))
         if missing or unexpected:
             raise LatentLabError(
@@ -218,4 +262,16 @@ def build_task(config: ExperimentConfig):
     from latentlab.data.modules import QADataModule
     from latentlab.training import Task
 
-    return Task(datamodule=QADataModule(config), module=LatentMemoryModule(config))
+    module = LatentMemoryModule(config)
+    source = config.compressor.init_from
+    if source:
+        from latentlab.memory.pipeline import load_compressor_weights
+
+        path = Path(source).expanduser()
+        path = path if path.is_absolute() else config_root(config) / path
+        if not path.exists():
+            raise ConfigError(f"{config.source_file or '<config>'}: key 'compressor.init_from': not found: {path}")
+        # A decoder left out of an inference export is fine unless this run reconstructs.
+        needs_decoder = config.loss.recon_weight > 0
+        load_compressor_weights(module, path, allow_missing_decoder=not needs_decoder)
+    return Task(datamodule=QADataModule(config), module=module)

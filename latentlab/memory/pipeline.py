@@ -103,38 +103,63 @@ def _config_beside(path: Path) -> ExperimentConfig:
     return config
 
 
+def _weights_source(source: Path) -> tuple[Path | None, Path | None]:
+    """(.ckpt file, export folder): which of the two ``source`` is, or (None, None)."""
+    if source.is_file() and source.suffix == ".ckpt":
+        return source, None
+    if (source / WEIGHTS).exists():
+        return None, source
+    if (source / "last.ckpt").exists():
+        return source / "last.ckpt", None
+    return None, None
+
+
+def load_compressor_weights(module, source: str | Path, allow_missing_decoder: bool = True) -> None:
+    """Load trained compressor weights (export folder, run directory or .ckpt) into ``module.compressor``.
+
+    An export's fingerprint.txt is checked. Inference exports leave out the reconstruction decoder; that is
+    accepted only where ``allow_missing_decoder`` (the decoder then keeps its initial weights).
+    """
+    source = Path(source)
+    ckpt, folder = _weights_source(source)
+    if ckpt is not None:
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+        state = {k.removeprefix("compressor."): v for k, v in state.items() if k.startswith("compressor.")}
+    elif folder is not None:
+        state = load_file(str(folder / WEIGHTS))
+    else:
+        raise LatentLabError(f"{source}: not a trained compressor (expected {WEIGHTS}, last.ckpt or a .ckpt file)")
+    expected = set(module.compressor.trainable_state_dict())
+    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    if allow_missing_decoder:
+        missing = [k for k in missing if ".decode." not in k]
+    if missing or unexpected:
+        decoder = " (an inference export has no decoder)" if any(".decode." in k for k in missing) else ""
+        raise LatentLabError(
+            f"{source}: weights do not fit this compressor config: missing {missing[:3]}{decoder}, "
+            f"unexpected {unexpected[:3]}"
+        )
+    own = module.compressor.state_dict()
+    mismatched = [k for k in state if own[k].shape != state[k].shape]
+    if mismatched:
+        raise LatentLabError(f"{source}: weights do not fit this compressor config: mis-shaped {mismatched[:3]}")
+    module.compressor.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=False)
+    if folder is not None and (folder / "fingerprint.txt").exists():
+        stored = (folder / "fingerprint.txt").read_text().strip()
+        if compressor_fingerprint(module) != stored:
+            raise LatentLabError(f"{source}: weights do not match fingerprint.txt ({stored}); the export is damaged")
+
+
 def load_trained(source: str | Path, device: str = "cpu"):
     """A LatentMemoryModule with trained weights from an export dir, a run dir (last.ckpt) or a .ckpt file."""
     from latentlab.memory.module import LatentMemoryModule
 
     source = Path(source)
-    if source.is_file() and source.suffix == ".ckpt":
-        config, ckpt = _config_beside(source.parent), source
-    elif (source / WEIGHTS).exists():
-        config, ckpt = _config_beside(source), None
-    elif (source / "last.ckpt").exists():
-        config, ckpt = _config_beside(source), source / "last.ckpt"
-    else:
+    ckpt, folder = _weights_source(source)
+    if ckpt is None and folder is None:
         raise LatentLabError(f"{source}: not a trained compressor (expected {WEIGHTS}, last.ckpt or a .ckpt file)")
-    module = LatentMemoryModule(config)
-    if ckpt is not None:
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
-        state = {k.removeprefix("compressor."): v for k, v in state.items() if k.startswith("compressor.")}
-    else:
-        state = load_file(str(source / WEIGHTS))
-    expected = set(module.compressor.trainable_state_dict())
-    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
-    missing = [k for k in missing if ".decode." not in k]  # inference exports may leave out the decoder
-    if missing or unexpected:
-        raise LatentLabError(
-            f"{source}: weights do not fit this compressor config: missing {missing[:3]}, unexpected {unexpected[:3]}"
-        )
-    own = module.compressor.state_dict()
-    module.compressor.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=False)
-    if ckpt is None and (source / "fingerprint.txt").exists():
-        stored = (source / "fingerprint.txt").read_text().strip()
-        if compressor_fingerprint(module) != stored:
-            raise LatentLabError(f"{source}: weights do not match fingerprint.txt ({stored}); the export is damaged")
+    module = LatentMemoryModule(_config_beside(ckpt.parent if ckpt is not None else folder))
+    load_compressor_weights(module, source)
     return module.to(device).eval()
 
 

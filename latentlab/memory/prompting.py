@@ -106,6 +106,7 @@ class PackedPrompts:
     position_ids: torch.Tensor  # [B, T]
     continuation_mask: torch.Tensor  # [B, T] True at positions whose NEXT token is a continuation token
     continuation_targets: torch.Tensor  # [N] the continuation tokens, in row-major order of the mask
+    prefix_ids: tuple[int, ...] = ()  # leading tokens every row shares, left out of the tensors above (split_prefix)
 
 
 def pack_prompts(
@@ -115,13 +116,23 @@ def pack_prompts(
     continuations: Sequence[Sequence[int]] | None = None,
     padding_side: Literal["left", "right"] = "right",
     pad_id: int = 0,
+    split_prefix: bool = False,
 ) -> PackedPrompts:
     """Embed prompts, write projected latents into their slots and pad the batch.
 
     latents: [S, G] for the S = sum of slots, ordered by prompt then slot. continuations: tokens appended
     after each prompt (teacher forcing); the mask marks the positions that predict them.
+    split_prefix (right padding only): the leading tokens all rows share (the system prompt) are left out of
+    the tensors and named in ``prefix_ids``, so the generator can read them from a key/value cache; positions
+    still count them.
     """
     continuations = continuations if continuations is not None else [[] for _ in prompts]
+    prefix: tuple[int, ...] = ()
+    if split_prefix:
+        if padding_side != "right":
+            raise ValueError("split_prefix needs right padding: left padding puts pads before the shared prefix")
+        prefix = tuple(common_prefix([p.ids for p in prompts], max_len=min(len(p.ids) for p in prompts) - 1))
+        prompts = [Prompt(p.ids[len(prefix) :], 0, 0) for p in prompts]
     rows = [list(p.ids) + list(c) for p, c in zip(prompts, continuations)]
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
@@ -149,7 +160,7 @@ def pack_prompts(
     if padding_side == "left":
         positions = (mask.cumsum(dim=1) - 1).clamp_min(0)
     else:
-        positions = torch.arange(width).unsqueeze(0).expand(len(rows), width).clone()
+        positions = torch.arange(len(prefix), len(prefix) + width).unsqueeze(0).expand(len(rows), width).clone()
     device = weight.device
     return PackedPrompts(
         inputs_embeds=embeds,
@@ -157,4 +168,15 @@ def pack_prompts(
         position_ids=positions.to(device),
         continuation_mask=predicts.to(device),
         continuation_targets=torch.tensor(targets, dtype=torch.long, device=device),
+        prefix_ids=prefix,
     )
+
+
+def common_prefix(rows: Sequence[Sequence[int]], max_len: int) -> list[int]:
+    """The longest run of leading token ids (no latent slot) that every row shares, at most ``max_len``."""
+    prefix: list[int] = []
+    for column in zip(*rows):
+        if len(prefix) >= max_len or column[0] == LATENT or any(t != column[0] for t in column):
+            break
+        prefix.append(column[0])
+    return prefix
