@@ -142,6 +142,8 @@ class SyntheticQAConfig:
     """Non-supporting sentences added to each question's evidence pool."""
     two_hop_fraction: float = 0.5
     """Share of 2-hop questions."""
+    train_questions_per_person: int = 2
+    """Questions drawn per training person (validation and test people get one; the facts do not change)."""
 
 
 @dataclass
@@ -502,6 +504,8 @@ def validate(config: ExperimentConfig, ctx: _Ctx) -> None:
         ctx.fail("eval.k", f"must be >= 1, got {config.eval.k}")
     if config.compressor.key_dim < 1:
         ctx.fail("compressor.key_dim", "must be >= 1")
+    if config.data.synthetic.train_questions_per_person < 1:
+        ctx.fail("data.synthetic.train_questions_per_person", "must be >= 1")
     parts = config.compressor.train_parts
     for i, part in enumerate(parts):
         if part not in COMPRESSOR_PARTS:

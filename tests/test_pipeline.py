@@ -272,3 +272,15 @@ def test_init_from_errors_name_the_key_and_what_is_missing(trained, tmp_path):
         build_task(load_config(TINY_YAML, {**base, "compressor.init_from": str(tmp_path / "small")}))
     with pytest.raises(ConfigError, match=r"compressor.train_parts\[1\].*unknown part 'head'"):
         load_config(TINY_YAML, {**base, "compressor.train_parts": ["projector", "head"]})
+
+
+def test_more_training_questions_leave_facts_and_held_out_questions_alone():
+    two = generate_world(num_people=40, seed=3)
+    six = generate_world(num_people=40, seed=3, train_questions_per_person=6)
+    assert two.facts == six.facts
+    assert len(six.questions["train"]) == 3 * len(two.questions["train"]) == 6 * 32
+    for split in ("validation", "test"):
+        assert [q.question for q in two.questions[split]] == [q.question for q in six.questions[split]]
+    for q in six.questions["train"]:  # every question is still answerable from its supporting facts
+        assert set(q.supporting) <= {e.id for e in q.evidence}
+        assert any(q.answers[0] in six.facts[s] for s in q.supporting)

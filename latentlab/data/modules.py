@@ -88,7 +88,13 @@ def load_qa_split(config: ExperimentConfig, split: str, training_limits: bool = 
     data: DataConfig = config.data
     if data.source == "synthetic":
         s = data.synthetic
-        world = generate_world(s.num_people, s.seed, s.distractors, s.two_hop_fraction)
+        world = generate_world(
+            s.num_people,
+            s.seed,
+            s.distractors,
+            s.two_hop_fraction,
+            train_questions_per_person=s.train_questions_per_person,
+        )
         examples = world.questions[{"train": "train", "val": "validation", "test": "test"}[split]]
     else:
         value = getattr(data, split)

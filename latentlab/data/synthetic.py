@@ -58,8 +58,13 @@ def generate_world(
     num_countries: int = 8,
     num_companies: int = 16,
     split_fractions: tuple[float, float] = (0.8, 0.1),
+    train_questions_per_person: int = 2,
 ) -> World:
-    """Generate the world and its questions; people are split train/validation/test by ``split_fractions``."""
+    """Generate the world and its questions; people are split train/validation/test by ``split_fractions``.
+
+    Each training person gets ``train_questions_per_person`` questions (more supervision), everyone else one.
+    The facts and the validation and test questions do not depend on it.
+    """
     rng = random.Random(seed)
     taken: set[str] = set()
     countries = _unique_names(rng, num_countries, (2, 3), taken)
@@ -132,8 +137,7 @@ def generate_world(
     questions: dict[str, list[QAExample]] = {}
     for split, members in groups.items():
         qrng = random.Random(f"{seed}-{split}")
-        # Two questions per training person (more supervision), one elsewhere.
-        repeats = 2 if split == "train" else 1
+        repeats = train_questions_per_person if split == "train" else 1
         items = [person for person in members for _ in range(repeats)]
         questions[split] = [make_question(person, qrng, i, split) for i, person in enumerate(items)]
     return World(facts=facts, people=people, questions=questions)
