@@ -14,6 +14,8 @@ from latentlab.eval.evaluate import EvalResult, evaluate
 
 FIRST_STAGE = "paper_configs/tiny/latent_memory_text.yaml"
 DEFAULT_CONFIG = FIRST_STAGE
+"""The shipped compressor. The projector stage (latent_memory_text_projector.yaml, FIRST_STAGE's compressor then the
+projector alone) did not raise the demo's F1 above 0, so it is not shipped: `latentlab demo --config` makes it."""
 
 
 def ensure_compressor(config, first_stage=None) -> Path:
