@@ -9,25 +9,14 @@ Prints items/s of (a) the bare base model's transformer body on the evidence tok
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
+from timing import timed
 
 from latentlab.backbones import inner_model, load_causal_lm
 from latentlab.config import CompressorConfig, LoraSpec
 from latentlab.data.synthetic import generate_world
 from latentlab.memory.compressor import Compressor
-
-
-def timed(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:

@@ -12,26 +12,15 @@ from __future__ import annotations
 
 import argparse
 import random
-import statistics
-import time
 
 import torch
+from timing import timed
 
 from latentlab.backbones import load_causal_lm
 from latentlab.config import GeneratorConfig
 from latentlab.data.synthetic import generate_world
 from latentlab.memory.generator import Generator
 from latentlab.memory.prompting import PromptBuilder, pack_prompts
-
-
-def timed(fn, repeats: int) -> float:
-    fn()  # warm-up (and, for the split prompts, the one-off prefix cache)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
