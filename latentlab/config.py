@@ -124,6 +124,9 @@ class LossConfig:
     """Weight of the gold-answer cross-entropy of the student (the generator reading latents, teacher-forced on the
     first gold answer + end of turn). Not in the reference (0 = off): it puts the whole gradient on the answer
     tokens, where the 16-token KL spreads it over words the question already gives."""
+    student_slot_formats: list[Literal["paper", "compact"]] = field(default_factory=list)
+    """Slot formats the student reads in training, one drawn per question; empty = `generator.slot_format` only.
+    Both: the generator learns to read latents with labels (`Latent context i:`) and back to back."""
     paraphrase_weight: float = 0.0
     """Weight of the generator rebuilding each positive's text from its projected latent (xRAG's paraphrase
     pretraining; not in the reference, 0 = off). It teaches the projector what the frozen generator can read with

@@ -116,3 +116,33 @@ def test_one_step_reaches_every_trainable_part(tiny_overrides):
         assert names, group
         # LoRA A gets no gradient while B is still zero (peft's init), so check the group as a whole.
         assert any(named[n].grad is not None and named[n].grad.abs().sum() > 0 for n in names), group
+
+
+def test_student_reads_both_slot_formats_when_configured(tiny_overrides):
+    """loss.student_slot_formats: each question's student prompt is drawn from the formats named, seeded by step."""
+    from latentlab.data.modules import QADataModule
+    from latentlab.memory.module import LatentMemoryModule
+    from latentlab.memory.prompting import LATENT
+
+    config = load_config(TINY_YAML, {**tiny_overrides, "loss.student_slot_formats": ["paper", "compact"]})
+    module = LatentMemoryModule(config)
+    assert [b.slot_format for b in module.student_builders] == ["paper", "compact"]
+    assert [b.slot_format for b in LatentMemoryModule(load_config(TINY_YAML, tiny_overrides)).student_builders] == [
+        "paper"
+    ]
+    data = QADataModule(config)
+    data.setup("fit")
+    batch = next(iter(data.train_dataloader()))
+    seen = set()
+    compact_header = module.student_builders[1].latent("q", 2).ids
+    captured = []
+    original = module._reply_cross_entropy
+    module._reply_cross_entropy = lambda prompts, *rest: captured.extend(prompts) or original(prompts, *rest)
+    for seed in range(12):
+        assert torch.isfinite(module.compute_losses(batch, step_seed=seed)["loss"])
+    for prompt in captured:  # compact: the latent slots sit back to back
+        slots = [i for i, t in enumerate(prompt.ids) if t == LATENT]
+        seen.add("compact" if len(slots) > 1 and slots == list(range(slots[0], slots[0] + len(slots))) else "paper")
+    assert LATENT in compact_header and seen == {"paper", "compact"}
+    with pytest.raises(ConfigError, match="loss.student_slot_formats"):
+        load_config(TINY_YAML, {**tiny_overrides, "loss.student_slot_formats": ["labels"]})

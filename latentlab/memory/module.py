@@ -47,6 +47,8 @@ class LatentMemoryModule(L.LightningModule):
         self.compressor = Compressor(config.compressor, comp.model, comp.tokenizer, gen_model.get_input_embeddings())
         self.generator = Generator(self.compressor.lm if shared else gen_model, gen_tokenizer, shares_peft_base=shared)
         self.prompts = PromptBuilder(gen_tokenizer, config.generator.system_prompt, config.generator.slot_format)
+        formats = config.loss.student_slot_formats or [config.generator.slot_format]
+        self.student_builders = [PromptBuilder(gen_tokenizer, config.generator.system_prompt, f) for f in formats]
         self.teacher_cache: dict[str, list[int]] = {}
         self.reply_cache: dict[str, list[int]] = {}
         self.frozen_latents: dict[tuple[str, str], torch.Tensor] = {}
@@ -160,7 +162,12 @@ class LatentMemoryModule(L.LightningModule):
         rng = torch.Generator().manual_seed(step_seed)
         slots = self._student_slots(batch, rng)
         order = torch.tensor([i for row in slots for i in row], dtype=torch.long, device=self.device)
-        student_prompts = [self.prompts.latent(q, len(row)) for q, row in zip(batch.questions, slots)]
+        builders = self.student_builders
+        picks = torch.randint(0, len(builders), (len(batch),), generator=rng).tolist() if len(builders) > 1 else None
+        student_prompts = [
+            builders[picks[b] if picks else 0].latent(q, len(row))
+            for b, (q, row) in enumerate(zip(batch.questions, slots))
+        ]
         projected_items = comp.project(latents)  # [items, G]: one projection serves the student and the paraphrase
         projected = projected_items[order]
         pad = self._pad_id()
