@@ -12,16 +12,21 @@ import torch
 from latentlab.config import config_root, load_config, parse_overrides, project_root
 from latentlab.eval.evaluate import EvalResult, evaluate
 
-FIRST_STAGE = "paper_configs/tiny/latent_memory_text.yaml"
-DEFAULT_CONFIG = "paper_configs/tiny/latent_memory_text_projector.yaml"
-"""The demo's compressor comes from two stages: end to end (FIRST_STAGE), then the projector alone."""
+STAGES = (
+    "paper_configs/tiny/latent_memory_text.yaml",  # end to end
+    "paper_configs/tiny/latent_memory_text_projector.yaml",  # the projector alone, labelled slots
+    "paper_configs/tiny/latent_memory_text_projector_mixed.yaml",  # the projector alone, both slot formats
+)
+"""The demo's compressor: each stage starts from the one before (`compressor.init_from`)."""
+DEFAULT_CONFIG = STAGES[-1]
 
 
-def ensure_compressor(config, first_stage=None) -> Path:
+def ensure_compressor(config, previous=()) -> Path:
     """The compressor named by `eval.checkpoint`; trained with `fit` and exported there when missing.
 
-    ``first_stage``: the config whose compressor this one starts from (`compressor.init_from`); it is made
-    first, the same way, when missing, and init_from then points at it.
+    ``previous``: the configs of the stages before this one, in order; the last is the compressor this one
+    starts from (`compressor.init_from`). Missing ones are made first, the same way, and init_from then
+    points at the one made.
     """
     from latentlab.memory.pipeline import WEIGHTS, export_compressor, load_trained
     from latentlab.training import fit
@@ -30,8 +35,8 @@ def ensure_compressor(config, first_stage=None) -> Path:
     target = root / (config.eval.checkpoint or f"artifacts/{config.name}")
     if (target / WEIGHTS).exists():
         return target
-    if first_stage is not None:
-        config.compressor.init_from = str(ensure_compressor(first_stage))
+    if previous:
+        config.compressor.init_from = str(ensure_compressor(previous[-1], previous[:-1]))
     print(
         f"[demo] no trained compressor at {target}: training it now ({config.source_file}, "
         f"{config.trainer.max_steps} steps)"
@@ -48,7 +53,7 @@ def run_demo(config_path: str | None = None, overrides: list[str] | None = None)
     path = Path(config_path) if config_path else root / DEFAULT_CONFIG
     parsed = parse_overrides(overrides or [])
     config = load_config(path, parsed)
-    first = load_config(root / FIRST_STAGE, parsed) if config_path is None and config.compressor.init_from else None
-    checkpoint = ensure_compressor(config, first_stage=first)
+    previous = [load_config(root / stage, parsed) for stage in STAGES[:-1]] if config_path is None else []
+    checkpoint = ensure_compressor(config, previous)
     command = "latentlab demo" + (f" --config {config_path}" if config_path else "") + " ".join(overrides or [])
     return evaluate(config, checkpoint=checkpoint, retrieval="global", command=command)

@@ -192,7 +192,7 @@ def test_demo_makes_a_missing_second_stage_from_its_first(tmp_path):
     first = load_config(TINY_YAML, {**base, "eval.checkpoint": str(tmp_path / "stage1")})
     second_yaml = REPO / "paper_configs/tiny/latent_memory_text_projector.yaml"
     second = load_config(second_yaml, {**base, "eval.checkpoint": str(tmp_path / "stage2")})
-    assert ensure_compressor(second, first_stage=first) == tmp_path / "stage2"
+    assert ensure_compressor(second, [first]) == tmp_path / "stage2"
     assert (tmp_path / "stage1" / WEIGHTS).exists() and (tmp_path / "stage2" / WEIGHTS).exists()
     assert second.compressor.init_from == str(tmp_path / "stage1")
     one, two = load_trained(tmp_path / "stage1"), load_trained(tmp_path / "stage2")
