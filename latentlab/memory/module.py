@@ -6,16 +6,15 @@ and the frozen generator from generator.py.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 
 from latentlab.backbones import load_causal_lm, spec_name
-from latentlab.config import ExperimentConfig, config_root
+from latentlab.config import ExperimentConfig, resolve_path
 from latentlab.data.modules import QABatch
-from latentlab.errors import ConfigError, LatentLabError
+from latentlab.errors import LatentLabError
 from latentlab.memory.compressor import Compressor, part_of
 from latentlab.memory.generator import Generator
 from latentlab.memory.losses import distillation_kl, multi_positive_infonce, token_cross_entropy
@@ -274,10 +273,7 @@ def build_task(config: ExperimentConfig):
     if source:
         from latentlab.memory.pipeline import load_compressor_weights
 
-        path = Path(source).expanduser()
-        path = path if path.is_absolute() else config_root(config) / path
-        if not path.exists():
-            raise ConfigError(f"{config.source_file or '<config>'}: key 'compressor.init_from': not found: {path}")
+        path = resolve_path(config, "compressor.init_from", source)
         # A decoder left out of an inference export is fine unless this run reconstructs.
         needs_decoder = config.loss.recon_weight > 0
         load_compressor_weights(module, path, allow_missing_decoder=not needs_decoder)

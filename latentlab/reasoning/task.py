@@ -6,9 +6,8 @@ The loaders are rebuilt every epoch so that each epoch is laid out for its curri
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
-from latentlab.config import ExperimentConfig, project_root
+from latentlab.config import ExperimentConfig, resolve_path
 from latentlab.training import Task
 
 log = logging.getLogger(__name__)
@@ -22,11 +21,7 @@ def build_task(config: ExperimentConfig) -> Task:
     r = config.reasoning
     module = LatentCoTModule(config)
     if r.init_from:
-        source = Path(r.init_from).expanduser()
-        if not source.is_absolute():
-            base = Path(config.source_file).resolve().parent if config.source_file else Path.cwd()
-            source = project_root(base) / source
-        module.load_reasoner_from(source)
+        module.load_reasoner_from(resolve_path(config, "reasoning.init_from", r.init_from))
     elif r.start_stage > 0 and r.latent:
         log.warning(
             "reasoning.start_stage is %d but reasoning.init_from is unset: the curriculum skips stage 0 (CoT) "
