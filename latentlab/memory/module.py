@@ -82,12 +82,19 @@ class LatentMemoryModule(L.LightningModule):
         """Each question's first gold answer as a generator reply (``reply_tokens``)."""
         return [self.reply_tokens(answers[0]) for answers in batch.answers]
 
-    def _reply_cross_entropy(self, prompts, projected: torch.Tensor, replies: list[list[int]]) -> torch.Tensor:
-        """Token-mean CE of the generator teacher-forced on ``replies`` after latent ``prompts`` (slots: ``projected``)."""
+    def _reply_logits(
+        self, prompts, projected: torch.Tensor | None, replies: list[list[int]]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Generator logits [N, V] at the N reply tokens, teacher-forced after ``prompts`` (latent slots filled from
+        ``projected``; the shared system prompt read from its key/value cache), and those N tokens."""
         packed = pack_prompts(
             prompts, self.generator.embed, projected, replies, pad_id=self._pad_id(), split_prefix=True
         )
-        return token_cross_entropy(self.generator.continuation_logits(packed), packed.continuation_targets)
+        return self.generator.continuation_logits(packed), packed.continuation_targets
+
+    def _reply_cross_entropy(self, prompts, projected: torch.Tensor, replies: list[list[int]]) -> torch.Tensor:
+        """Token-mean CE of the generator teacher-forced on ``replies`` after latent ``prompts`` (slots: ``projected``)."""
+        return token_cross_entropy(*self._reply_logits(prompts, projected, replies))
 
     def _positives_of(self, batch: QABatch, b: int) -> list[str]:
         return [t for t, o in zip(batch.positives, batch.positive_owner.tolist()) if o == b]
@@ -162,28 +169,21 @@ class LatentMemoryModule(L.LightningModule):
         slots = self._student_slots(batch, rng)
         order = torch.tensor([i for row in slots for i in row], dtype=torch.long, device=self.device)
         builders = self.student_builders
-        picks = torch.randint(0, len(builders), (len(batch),), generator=rng).tolist() if len(builders) > 1 else None
-        student_prompts = [
-            builders[picks[b] if picks else 0].latent(q, len(row))
-            for b, (q, row) in enumerate(zip(batch.questions, slots))
-        ]
+        if len(builders) > 1:  # one slot format per question
+            picks = torch.randint(0, len(builders), (len(batch),), generator=rng).tolist()
+        else:  # no draw: single-format runs keep their random stream
+            picks = [0] * len(batch)
+        student_prompts = [builders[i].latent(q, len(row)) for i, q, row in zip(picks, batch.questions, slots)]
         projected_items = comp.project(latents)  # [items, G]: one projection serves the student and the paraphrase
         projected = projected_items[order]
-        pad = self._pad_id()
         if cfg.distill_weight > 0:
             answers = self.teacher_answers(batch)
             teacher_prompts = [
                 self.prompts.text(q, self._positives_of(batch, b)) for b, q in enumerate(batch.questions)
             ]
             with torch.no_grad():
-                teacher = self.generator.continuation_logits(
-                    pack_prompts(
-                        teacher_prompts, self.generator.embed, continuations=answers, pad_id=pad, split_prefix=True
-                    )
-                )
-            student = self.generator.continuation_logits(
-                pack_prompts(student_prompts, self.generator.embed, projected, answers, pad_id=pad, split_prefix=True)
-            )
+                teacher, _ = self._reply_logits(teacher_prompts, None, answers)
+            student, _ = self._reply_logits(student_prompts, projected, answers)
             losses["distill"] = distillation_kl(student, teacher)
             total = total + cfg.distill_weight * losses["distill"]
         if cfg.answer_weight > 0:

@@ -104,14 +104,14 @@ def _config_beside(path: Path) -> ExperimentConfig:
 
 
 def _weights_source(source: Path) -> tuple[Path | None, Path | None]:
-    """(.ckpt file, export folder): which of the two ``source`` is, or (None, None)."""
+    """(.ckpt file, export folder): which of the two ``source`` is (the other is None); neither is an error."""
     if source.is_file() and source.suffix == ".ckpt":
         return source, None
     if (source / WEIGHTS).exists():
         return None, source
     if (source / "last.ckpt").exists():
         return source / "last.ckpt", None
-    return None, None
+    raise LatentLabError(f"{source}: not a trained compressor (expected {WEIGHTS}, last.ckpt or a .ckpt file)")
 
 
 def load_compressor_weights(module, source: str | Path, allow_missing_decoder: bool = True) -> None:
@@ -125,10 +125,8 @@ def load_compressor_weights(module, source: str | Path, allow_missing_decoder: b
     if ckpt is not None:
         state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
         state = {k.removeprefix("compressor."): v for k, v in state.items() if k.startswith("compressor.")}
-    elif folder is not None:
-        state = load_file(str(folder / WEIGHTS))
     else:
-        raise LatentLabError(f"{source}: not a trained compressor (expected {WEIGHTS}, last.ckpt or a .ckpt file)")
+        state = load_file(str(folder / WEIGHTS))
     expected = set(module.compressor.trainable_state_dict())
     missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
     if allow_missing_decoder:
@@ -156,8 +154,6 @@ def load_trained(source: str | Path, device: str = "cpu"):
 
     source = Path(source)
     ckpt, folder = _weights_source(source)
-    if ckpt is None and folder is None:
-        raise LatentLabError(f"{source}: not a trained compressor (expected {WEIGHTS}, last.ckpt or a .ckpt file)")
     module = LatentMemoryModule(_config_beside(ckpt.parent if ckpt is not None else folder))
     load_compressor_weights(module, source)
     return module.to(device).eval()
