@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import shlex
 import types
 import typing
 from dataclasses import dataclass, field
@@ -113,7 +114,16 @@ class LossConfig:
     temperature: float = 0.07
     """InfoNCE temperature."""
     hard_negatives: int = 8
-    """Hard negatives drawn per question from its non-supporting evidence."""
+    """Hard negatives per question (see ``negatives``)."""
+    negatives: Literal["pool", "mined"] = "pool"
+    """Where hard negatives come from. `pool`: drawn at random from the question's own non-supporting evidence.
+    `mined`: the question's highest-scoring non-supporting items of the whole corpus (`corpus_of`) under the
+    starting compressor's retrieval, mined once before training: what a global memory returns beside the
+    positives. Exact while the retrieval side (query/compress adapters, memory slot, retrieval head) is frozen."""
+    student_context: Literal["sampled", "retrieved"] = "sampled"
+    """What the student reads. `sampled`: its positives and 0..student_distractors_max random hard negatives, in
+    random order. `retrieved` (needs `negatives: mined`): the question's `eval.k` best items of the mined ranking
+    in rank order, as a memory returns them; a positive outside them takes the place of the lowest negative."""
     recon_negatives: bool = True
     """Reconstruct the hard negatives too, not only the positives."""
     distill_tokens: int = 16
@@ -451,6 +461,21 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
     return overrides
 
 
+def parse_pairs(text: str, what: str) -> dict:
+    """``"a.b=1 c=[x,y]"`` -> {"a.b": 1, "c": ["x", "y"]} (quote a value with spaces); a pair without '=' or a
+    value that is not YAML is an error naming ``what``."""
+    pairs = {}
+    for token in shlex.split(text):
+        key, sep, raw = token.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{what}: expected KEY=VALUE pairs, got {token!r}")
+        try:
+            pairs[key] = yaml.safe_load(raw)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{what}: value of {key!r} is not valid YAML ({raw!r}): {err}") from None
+    return pairs
+
+
 def _apply_override(data: dict, dotted: str, value: Any, source: str) -> None:
     parts = dotted.split(".")
     node = data
@@ -491,6 +516,10 @@ def validate(config: ExperimentConfig, ctx: _Ctx) -> None:
     for name in ("recon_weight", "contrast_weight", "distill_weight", "answer_weight", "paraphrase_weight"):
         if getattr(config.loss, name) < 0:
             ctx.fail(f"loss.{name}", "must be >= 0")
+    if config.loss.student_context == "retrieved" and config.loss.negatives != "mined":
+        ctx.fail("loss.student_context", "'retrieved' reads the mined ranking: set loss.negatives to 'mined'")
+    if config.loss.hard_negatives < 0:
+        ctx.fail("loss.hard_negatives", f"must be >= 0, got {config.loss.hard_negatives}")
     if config.data.batch_size < 1:
         ctx.fail("data.batch_size", f"must be >= 1, got {config.data.batch_size}")
     if config.trainer.accumulate_grad_batches < 1:

@@ -146,3 +146,99 @@ def test_student_reads_both_slot_formats_when_configured(tiny_overrides):
     assert LATENT in compact_header and seen == {"paper", "compact"}
     with pytest.raises(ConfigError, match="loss.student_slot_formats"):
         load_config(TINY_YAML, {**tiny_overrides, "loss.student_slot_formats": ["labels"]})
+
+
+def test_mined_negatives_are_what_the_global_memory_ranks_next(tiny_overrides):
+    """loss.negatives: mined ranks the whole corpus per question with the starting compressor (FAISS flat IP); the
+    dataset's negatives are the best non-supporting items in rank order, and the ranking equals brute force."""
+    from latentlab.data.modules import QADataModule, corpus_of, load_qa_split
+    from latentlab.memory.mining import mine_rankings
+    from latentlab.memory.module import LatentMemoryModule
+
+    config = load_config(TINY_YAML, {**tiny_overrides, "loss.hard_negatives": 3})
+    module = LatentMemoryModule(config)
+    examples = load_qa_split(config, "train")[:6]
+    corpus = corpus_of(config, examples)
+    rankings = mine_rankings(module, examples, corpus, depth=7, batch_size=16, progress=False)
+    texts = list(dict.fromkeys(e.display_text() for e in corpus))
+    module.eval()
+    with torch.no_grad():
+        items = module.compressor.keys(module.compressor.encode_evidence(texts))
+        queries = module.compressor.keys(module.compressor.encode_queries([e.question for e in examples]))
+    all_scores = queries @ items.T
+    brute = all_scores.topk(7, dim=1)
+    position = {t: i for i, t in enumerate(texts)}
+    for q, (example, scores, row) in enumerate(zip(examples, brute.values, brute.indices.tolist())):
+        mined = rankings[example.id]
+        assert len(mined) == 7
+        for j, text in enumerate(mined):  # the same items in the same order, up to exact ties
+            assert text == texts[row[j]] or abs(float(all_scores[q, position[text]] - scores[j])) < 1e-5
+    assert len(QADataModule(config, rankings).rankings) == len(examples)
+    from latentlab.data.modules import QADataset
+
+    dataset = QADataset(examples, 3, 4, 0, rankings)
+    for index, example in enumerate(examples):
+        item = dataset[index]
+        supporting = {e.display_text() for e in example.supporting_evidence()}
+        expected = [t for t in rankings[example.id] if t not in supporting][:3]
+        assert item.negatives == expected
+        assert item.negative_rank == [rankings[example.id].index(t) for t in expected]
+        for text, rank in zip(item.positives, item.positive_rank):
+            ranking = rankings[example.id]
+            assert rank == ranking.index(text) if text in ranking else rank >= len(ranking)
+    with pytest.raises(Exception, match="no mined ranking"):
+        QADataset(examples, 3, 4, 0, {})
+
+
+def test_student_reads_the_retrieved_top_k_in_rank_order(tiny_overrides):
+    """loss.student_context: retrieved: eval.k items, positives always among them, in mined rank order; without
+    mined negatives the config is refused, naming the key."""
+    from latentlab.data.modules import QADataset, collate_qa, load_qa_split
+    from latentlab.memory.module import LatentMemoryModule
+
+    overrides = {**tiny_overrides, "loss.negatives": "mined", "loss.student_context": "retrieved"}
+    config = load_config(TINY_YAML, {**overrides, "loss.hard_negatives": 6, "eval.k": 3})
+    module = LatentMemoryModule(config)
+    examples = load_qa_split(config, "train")[:4]
+    # A hand-made ranking: the supporting facts sit at ranks 2 and 4 (or beyond the ranking for the second).
+    rankings = {}
+    for n, example in enumerate(examples):
+        others = [e.display_text() for e in example.negative_evidence()]
+        support = [e.display_text() for e in example.supporting_evidence()]
+        ranking = others[:2] + support[:1] + others[2:3] + (support[1:2] if n % 2 else []) + others[3:6]
+        rankings[example.id] = ranking
+    batch = collate_qa([QADataset(examples, 6, 4, 0, rankings)[i] for i in range(len(examples))])
+    texts = batch.positives + batch.negatives
+    slots = module._student_slots(batch, torch.Generator().manual_seed(0))
+    for b, (example, row) in enumerate(zip(examples, slots)):
+        ranking = rankings[example.id]
+        read = [texts[i] for i in row]
+        own = [t for t, o in zip(batch.positives, batch.positive_owner.tolist()) if o == b]
+        assert set(own) <= set(read) and len(read) == max(3, len(own))
+        ranks = [ranking.index(t) if t in ranking else len(ranking) for t in read]
+        assert ranks == sorted(ranks)
+        negatives = [t for t in read if t not in own]
+        assert negatives == [t for t in ranking if t not in own][: len(negatives)]
+    assert torch.isfinite(module.compute_losses(batch, step_seed=0)["loss"])
+    with pytest.raises(ConfigError, match="loss.student_context"):
+        load_config(TINY_YAML, {**tiny_overrides, "loss.student_context": "retrieved"})
+
+
+def test_mined_fit_runs_from_build_task(tiny_overrides):
+    """A projector-only stage with mined negatives: build_task mines before training and the corpus latents are
+    cached (the compress adapter is frozen), so the fit computes none of them again."""
+    from latentlab.memory.module import build_task
+
+    overrides = {**tiny_overrides, "loss.negatives": "mined", "loss.student_context": "retrieved"}
+    overrides |= {"compressor.train_parts": ["projector"], "loss.recon_weight": 0.0, "loss.contrast_weight": 0.0}
+    config = load_config(TINY_YAML, {**overrides, "loss.distill_weight": 0.0, "loss.hard_negatives": 4})
+    task = build_task(config)
+    assert task.datamodule.rankings and all(
+        len(r) == 4 + config.data.max_positives for r in task.datamodule.rankings.values()
+    )
+    cached = len(task.module.frozen_latents)
+    assert cached > 0
+    task.datamodule.setup("fit")
+    batch = next(iter(task.datamodule.train_dataloader()))
+    assert batch.negative_rank is not None and torch.isfinite(task.module.compute_losses(batch, 0)["loss"])
+    assert len(task.module.frozen_latents) == cached  # nothing new: every corpus text and question was mined

@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from latentlab.config import DataConfig, ExperimentConfig, resolve_path
-from latentlab.data.schema import QAExample, read_qa
+from latentlab.data.schema import Evidence, QAExample, read_qa
 from latentlab.data.synthetic import generate_world
 from latentlab.errors import DataError
 
@@ -30,52 +30,102 @@ class QABatch:
     positive_owner: torch.Tensor  # [P] question index of each positive
     negatives: list[str]
     negative_owner: torch.Tensor  # [N] question index of each hard negative
+    positive_rank: torch.Tensor | None = None  # [P] rank of each positive in its question's mined ranking
+    negative_rank: torch.Tensor | None = None  # [N] likewise; None when negatives are drawn from the pool
 
     def __len__(self) -> int:
         return len(self.questions)
 
 
-class QADataset(Dataset):
-    """QA examples; each access samples up to ``hard_negatives`` non-supporting items of the question."""
+@dataclass
+class QAItem:
+    """One question of a batch: its positives and hard negatives (texts), with their mined ranks if any."""
 
-    def __init__(self, examples: list[QAExample], hard_negatives: int, max_positives: int, seed: int):
+    example: QAExample
+    positives: list[str]
+    negatives: list[str]
+    positive_rank: list[int] | None = None
+    negative_rank: list[int] | None = None
+
+
+class QADataset(Dataset):
+    """QA examples with their positives and up to ``hard_negatives`` non-supporting items.
+
+    Without ``rankings`` the negatives are drawn at random from the question's own pool (a new draw each epoch).
+    With ``rankings`` (question id -> corpus texts, best first; see ``latentlab.memory.mining``) they are the
+    question's highest-ranked non-supporting texts, and every item carries its rank: a positive that the
+    ranking does not hold ranks after all of it.
+    """
+
+    def __init__(
+        self,
+        examples: list[QAExample],
+        hard_negatives: int,
+        max_positives: int,
+        seed: int,
+        rankings: dict[str, list[str]] | None = None,
+    ):
         usable = [e for e in examples if e.supporting]
         if not usable:
             raise DataError("no question has supporting evidence; the latent-memory losses need positives")
+        if rankings is not None:
+            unranked = [e.id for e in usable if e.id not in rankings]
+            if unranked:
+                raise DataError(f"no mined ranking for {len(unranked)} question(s), e.g. {unranked[:3]}")
         self.examples = usable
         self.hard_negatives = hard_negatives
         self.max_positives = max_positives
         self.seed = seed
+        self.rankings = rankings
         self.epoch = 0
 
     def __len__(self) -> int:
         return len(self.examples)
 
-    def __getitem__(self, index: int) -> tuple[QAExample, list[str], list[str]]:
+    def __getitem__(self, index: int) -> QAItem:
         example = self.examples[index]
-        rng = np.random.default_rng((self.seed, index, self.epoch))
         positives = [e.display_text() for e in example.supporting_evidence()][: self.max_positives]
+        if self.rankings is not None:
+            ranking = self.rankings[example.id]
+            rank = {text: r for r, text in reversed(list(enumerate(ranking)))}
+            supporting = {e.display_text() for e in example.supporting_evidence()}
+            negatives = [t for t in dict.fromkeys(ranking) if t not in supporting][: self.hard_negatives]
+            missing = iter(range(len(ranking), len(ranking) + len(positives)))
+            return QAItem(
+                example,
+                positives,
+                negatives,
+                [rank[t] if t in rank else next(missing) for t in positives],
+                [rank[t] for t in negatives],
+            )
+        rng = np.random.default_rng((self.seed, index, self.epoch))
         pool = [e.display_text() for e in example.negative_evidence()]
         take = min(self.hard_negatives, len(pool))
         chosen = rng.choice(len(pool), size=take, replace=False).tolist() if take else []
-        return example, positives, [pool[i] for i in sorted(chosen)]
+        return QAItem(example, positives, [pool[i] for i in sorted(chosen)])
 
 
-def collate_qa(items: list[tuple[QAExample, list[str], list[str]]]) -> QABatch:
-    positives, pos_owner, negatives, neg_owner = [], [], [], []
-    for b, (_, pos, neg) in enumerate(items):
-        positives += pos
-        pos_owner += [b] * len(pos)
-        negatives += neg
-        neg_owner += [b] * len(neg)
+def collate_qa(items: list[QAItem]) -> QABatch:
+    positives, pos_owner, negatives, neg_owner, pos_rank, neg_rank = [], [], [], [], [], []
+    ranked = all(item.positive_rank is not None for item in items)
+    for b, item in enumerate(items):
+        positives += item.positives
+        pos_owner += [b] * len(item.positives)
+        negatives += item.negatives
+        neg_owner += [b] * len(item.negatives)
+        if ranked:
+            pos_rank += item.positive_rank
+            neg_rank += item.negative_rank
     return QABatch(
-        question_ids=[e.id for e, _, _ in items],
-        questions=[e.question for e, _, _ in items],
-        answers=[list(e.answers) for e, _, _ in items],
+        question_ids=[item.example.id for item in items],
+        questions=[item.example.question for item in items],
+        answers=[list(item.example.answers) for item in items],
         positives=positives,
         positive_owner=torch.tensor(pos_owner, dtype=torch.long),
         negatives=negatives,
         negative_owner=torch.tensor(neg_owner, dtype=torch.long),
+        positive_rank=torch.tensor(pos_rank, dtype=torch.long) if ranked else None,
+        negative_rank=torch.tensor(neg_rank, dtype=torch.long) if ranked else None,
     )
 
 
@@ -106,6 +156,16 @@ def load_qa_split(config: ExperimentConfig, split: str, training_limits: bool = 
     return examples[:limit] if limit else examples
 
 
+def corpus_of(config: ExperimentConfig, examples: list[QAExample]) -> list[Evidence]:
+    """The global corpus: the synthetic world's facts, or the union of the questions' evidence pools."""
+    if config.data.source == "synthetic":
+        s = config.data.synthetic
+        return generate_world(s.num_people, s.seed, s.distractors, s.two_hop_fraction).corpus()
+    from latentlab.data.converters import extract_corpus
+
+    return extract_corpus(examples)
+
+
 def _read_source(source: str, path: Path) -> list[QAExample]:
     if source == "jsonl":
         return read_qa(path)
@@ -117,16 +177,20 @@ def _read_source(source: str, path: Path) -> list[QAExample]:
 class QADataModule(L.LightningDataModule):
     """Train/validation loaders of QA batches for the latent-memory module."""
 
-    def __init__(self, config: ExperimentConfig):
+    def __init__(self, config: ExperimentConfig, rankings: dict[str, list[str]] | None = None):
         super().__init__()
         self.config = config
+        self.rankings = rankings  # mined negatives (loss.negatives: mined), else drawn from each pool
         self.train_set: QADataset | None = None
         self.val_set: QADataset | None = None
 
     def setup(self, stage: str | None = None) -> None:
         cfg = self.config
         if self.train_set is None:
-            make = lambda ex: QADataset(ex, cfg.loss.hard_negatives, cfg.data.max_positives, cfg.seed)  # noqa: E731
+
+            def make(examples: list[QAExample]) -> QADataset:
+                return QADataset(examples, cfg.loss.hard_negatives, cfg.data.max_positives, cfg.seed, self.rankings)
+
             self.train_set = make(load_qa_split(cfg, "train"))
             val = load_qa_split(cfg, "val")
             self.val_set = make(val) if val else None

@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from latentlab.config import ExperimentConfig, config_root
-from latentlab.data.modules import load_qa_split
+from latentlab.data.modules import corpus_of, load_qa_split
 from latentlab.data.schema import Evidence, QAExample, write_jsonl
 from latentlab.eval.metrics import QAMetrics
 from latentlab.eval.report import PlotSpec, format_markdown_table, write_table
@@ -51,18 +51,6 @@ class EvalResult:
 
     def table(self) -> str:
         return format_markdown_table(self.rows, TABLE_COLUMNS)
-
-
-def corpus_of(config: ExperimentConfig, examples: list[QAExample]) -> list[Evidence]:
-    """The global corpus: the synthetic world's facts, or the union of the questions' evidence pools."""
-    if config.data.source == "synthetic":
-        from latentlab.data.synthetic import generate_world
-
-        s = config.data.synthetic
-        return generate_world(s.num_people, s.seed, s.distractors, s.two_hop_fraction).corpus()
-    from latentlab.data.converters import extract_corpus
-
-    return extract_corpus(examples)
 
 
 def _text_hits(retrieved, by_id: dict[str, Evidence]) -> list[list[Hit]]:

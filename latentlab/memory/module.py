@@ -104,14 +104,27 @@ class LatentMemoryModule(L.LightningModule):
         return tok.pad_token_id if tok.pad_token_id is not None else 0
 
     def _student_slots(self, batch: QABatch, generator: torch.Generator) -> list[list[int]]:
-        """Per question: indices (into positives + negatives) of its positives plus 0..max random distractors,
-        in random order (so position does not give positives away)."""
+        """Per question: indices (into positives + negatives) of the items the student reads (``loss.student_context``).
+
+        `sampled`: its positives plus 0..student_distractors_max random hard negatives, in random order (so position
+        does not give positives away). `retrieved`: its positives and its best-ranked negatives, eval.k in all, in
+        rank order, as a memory would return them.
+        """
         num_pos = len(batch.positives)
         pos_owner, neg_owner = batch.positive_owner.tolist(), batch.negative_owner.tolist()
+        retrieved = self.config.loss.student_context == "retrieved"
+        if retrieved and (batch.positive_rank is None or batch.negative_rank is None):
+            raise LatentLabError("loss.student_context 'retrieved' needs mined negatives (loss.negatives: mined)")
         slots = []
         for b in range(len(batch)):
             own = [i for i, o in enumerate(pos_owner) if o == b]
             negatives = [num_pos + i for i, o in enumerate(neg_owner) if o == b]
+            if retrieved:
+                ranks = torch.cat([batch.positive_rank, batch.negative_rank]).tolist()
+                negatives.sort(key=ranks.__getitem__)
+                chosen = own + negatives[: max(0, self.config.eval.k - len(own))]
+                slots.append(sorted(chosen, key=ranks.__getitem__))
+                continue
             limit = min(self.config.loss.student_distractors_max, len(negatives))
             count = int(torch.randint(0, limit + 1, (1,), generator=generator)) if limit else 0
             picks = torch.randperm(len(negatives), generator=generator)[:count].tolist()
@@ -138,7 +151,7 @@ class LatentMemoryModule(L.LightningModule):
                 latents = comp.encode_ids(*comp.tokenize(missing, max_tokens), adapter)
             comp.train(was_training)
             self.frozen_latents.update({(adapter, t): z for t, z in zip(missing, latents)})
-        return torch.stack([self.frozen_latents[(adapter, t)] for t in texts])
+        return torch.stack([self.frozen_latents[(adapter, t)] for t in texts]).to(self.device)
 
     def compute_losses(self, batch: QABatch, step_seed: int) -> dict[str, torch.Tensor]:
         """Each loss whose weight is above zero, their weighted sum (``loss``) and in-pool ``recall@1``."""
@@ -265,7 +278,7 @@ class LatentMemoryModule(L.LightningModule):
 
 def build_task(config: ExperimentConfig):
     """`task: latent_memory`: QA batches and the compressor module."""
-    from latentlab.data.modules import QADataModule
+    from latentlab.data.modules import QADataModule, corpus_of, load_qa_split
     from latentlab.training import Task
 
     module = LatentMemoryModule(config)
@@ -277,4 +290,11 @@ def build_task(config: ExperimentConfig):
         # A decoder left out of an inference export is fine unless this run reconstructs.
         needs_decoder = config.loss.recon_weight > 0
         load_compressor_weights(module, path, allow_missing_decoder=not needs_decoder)
-    return Task(datamodule=QADataModule(config), module=module)
+    rankings = None
+    if config.loss.negatives == "mined":
+        from latentlab.memory.mining import mine_rankings
+
+        examples = load_qa_split(config, "train") + load_qa_split(config, "val")
+        depth = config.loss.hard_negatives + config.data.max_positives
+        rankings = mine_rankings(module, examples, corpus_of(config, examples), depth, config.index.batch_size)
+    return Task(datamodule=QADataModule(config, rankings), module=module)
