@@ -1,18 +1,21 @@
 """Reproduce a paper table: fit every row's config, evaluate it, and write results/TABLE.{md,csv,png}.
 
 Usage: python experiments/reproduce.py coconut_arithmetic [--scale tiny|paper] [--rows no_cot cot ...]
+           [--set "trainer.accelerator=gpu trainer.precision=bf16-mixed"] [--run NAME] [--results-dir DIR]
 The same function, ``reproduce(...)``, can be called from a notebook. Nothing in latentlab imports this file.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import shlex
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from latentlab.config import load_config, project_root
+from latentlab.config import load_config, parse_pairs, project_root
 from latentlab.errors import ConfigError, LatentLabError
 from latentlab.eval.report import PlotSpec, write_table
 from latentlab.reasoning.evaluate import evaluate_cot
@@ -121,6 +124,8 @@ def reproduce(
         raise ConfigError(f"unknown rows {unknown} of table '{table}' (known: {', '.join(known)})")
     selected = [row for row in spec.rows if rows is None or row.key in rows]
     command = f"python experiments/reproduce.py {table} --scale {scale}" + (f" --rows {' '.join(rows)}" if rows else "")
+    if overrides:
+        command += " --set " + shlex.quote(" ".join(f"{k}={json.dumps(v)}" for k, v in overrides.items()))
     if run_name is not None:  # refuse a used run name before the first row spends any time
         for row in selected:
             if scale in row.configs:
@@ -179,9 +184,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", choices=["tiny", "paper"], default="tiny")
     parser.add_argument("--rows", nargs="+", default=None, help="row keys to run (default: all)")
     parser.add_argument("--run", default=None, help="run name of every row (default: a UTC timestamp)")
+    parser.add_argument("--set", action="append", default=[], help="KEY=VALUE config overrides for every row")
+    parser.add_argument("--results-dir", default="results")
     args = parser.parse_args(argv)
     try:
-        reproduce(args.table, args.scale, args.rows, run_name=args.run)
+        overrides = {}
+        for i, text in enumerate(args.set):
+            overrides.update(parse_pairs(text, f"--set #{i + 1}"))
+        reproduce(args.table, args.scale, args.rows, overrides, args.run, args.results_dir)
     except LatentLabError as err:
         print(f"reproduce: error: {err}", file=sys.stderr)
         return 2

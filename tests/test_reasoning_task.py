@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from latentlab.config import load_config
+from latentlab.config import load_config, parse_pairs
 from latentlab.errors import ConfigError, DataError
 from latentlab.reasoning.data import CoTDataModule, latent_step_texts
 from latentlab.reasoning.evaluate import explain, load_run, step_token_accuracy
@@ -323,3 +323,27 @@ def test_missing_training_file_names_the_key(tmp_path):
     datamodule = CoTDataModule(config, vocab=None, pad_id=0)
     with pytest.raises(ConfigError, match=r"'reasoning.data.train': file not found"):
         datamodule.setup("fit")
+
+
+def test_sweep_fits_and_scores_each_variant(tmp_path):
+    """experiments/sweep.py: one row per variant (common --set below it), scored by evaluate_cot, written as a
+    table; a pair without '=' is refused before anything is trained."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("sweep", REPO / "experiments/sweep.py")
+    sweep_mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep_mod)
+    assert parse_pairs("a.b=1 c='x y' d=[1,2]", "t") == {"a.b": 1, "c": "x y", "d": [1, 2]}
+    with pytest.raises(ConfigError, match="--variant #2: expected KEY=VALUE"):
+        parse_pairs("epochs_per_stage", "--variant #2")
+    with pytest.raises(ConfigError, match="--set #1: value of 'd' is not valid YAML"):
+        parse_pairs("d=[1,", "--set #1")
+    common = tiny(tmp_path, "cot")
+    variants = [{"optim.lr": 1e-3}, {"optim.lr": 1e-2, "trainer.max_steps": 1}]
+    rows = sweep_mod.sweep(TINY_COT, "lr", variants, common, tmp_path / "sweeps")
+    assert [r["variant"] for r in rows] == ["lr=0.001", "lr=0.01 max_steps=1"]
+    assert all(0.0 <= r["accuracy"] <= 1.0 and r["run_dir"].endswith(f"lr-{i}") for i, r in enumerate(rows, 1))
+    table = (tmp_path / "sweeps" / "lr.md").read_text()
+    assert "lr=0.01 max_steps=1" in table and (tmp_path / "sweeps" / "lr.csv").exists()
+    with pytest.raises(ConfigError, match="trainer.max_stepz|max_stepz"):
+        sweep_mod.sweep(TINY_COT, "bad", [{"trainer.max_stepz": 1}], common, tmp_path / "sweeps")
