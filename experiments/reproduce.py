@@ -2,6 +2,7 @@
 
 Usage: python experiments/reproduce.py coconut_arithmetic [--scale tiny|paper] [--rows no_cot cot ...]
            [--set "trainer.accelerator=gpu trainer.precision=bf16-mixed"] [--run NAME] [--results-dir DIR]
+           [--reuse no_cot=checkpoints/coconut_arithmetic_no_cot_tiny/reproduce ...]
 The same function, ``reproduce(...)``, can be called from a notebook. Nothing in latentlab imports this file.
 """
 
@@ -113,8 +114,13 @@ def reproduce(
     overrides: dict | None = None,
     run_name: str | None = None,
     results_dir: str | Path = "results",
+    reuse: dict[str, str | Path] | None = None,
 ) -> list[dict]:
-    """Fit and evaluate the rows of ``table`` at ``scale``; returns the table rows (also written to results/)."""
+    """Fit and evaluate the rows of ``table`` at ``scale``; returns the table rows (also written to results/).
+
+    ``reuse``: row key -> a finished run directory of that row, evaluated again instead of trained (its fit time is
+    the run's recorded ``wall_time_s``), so that changing one row does not retrain the others.
+    """
     if table not in TABLES:
         raise ConfigError(f"unknown table '{table}' (known: {', '.join(sorted(TABLES))})")
     spec = TABLES[table]
@@ -123,12 +129,24 @@ def reproduce(
     if unknown:
         raise ConfigError(f"unknown rows {unknown} of table '{table}' (known: {', '.join(known)})")
     selected = [row for row in spec.rows if rows is None or row.key in rows]
+    reused: dict[str, Path] = {}
+    for key, value in (reuse or {}).items():
+        if key not in [row.key for row in selected]:
+            raise ConfigError(
+                f"--reuse {key}=...: '{key}' is not a row of this run (rows: {[r.key for r in selected]})"
+            )
+        path = Path(value) if Path(value).is_absolute() else REPO / value
+        if not (path / "last.ckpt").exists() or not (path / "metrics.json").exists():
+            raise ConfigError(f"--reuse {key}={value}: not a finished run (no last.ckpt and metrics.json in {path})")
+        reused[key] = path
     command = f"python experiments/reproduce.py {table} --scale {scale}" + (f" --rows {' '.join(rows)}" if rows else "")
+    if reused:
+        command += " --reuse " + " ".join(f"{k}={v}" for k, v in (reuse or {}).items())
     if overrides:
         command += " --set " + shlex.quote(" ".join(f"{k}={json.dumps(v)}" for k, v in overrides.items()))
     if run_name is not None:  # refuse a used run name before the first row spends any time
         for row in selected:
-            if scale in row.configs:
+            if scale in row.configs and row.key not in reused:
                 new_run_dir(load_config(REPO / row.configs[scale], dict(overrides or {})), run_name)
     run_dirs: dict[str, Path] = {}
     results = []
@@ -143,18 +161,22 @@ def reproduce(
                 run_dirs[parent] = _latest_run(parent_config.name, parent_config.output_dir)
             row_overrides["reasoning.init_from"] = str(run_dirs[parent])
         config = load_config(REPO / row.configs[scale], row_overrides)
+        if row.key in reused:
+            run_dir = reused[row.key]
+            fit_seconds = float(json.loads((run_dir / "metrics.json").read_text())["wall_time_s"])
+        else:
+            started = time.time()
+            run_dir = fit(config, run_name=run_name).run_dir
+            fit_seconds = time.time() - started
+        run_dirs[row.key] = run_dir
         started = time.time()
-        trained = fit(config, run_name=run_name)
-        fit_seconds = time.time() - started
-        run_dirs[row.key] = trained.run_dir
-        started = time.time()
-        evaluation = evaluate_cot(config, trained.run_dir, out_dir=trained.run_dir / "eval", command=command)
+        evaluation = evaluate_cot(config, run_dir, out_dir=run_dir / "eval", command=command)
         result = dict(evaluation.rows[0])
         result.update(
             method=row.label,
             fit_s=round(fit_seconds, 1),
             eval_s=round(time.time() - started, 1),
-            run_dir=str(trained.run_dir.relative_to(REPO) if trained.run_dir.is_relative_to(REPO) else trained.run_dir),
+            run_dir=str(run_dir.relative_to(REPO) if run_dir.is_relative_to(REPO) else run_dir),
         )
         results.append(result)
         print(
@@ -186,12 +208,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run", default=None, help="run name of every row (default: a UTC timestamp)")
     parser.add_argument("--set", action="append", default=[], help="KEY=VALUE config overrides for every row")
     parser.add_argument("--results-dir", default="results")
+    parser.add_argument("--reuse", nargs="+", default=[], metavar="ROW=RUN_DIR", help="evaluate these runs, do not fit")
     args = parser.parse_args(argv)
     try:
         overrides = {}
         for i, text in enumerate(args.set):
             overrides.update(parse_pairs(text, f"--set #{i + 1}"))
-        reproduce(args.table, args.scale, args.rows, overrides, args.run, args.results_dir)
+        reuse = {}
+        for item in args.reuse:
+            key, sep, path = item.partition("=")
+            if not sep or not key or not path:
+                raise ConfigError(f"--reuse {item!r}: expected ROW=RUN_DIR")
+            reuse[key] = path
+        reproduce(args.table, args.scale, args.rows, overrides, args.run, args.results_dir, reuse)
     except LatentLabError as err:
         print(f"reproduce: error: {err}", file=sys.stderr)
         return 2

@@ -126,11 +126,26 @@ def test_prompt_thought_count_ignores_gold_steps():
 
 
 def test_stage_for_epoch():
-    assert [stage_for_epoch(epoch, 3, 2) for epoch in range(12)] == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
-    assert stage_for_epoch(100, 3, 2) == 3
-    assert stage_for_epoch(4, 1, 6) == 4
+    three = config(epochs_per_stage=3, max_latent_stage=2)
+    assert [stage_for_epoch(epoch, three) for epoch in range(12)] == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
+    assert stage_for_epoch(100, three) == 3
+    assert stage_for_epoch(4, config(epochs_per_stage=1, max_latent_stage=6)) == 4
+    # start_stage 1 (Coconut's resume of a CoT run): the first epoch trains stage 1 for its whole length.
+    assert [stage_for_epoch(epoch, three, start_stage=1) for epoch in range(8)] == [1, 1, 1, 2, 2, 2, 3, 3]
     with pytest.raises(ConfigError):
-        stage_for_epoch(0, 0, 2)
+        stage_for_epoch(-1, three)
+    with pytest.raises(ConfigError, match="epochs_per_stage"):
+        config(epochs_per_stage=0)
+
+
+def test_stage_epochs_give_stages_their_own_lengths():
+    """stage_epochs[k] epochs for stage k, epochs_per_stage past the list, 0 skips a stage; resets follow."""
+    uneven = config(epochs_per_stage=1, max_latent_stage=3, stage_epochs=[0, 3])
+    assert [stage_for_epoch(e, uneven, start_stage=1) for e in range(8)] == [1, 1, 1, 2, 3, 4, 4, 4]
+    assert [stage_for_epoch(e, uneven) for e in range(6)] == [1, 1, 1, 2, 3, 4]  # stage 0 lasts 0 epochs
+    assert [e for e in range(8) if is_stage_start(e, uneven, start_stage=1)] == [0, 3, 4, 5]
+    with pytest.raises(ConfigError, match=r"stage_epochs\[1\] must be an integer >= 0"):
+        config(stage_epochs=[1, -2])
 
 
 def test_optimizer_resets_at_stage_starts_only():

@@ -325,14 +325,22 @@ def test_missing_training_file_names_the_key(tmp_path):
         datamodule.setup("fit")
 
 
+def _experiment_script(name: str):
+    """experiments/NAME.py as a module (the scripts are not a package; dataclasses need it in sys.modules)."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location(f"experiments_{name}", REPO / f"experiments/{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_sweep_fits_and_scores_each_variant(tmp_path):
     """experiments/sweep.py: one row per variant (common --set below it), scored by evaluate_cot, written as a
     table; a pair without '=' is refused before anything is trained."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("sweep", REPO / "experiments/sweep.py")
-    sweep_mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(sweep_mod)
+    sweep_mod = _experiment_script("sweep")
     assert parse_pairs("a.b=1 c='x y' d=[1,2]", "t") == {"a.b": 1, "c": "x y", "d": [1, 2]}
     with pytest.raises(ConfigError, match="--variant #2: expected KEY=VALUE"):
         parse_pairs("epochs_per_stage", "--variant #2")
@@ -347,3 +355,29 @@ def test_sweep_fits_and_scores_each_variant(tmp_path):
     assert "lr=0.01 max_steps=1" in table and (tmp_path / "sweeps" / "lr.csv").exists()
     with pytest.raises(ConfigError, match="trainer.max_stepz|max_stepz"):
         sweep_mod.sweep(TINY_COT, "bad", [{"trainer.max_stepz": 1}], common, tmp_path / "sweeps")
+
+
+def test_reproduce_reuses_a_finished_row_instead_of_training_it(tmp_path):
+    """experiments/reproduce.py --reuse: the reused row is evaluated from its run (fit time from its metrics), the
+    rows after it start from it, and nothing new is trained for it; a run without last.ckpt is refused."""
+    reproduce_mod = _experiment_script("reproduce")
+    common = {k: v for k, v in tiny(tmp_path, "cot").items() if k not in ("name", "reasoning.method")}
+    common["reasoning.init_from"] = None
+    first = reproduce_mod.reproduce("coconut_arithmetic", "tiny", ["cot", "coconut"], common, "a", tmp_path / "res")
+    cot_run = Path(first[0]["run_dir"])
+    cot_run = cot_run if cot_run.is_absolute() else REPO / cot_run
+    again = reproduce_mod.reproduce(
+        "coconut_arithmetic", "tiny", ["cot", "coconut"], common, "b", tmp_path / "res", reuse={"cot": cot_run}
+    )
+    assert again[0]["accuracy"] == first[0]["accuracy"]
+    assert again[0]["fit_s"] == json.loads((cot_run / "metrics.json").read_text())["wall_time_s"]
+    assert not (cot_run.parent / "b").exists() and Path(again[1]["run_dir"]).name == "b"
+    assert "--reuse cot=" in (tmp_path / "res" / "coconut_arithmetic.cot_coconut.md").read_text()
+    with pytest.raises(ConfigError, match="not a finished run"):
+        reproduce_mod.reproduce(
+            "coconut_arithmetic", "tiny", ["cot"], common, "c", tmp_path / "res", reuse={"cot": tmp_path}
+        )
+    with pytest.raises(ConfigError, match="'atp_latent' is not a row of this run"):
+        reproduce_mod.reproduce(
+            "coconut_arithmetic", "tiny", ["cot"], common, "c", tmp_path / "res", reuse={"atp_latent": tmp_path}
+        )

@@ -106,8 +106,8 @@ class ReasoningConfig:
     """A run directory (its last.ckpt) or a .ckpt whose reasoner weights start this run, e.g. the CoT run that
     Coconut's GSM8k recipe starts from; CVAE weights are not taken from it."""
     start_stage: int = 0
-    """Curriculum stage of the first epoch: epoch e trains at stage (e + start_stage * epochs_per_stage) //
-    epochs_per_stage (Coconut's GSM8k run resumes its CoT run at stage 1; ATP-Latent starts at stage 1)."""
+    """Curriculum stage of the first epoch; the later ones follow the curriculum's stage lengths from there
+    (Coconut's GSM8k run resumes its CoT run at stage 1; ATP-Latent starts at stage 1)."""
     init_thoughts_from: str | None = "<<"
     """Text whose mean token embedding initialises <bot>, <thought> and <eot> (Coconut copies '<<'); null keeps the
     resized-embedding default."""
@@ -189,9 +189,7 @@ class ReasoningConfig:
 
     def stage_at_epoch(self, epoch: int) -> int:
         """The curriculum stage trained at 0-based ``epoch`` (``start_stage`` shifts the schedule; cot/no_cot: 0)."""
-        cur = self.curriculum
-        shifted = epoch + self.start_stage * cur.epochs_per_stage
-        return effective_stage(stage_for_epoch(shifted, cur.epochs_per_stage, cur.max_latent_stage), cur)
+        return effective_stage(stage_for_epoch(epoch, self.curriculum, self.start_stage), self.curriculum)
 
     @property
     def final_stage(self) -> int:

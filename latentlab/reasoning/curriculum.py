@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from latentlab.data.schema import CoTExample
@@ -42,6 +42,10 @@ class CurriculumConfig:
     """M: the last stage that replaces only the first M steps; stage M+1 makes every step latent with M*c thoughts."""
     epochs_per_stage: int = 1
     """Epochs spent in each stage before moving on; the stage is ``epoch // epochs_per_stage``, capped at M+1."""
+    stage_epochs: list[int] = field(default_factory=list)
+    """Epochs of stage k at index k, where stages differ in length; a stage past the list lasts epochs_per_stage,
+    and 0 skips a stage. E.g. [0, 3]: stage 1 three epochs, then one each (a tiny reasoner from scratch needs
+    many steps to learn its first latent step, then carries the later ones almost at once)."""
     reset_optimizer_each_stage: bool = True
     """Build a fresh optimizer when the stage changes (the paper's rule; Coconut's code resets every epoch)."""
     pad_latent_to_max: bool = True
@@ -59,6 +63,9 @@ class CurriculumConfig:
             raise ConfigError(f"curriculum.max_latent_stage must be >= 0, got {self.max_latent_stage}")
         if self.epochs_per_stage < 1:
             raise ConfigError(f"curriculum.epochs_per_stage must be >= 1, got {self.epochs_per_stage}")
+        for k, epochs in enumerate(self.stage_epochs):
+            if not isinstance(epochs, int) or epochs < 0:
+                raise ConfigError(f"curriculum.stage_epochs[{k}] must be an integer >= 0, got {epochs!r}")
         if self.mode not in ("coconut", "cot", "no_cot", "no_thoughts"):
             raise ConfigError(f"curriculum.mode must be one of coconut, cot, no_cot, no_thoughts, got {self.mode!r}")
         if not 0.0 <= self.uniform_prob <= 1.0:
@@ -143,21 +150,26 @@ class CoTLayout:
         return [IGNORE_INDEX] * (len(self.prefix_ids) + self.n_thoughts) + self.suffix_labels
 
 
-def stage_for_epoch(epoch: int, epochs_per_stage: int, max_stage: int) -> int:
-    """Scheduled stage at a 0-based ``epoch``: ``epoch // epochs_per_stage``, capped at the all-latent stage M+1."""
-    if epoch < 0 or epochs_per_stage < 1:
-        raise ConfigError(
-            f"stage_for_epoch needs epoch >= 0 and epochs_per_stage >= 1, got {epoch}, {epochs_per_stage}"
-        )
-    return min(epoch // epochs_per_stage, max_stage + 1)
+def stage_for_epoch(epoch: int, config: CurriculumConfig, start_stage: int = 0) -> int:
+    """Scheduled stage at a 0-based ``epoch`` of a run whose first epoch trains ``start_stage``: each stage k lasts
+    ``stage_epochs[k]`` epochs (``epochs_per_stage`` past the list), capped at the all-latent stage M+1."""
+    if epoch < 0 or start_stage < 0:
+        raise ConfigError(f"stage_for_epoch needs epoch >= 0 and start_stage >= 0, got {epoch}, {start_stage}")
+    stage, remaining = start_stage, epoch
+    while stage <= config.max_latent_stage:
+        length = config.stage_epochs[stage] if stage < len(config.stage_epochs) else config.epochs_per_stage
+        if remaining < length:
+            return stage
+        remaining -= length
+        stage += 1
+    return config.max_latent_stage + 1
 
 
-def is_stage_start(epoch: int, config: CurriculumConfig) -> bool:
+def is_stage_start(epoch: int, config: CurriculumConfig, start_stage: int = 0) -> bool:
     """Whether ``epoch`` begins a new stage (where ``reset_optimizer_each_stage`` rebuilds the optimizer)."""
     if epoch == 0:
         return True
-    this = stage_for_epoch(epoch, config.epochs_per_stage, config.max_latent_stage)
-    return this != stage_for_epoch(epoch - 1, config.epochs_per_stage, config.max_latent_stage)
+    return stage_for_epoch(epoch, config, start_stage) != stage_for_epoch(epoch - 1, config, start_stage)
 
 
 def effective_stage(scheduled_stage: int, config: CurriculumConfig) -> int:
