@@ -205,3 +205,15 @@ def test_synthetic_splits_pass_options_and_reject_unknown_tasks():
         synthetic_splits("gsm", seed=0, n_train=1, n_valid=1, n_test=1)
     with pytest.raises(ConfigError, match="n_valid=-1"):
         synthetic_splits("arithmetic", seed=0, n_train=1, n_valid=-1, n_test=1)
+
+
+def test_held_out_splits_do_not_depend_on_the_training_size():
+    """Runs trained on 40 or 400 questions are scored on the same test (and validation) questions, and neither
+    held-out split shares a question with either training set."""
+    small = synthetic_splits("arithmetic", seed=0, n_train=40, n_valid=10, n_test=10)
+    large = synthetic_splits("arithmetic", seed=0, n_train=400, n_valid=10, n_test=10)
+    for split in ("test", "valid"):
+        assert [e.question for e in small[split]] == [e.question for e in large[split]]
+    held_out = {e.question for e in small["test"] + small["valid"]}
+    assert not held_out & {e.question for e in large["train"]}
+    assert [e.question for e in small["train"]] == [e.question for e in large["train"][:40]]

@@ -224,7 +224,9 @@ def synthetic_splits(
 ) -> dict[str, list[CoTExample]]:
     """train/valid/test lists of one generated set, disjoint by question text; ids ``f"{task}-{split}-{i}"``.
 
-    ``options`` go to the task's generator (e.g. ``min_steps=3``). The same arguments give the same splits.
+    ``options`` go to the task's generator (e.g. ``min_steps=3``). The same arguments give the same splits. The
+    held-out splits are drawn first (test, then valid), so they do not depend on ``n_train``: runs trained on more
+    or fewer questions are scored on the same test questions.
     """
     if task not in SYNTHETIC_TASKS:
         raise ConfigError(f"unknown synthetic task '{task}' (known: {', '.join(sorted(SYNTHETIC_TASKS))})")
@@ -232,17 +234,18 @@ def synthetic_splits(
     for split, size in sizes.items():
         if size < 0:
             raise ConfigError(f"n_{split}={size} must be >= 0")
-    # One generator call, so every question is distinct across the three splits.
+    # One generator call, so every question is distinct across the three splits; held-out splits come first.
     examples = SYNTHETIC_TASKS[task](sum(sizes.values()), seed, **options)
     splits: dict[str, list[CoTExample]] = {}
     start = 0
-    for split, size in sizes.items():
+    for split in ("test", "valid", "train"):
+        size = sizes[split]
         splits[split] = [
             CoTExample(id=f"{task}-{split}-{i}", **_fields(example))
             for i, example in enumerate(examples[start : start + size])
         ]
         start += size
-    return splits
+    return {split: splits[split] for split in sizes}
 
 
 def make_splits(
