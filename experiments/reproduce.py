@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from latentlab.config import load_config, parse_pairs, project_root
+from latentlab.config import load_config, merge_pairs, project_root
 from latentlab.errors import ConfigError, LatentLabError
 from latentlab.eval.report import PlotSpec, write_table
 from latentlab.reasoning.evaluate import evaluate_cot
@@ -211,9 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reuse", nargs="+", default=[], metavar="ROW=RUN_DIR", help="evaluate these runs, do not fit")
     args = parser.parse_args(argv)
     try:
-        overrides = {}
-        for i, text in enumerate(args.set):
-            overrides.update(parse_pairs(text, f"--set #{i + 1}"))
+        overrides = merge_pairs(args.set, "--set")
         reuse = {}
         for item in args.reuse:
             key, sep, path = item.partition("=")

@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from latentlab.config import load_config, parse_pairs, project_root
+from latentlab.config import load_config, merge_pairs, parse_pairs, project_root
 from latentlab.errors import ConfigError, LatentLabError
 from latentlab.eval.report import PlotSpec, write_table
 from latentlab.training import fit
@@ -87,9 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     command = "python experiments/sweep.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     try:
-        common = {}
-        for i, text in enumerate(args.set):
-            common.update(parse_pairs(text, f"--set #{i + 1}"))
+        common = merge_pairs(args.set, "--set")
         variants = [parse_pairs(text, f"--variant #{i + 1}") for i, text in enumerate(args.variant)]
         sweep(args.config, args.name, variants, common, args.results_dir, command)
     except LatentLabError as err:

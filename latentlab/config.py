@@ -476,6 +476,15 @@ def parse_pairs(text: str, what: str) -> dict:
     return pairs
 
 
+def merge_pairs(texts: list[str], flag: str) -> dict:
+    """Several ``parse_pairs`` groups given with one repeatable flag, merged in order (a later key wins); errors
+    name the flag and its occurrence (``--set #2``)."""
+    merged: dict = {}
+    for i, text in enumerate(texts):
+        merged.update(parse_pairs(text, f"{flag} #{i + 1}"))
+    return merged
+
+
 def _apply_override(data: dict, dotted: str, value: Any, source: str) -> None:
     parts = dotted.split(".")
     node = data

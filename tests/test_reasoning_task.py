@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from latentlab.config import load_config, parse_pairs
+from latentlab.config import load_config, merge_pairs, parse_pairs
 from latentlab.errors import ConfigError, DataError
 from latentlab.reasoning.data import CoTDataModule, latent_step_texts
 from latentlab.reasoning.evaluate import explain, load_run, step_token_accuracy
@@ -346,6 +346,9 @@ def test_sweep_fits_and_scores_each_variant(tmp_path):
         parse_pairs("epochs_per_stage", "--variant #2")
     with pytest.raises(ConfigError, match="--set #1: value of 'd' is not valid YAML"):
         parse_pairs("d=[1,", "--set #1")
+    assert merge_pairs(["a=1 b=2", "b=3"], "--set") == {"a": 1, "b": 3}
+    with pytest.raises(ConfigError, match="--set #2: expected KEY=VALUE"):
+        merge_pairs(["a=1", "b"], "--set")
     common = tiny(tmp_path, "cot")
     variants = [{"optim.lr": 1e-3}, {"optim.lr": 1e-2, "trainer.max_steps": 1}]
     rows = sweep_mod.sweep(TINY_COT, "lr", variants, common, tmp_path / "sweeps")
