@@ -113,14 +113,15 @@ class LatentMemoryModule(L.LightningModule):
         num_pos = len(batch.positives)
         pos_owner, neg_owner = batch.positive_owner.tolist(), batch.negative_owner.tolist()
         retrieved = self.config.loss.student_context == "retrieved"
-        if retrieved and (batch.positive_rank is None or batch.negative_rank is None):
-            raise LatentLabError("loss.student_context 'retrieved' needs mined negatives (loss.negatives: mined)")
+        if retrieved:
+            if batch.positive_rank is None or batch.negative_rank is None:
+                raise LatentLabError("loss.student_context 'retrieved' needs mined negatives (loss.negatives: mined)")
+            ranks = torch.cat([batch.positive_rank, batch.negative_rank]).tolist()  # by index into texts
         slots = []
         for b in range(len(batch)):
             own = [i for i, o in enumerate(pos_owner) if o == b]
             negatives = [num_pos + i for i, o in enumerate(neg_owner) if o == b]
             if retrieved:
-                ranks = torch.cat([batch.positive_rank, batch.negative_rank]).tolist()
                 negatives.sort(key=ranks.__getitem__)
                 chosen = own + negatives[: max(0, self.config.eval.k - len(own))]
                 slots.append(sorted(chosen, key=ranks.__getitem__))
