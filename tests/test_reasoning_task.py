@@ -269,6 +269,9 @@ def test_evaluate_cot_writes_predictions_summary_and_table(atp_run, tmp_path):
     assert row["method"] == "ATP-Latent" and 0.0 <= row["pass@1"] <= row["pass@2"] <= 1.0
     assert row["reasoning_tokens_mean"] >= row["latent_tokens_mean"] == 2.0
     assert 0.0 <= row["step_token_accuracy"] <= 1.0
+    assert all(isinstance(r["correct_with_shuffled_thoughts"], bool) for r in records)
+    shuffled = sum(r["correct_with_shuffled_thoughts"] for r in records) / len(records)
+    assert row["shuffled_thought_accuracy"] == pytest.approx(shuffled)
     assert "ATP-Latent" in result.table() and "Produced by: `test`" in (tmp_path / "eval" / "table.md").read_text()
     summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
     assert summary["method"] == "atp_latent" and summary["questions"] == 4

@@ -279,6 +279,20 @@ def test_generation_thought_hook_and_per_row_counts(setup):
         assert result.token_ids[row] == naive_greedy(model, prefix, n, tokens.eot_id, vocab.eos_id, 5, perturb)
 
 
+def test_shuffled_thoughts_feed_each_row_the_next_rows_thought(setup):
+    from latentlab.reasoning.module import shuffled_thoughts
+
+    model, _, tokens, vocab = setup
+    prefixes = [layout.prefix_ids for layout in layouts_at(vocab, 0)]
+    plain = generate_from_ids(model, prefixes, 2, 3, eos_id=vocab.eos_id, eot_id=tokens.eot_id)
+    shuffled = generate_from_ids(
+        model, prefixes, 2, 3, eos_id=vocab.eos_id, eot_id=tokens.eot_id, thought_fn=shuffled_thoughts(None)
+    )
+    # slot 0 is fed from the question alone, so row i gets exactly row i+1's first thought
+    torch.testing.assert_close(shuffled.thought_inputs[:, 0], plain.thought_inputs[[1, 2, 0], 0])
+    assert not torch.allclose(shuffled.thought_inputs[:, 0], plain.thought_inputs[:, 0])
+
+
 def test_stop_fn_ends_a_row_like_a_shorter_thought_count(setup):
     """A row stopped at slot 2 of 4 generates exactly what it generates with 2 thoughts; the other row is untouched."""
     model, _, tokens, vocab = setup

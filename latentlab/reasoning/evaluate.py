@@ -7,6 +7,9 @@ pass@k sampling (documented once, here): with ``reasoning.num_samples`` n > 1 ea
 tokens drawn at ``reasoning.sample_temperature`` (Gumbel-max over the logits, the same for every method) and, for
 the latent methods, optional Gaussian noise of ``reasoning.thought_noise`` x RMS on every thought; pass@k is the
 unbiased estimator 1 - C(n-c, k)/C(n, k). With n = 1, pass@1 is the greedy accuracy.
+
+For the latent methods the row also has ``shuffled_thought_accuracy``: greedy accuracy when each question of a batch
+reads the next question's thoughts. Near ``accuracy`` it says the thoughts carry nothing about their own question.
 """
 
 from __future__ import annotations
@@ -145,6 +148,11 @@ def evaluate_cot(
     for batch_index, batch in enumerate(_batches(examples, ev.batch_size)):
         questions = [ex.question for ex in batch]
         greedy = module.generate_answers(questions, stage, max_new_tokens=r.max_new_tokens)
+        shuffled = (
+            module.generate_answers(questions, stage, max_new_tokens=r.max_new_tokens, shuffle_thoughts=True)
+            if run.latent and len(batch) > 1
+            else None
+        )
         sampled_correct = [0] * len(batch)
         for sample in range(n_samples):
             generator = torch.Generator(device=module.device).manual_seed(
@@ -164,6 +172,9 @@ def evaluate_cot(
                     "prediction": greedy.predictions[b],
                     "text": greedy.texts[b],
                     "correct": answers_match(greedy.predictions[b], ex.answer),
+                    "correct_with_shuffled_thoughts": (
+                        answers_match(shuffled.predictions[b], ex.answer) if shuffled is not None else None
+                    ),
                     "latent_tokens": greedy.n_latent[b],
                     "language_tokens": greedy.n_language[b],
                     "reasoning_language_tokens": greedy.n_reasoning_language[b],
@@ -174,6 +185,11 @@ def evaluate_cot(
     seconds = time.time() - started
     row = _summary_row(METHOD_LABELS[run.method], records, r.pass_k, n_samples)
     row["seconds"] = round(seconds, 1)
+    if run.latent:
+        # the ablation: the same questions, each reading another question's thoughts (module.shuffled_thoughts)
+        scored = [rec["correct_with_shuffled_thoughts"] for rec in records]
+        scored = [float(c) for c in scored if c is not None]
+        row["shuffled_thought_accuracy"] = sum(scored) / len(scored) if scored else None
     if module.cvae is not None:
         row["step_token_accuracy"] = step_token_accuracy(module, examples, ev.batch_size).token_accuracy
     write_jsonl(out_dir / "predictions.jsonl", records)

@@ -60,6 +60,21 @@ def noisy_thoughts(inner: ThoughtFn | None, scale: float, generator: torch.Gener
     return thought_fn
 
 
+def shuffled_thoughts(inner: ThoughtFn | None) -> ThoughtFn:
+    """A thought hook feeding each row the thought that ``inner`` (identity if None) makes for the next row.
+
+    An ablation: if accuracy holds when every question reads another question's thoughts, the thoughts carry no
+    information about their own question (they only add compute, like Coconut's "pause as thought" baseline).
+    Row i gets row (i + 1) mod B of the batch; a batch of one is left as it is.
+    """
+
+    def thought_fn(index: int, hidden: Tensor) -> Tensor:
+        fed = hidden if inner is None else inner(index, hidden)
+        return fed.roll(-1, dims=0)
+
+    return thought_fn
+
+
 @dataclass
 class GeneratedAnswers:
     """Answers to a batch of questions; counts are per question."""
@@ -184,10 +199,12 @@ class LatentCoTModule(L.LightningModule):
         thought_noise: float = 0.0,
         generator: torch.Generator | None = None,
         max_new_tokens: int | None = None,
+        shuffle_thoughts: bool = False,
     ) -> GeneratedAnswers:
         """Answer ``questions`` as at ``stage``: question, thoughts (``n_thoughts_for(None, stage)``), ``<eot>``, text.
 
-        Greedy by default; ``temperature > 0`` samples tokens (Gumbel-max), ``thought_noise > 0`` perturbs each thought.
+        Greedy by default; ``temperature > 0`` samples tokens (Gumbel-max), ``thought_noise > 0`` perturbs each thought,
+        ``shuffle_thoughts`` feeds each question the next question's thoughts (``shuffled_thoughts``).
         cot/no_cot run the same path with no thoughts and no markers. atp_latent feeds the CVAE's z (see cvae.py).
         """
         r = self.config.reasoning
@@ -199,6 +216,8 @@ class LatentCoTModule(L.LightningModule):
                 stop_fn = self.cvae.stop_hook(trace)
         if thought_noise > 0 and r.latent:
             thought_fn = noisy_thoughts(thought_fn, thought_noise, generator)
+        if shuffle_thoughts and r.latent:
+            thought_fn = shuffled_thoughts(thought_fn)
         markers = r.curriculum.mode == "coconut"
         result = generate_from_ids(
             self.reasoner,
