@@ -7,7 +7,7 @@ cannot answer from pre-training and must read the evidence. Any size, determinis
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from latentlab.data.schema import Evidence, QAExample, write_jsonl
@@ -44,6 +44,8 @@ class World:
     facts: dict[str, str]
     people: list[str]
     questions: dict[str, list[QAExample]]
+    values: dict[str, str] = field(default_factory=dict)
+    """fact id -> the value the fact states (a country, city, profession or company): labels for probing latents."""
 
     def corpus(self) -> list[Evidence]:
         return [Evidence(id=fid, text=text) for fid, text in self.facts.items()]
@@ -76,12 +78,15 @@ def generate_world(
     people = [f"{f} {last}" for f, last in zip(firsts, lasts)]
 
     facts: dict[str, str] = {}
+    values: dict[str, str] = {}
     city_country = {c: rng.choice(countries) for c in cities}
     company_city = {c: rng.choice(cities) for c in companies}
     for city, country in city_country.items():
         facts[f"city:{city}:country"] = f"{city} is a city in {country}."
+        values[f"city:{city}:country"] = country
     for company, city in company_city.items():
         facts[f"company:{company}:hq"] = f"{company} is based in the city of {city}."
+        values[f"company:{company}:hq"] = city
     person_attrs = {}
     for person in people:
         attrs = {"born": rng.choice(cities), "job": rng.choice(PROFESSIONS), "employer": rng.choice(companies)}
@@ -89,6 +94,7 @@ def generate_world(
         facts[f"person:{person}:born"] = f"{person} was born in {attrs['born']}."
         facts[f"person:{person}:job"] = f"{person} works as a {attrs['job']}."
         facts[f"person:{person}:employer"] = f"{person} is employed by {attrs['employer']}."
+        values.update({f"person:{person}:{relation}": value for relation, value in attrs.items()})
 
     fact_ids = list(facts)
 
@@ -140,7 +146,7 @@ def generate_world(
         repeats = train_questions_per_person if split == "train" else 1
         items = [person for person in members for _ in range(repeats)]
         questions[split] = [make_question(person, qrng, i, split) for i, person in enumerate(items)]
-    return World(facts=facts, people=people, questions=questions)
+    return World(facts=facts, people=people, questions=questions, values=values)
 
 
 def write_world(world: World, out_dir: str | Path) -> dict[str, Path]:
