@@ -92,6 +92,7 @@ COLUMNS = [
     "latent_tokens_mean",
     "language_tokens_mean",
     "generated_tokens_mean",
+    "shuffled_thought_accuracy",
     "step_token_accuracy",
     "fit_s",
     "eval_s",
