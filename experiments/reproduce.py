@@ -141,6 +141,7 @@ def reproduce(
             raise ConfigError(f"--reuse {key}={value}: not a finished run (no last.ckpt and metrics.json in {path})")
         reused[key] = path
     command = f"python experiments/reproduce.py {table} --scale {scale}" + (f" --rows {' '.join(rows)}" if rows else "")
+    command += f" --run {run_name}" if run_name else ""
     if reused:
         command += " --reuse " + " ".join(f"{k}={v}" for k, v in (reuse or {}).items())
     if overrides:

@@ -378,7 +378,7 @@ def test_reproduce_reuses_a_finished_row_instead_of_training_it(tmp_path):
     assert again[0]["accuracy"] == first[0]["accuracy"]
     assert again[0]["fit_s"] == json.loads((cot_run / "metrics.json").read_text())["wall_time_s"]
     assert not (cot_run.parent / "b").exists() and Path(again[1]["run_dir"]).name == "b"
-    assert "--reuse cot=" in (tmp_path / "res" / "coconut_arithmetic.cot_coconut.md").read_text()
+    assert "--run b --reuse cot=" in (tmp_path / "res" / "coconut_arithmetic.cot_coconut.md").read_text()
     with pytest.raises(ConfigError, match="not a finished run"):
         reproduce_mod.reproduce(
             "coconut_arithmetic", "tiny", ["cot"], common, "c", tmp_path / "res", reuse={"cot": tmp_path}
@@ -387,3 +387,19 @@ def test_reproduce_reuses_a_finished_row_instead_of_training_it(tmp_path):
         reproduce_mod.reproduce(
             "coconut_arithmetic", "tiny", ["cot"], common, "c", tmp_path / "res", reuse={"atp_latent": tmp_path}
         )
+
+
+def test_val_curves_collects_validation_rows_and_names_a_missing_log(tmp_path, capsys):
+    script = _experiment_script("val_curves")
+    run = tmp_path / "exp" / "r1"
+    (run / "logs").mkdir(parents=True)
+    (run / "logs" / "metrics.csv").write_text(
+        "epoch,step,train/loss,val/accuracy,val/loss\n0,0,,0.5,2.0\n0,9,1.5,,\n0,19,,0.75,1.0\n", encoding="utf-8"
+    )
+    out = tmp_path / "curves.csv"
+    assert script.main([str(run), "--out", str(out)]) == 0
+    lines = out.read_text().splitlines()
+    assert lines == ["run,epoch,step,val/accuracy,val/loss", "exp/r1,0,0,0.5,2.0", "exp/r1,0,19,0.75,1.0"]
+    assert script.main([str(tmp_path / "nothing"), "--out", str(out)]) == 2
+    assert "no logs/metrics.csv" in capsys.readouterr().err
+    assert out.read_text().splitlines() == lines  # the failed call left the earlier file as it was
