@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from latentlab.config import load_config, project_root
-from latentlab.data.synthetic import generate_world
+from latentlab.data.modules import synthetic_world
 from latentlab.errors import ConfigError, LatentLabError
 from latentlab.eval.probe import linear_probe
 from latentlab.eval.report import write_table
@@ -37,8 +37,7 @@ def probe_memory(config_path: str, memory: str, out_dir: Path, command: str) -> 
             f"{config.source_file}: key 'data.source': probing needs the synthetic world (it knows every fact's "
             f"value), got {config.data.source!r}"
         )
-    s = config.data.synthetic
-    values = generate_world(s.num_people, s.seed, s.distractors, s.two_hop_fraction).values
+    values = synthetic_world(config).values
     index = LatentIndex.open(memory)
     missing = [fact_id for fact_id in values if fact_id not in index]
     if missing:

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from latentlab.config import DataConfig, ExperimentConfig, resolve_path
 from latentlab.data.schema import Evidence, QAExample, read_qa
-from latentlab.data.synthetic import generate_world
+from latentlab.data.synthetic import World, generate_world
 from latentlab.errors import DataError
 
 
@@ -129,6 +129,14 @@ def collate_qa(items: list[QAItem]) -> QABatch:
     )
 
 
+def synthetic_world(config: ExperimentConfig) -> World:
+    """The seeded synthetic world of ``data.synthetic``: its facts (the corpus), their values and its questions."""
+    s = config.data.synthetic
+    return generate_world(
+        s.num_people, s.seed, s.distractors, s.two_hop_fraction, train_questions_per_person=s.train_questions_per_person
+    )
+
+
 def load_qa_split(config: ExperimentConfig, split: str, training_limits: bool = True) -> list[QAExample]:
     """Examples of ``train``/``val``/``test`` from the configured source.
 
@@ -137,15 +145,7 @@ def load_qa_split(config: ExperimentConfig, split: str, training_limits: bool = 
     """
     data: DataConfig = config.data
     if data.source == "synthetic":
-        s = data.synthetic
-        world = generate_world(
-            s.num_people,
-            s.seed,
-            s.distractors,
-            s.two_hop_fraction,
-            train_questions_per_person=s.train_questions_per_person,
-        )
-        examples = world.questions[{"train": "train", "val": "validation", "test": "test"}[split]]
+        examples = synthetic_world(config).questions[{"train": "train", "val": "validation", "test": "test"}[split]]
     else:
         value = getattr(data, split)
         if value is None:
@@ -159,8 +159,7 @@ def load_qa_split(config: ExperimentConfig, split: str, training_limits: bool = 
 def corpus_of(config: ExperimentConfig, examples: list[QAExample]) -> list[Evidence]:
     """The global corpus: the synthetic world's facts, or the union of the questions' evidence pools."""
     if config.data.source == "synthetic":
-        s = config.data.synthetic
-        return generate_world(s.num_people, s.seed, s.distractors, s.two_hop_fraction).corpus()
+        return synthetic_world(config).corpus()
     from latentlab.data.converters import extract_corpus
 
     return extract_corpus(examples)

@@ -56,7 +56,8 @@ def linear_probe(
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     train, test = order[:n_train], order[n_train:]
     x = features.float()
-    mean, std = x[train].mean(dim=0), x[train].std(dim=0) if n_train > 1 else torch.ones(x.shape[1])
+    mean = x[train].mean(dim=0)
+    std = x[train].std(dim=0) if n_train > 1 else torch.ones(x.shape[1])  # one row has no spread to divide by
     x = (x - mean) / (std + 1e-6)
     head = torch.nn.Linear(x.shape[1], len(classes))
     torch.nn.init.zeros_(head.weight)
