@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from latentlab.errors import ConfigError, LatentLabError
+from latentlab.eval.report import write_csv
 
 
 def validation_rows(run_dir: Path) -> list[dict[str, str]]:
@@ -45,14 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     columns = ["run", "epoch", "step"] + sorted({k for row in rows for k in row} - {"run", "epoch", "step"})
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(out)
+    out = write_csv(rows, Path(args.out), columns)
     print(f"{len(rows)} validation rows of {len(args.runs)} runs written to {out}")
     return 0
 

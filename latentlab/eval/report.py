@@ -181,6 +181,13 @@ def _plot_png(rows: Sequence[Mapping[str, Any]], spec: PlotSpec, title: str) -> 
     return buffer.getvalue()
 
 
+def write_csv(rows: Sequence[Mapping[str, Any]], path: Path, columns: Sequence[str]) -> Path:
+    """Write ``rows`` as one CSV file with these ``columns`` (full precision, "" for missing values), atomically."""
+    path = Path(path)
+    _atomic_write_bytes(path, _csv_text(rows, columns).encode("utf-8"))
+    return path
+
+
 def write_table(
     rows: Sequence[Mapping[str, Any]],
     out_stem: Path,
@@ -209,7 +216,7 @@ def write_table(
         header += f"Produced by: `{command}`\n\n"
     markdown = header + format_markdown_table(rows, columns)
     _atomic_write_bytes(paths.markdown, markdown.encode("utf-8"))
-    _atomic_write_bytes(paths.csv, _csv_text(rows, columns).encode("utf-8"))
+    write_csv(rows, paths.csv, columns)
     if png_bytes is not None and paths.png is not None:
         _atomic_write_bytes(paths.png, png_bytes)
     return paths
