@@ -49,7 +49,15 @@ class LoraSpec:
     """Module names (suffixes) that get the adapter."""
 
 
-COMPRESSOR_PARTS = ("compress_lora", "query_lora", "decode_lora", "memory_slot", "retrieval_head", "projector")
+COMPRESSOR_PARTS = (
+    "compress_lora",
+    "query_lora",
+    "decode_lora",
+    "memory_slot",
+    "retrieval_head",
+    "projector",
+    "read_lora",
+)
 """The separately trainable parts of a compressor (``compressor.train_parts``)."""
 
 
@@ -69,6 +77,11 @@ class CompressorConfig:
         )
     )
     """Adapter of the reconstruction decoder ([z, BOS, x...] -> x)."""
+    read_lora: LoraSpec | None = None
+    """Adapter on the generator, active only while it reads latent slots (null, the paper: the generator stays
+    frozen). Raw-text prompts (the teacher, the baselines) always run on the bare base. Needs the generator to
+    share the compressor's base model. Meant for small generators that do not read a lone soft token
+    (``experiments/reader_oracle.py`` measures that)."""
     key_dim: int = 512
     """Retrieval key size d of the head Linear(H->d) + LayerNorm + L2."""
     max_evidence_tokens: int = 128
@@ -76,7 +89,8 @@ class CompressorConfig:
     max_query_tokens: int = 64
     """Questions longer than this are truncated before the memory slot."""
     train_parts: list[str] = field(default_factory=lambda: list(COMPRESSOR_PARTS))
-    """What this run trains, from: compress_lora, query_lora, decode_lora, memory_slot, retrieval_head, projector.
+    """What this run trains, from: compress_lora, query_lora, decode_lora, memory_slot, retrieval_head, projector,
+    read_lora.
     The others stay as they are (and still go into checkpoints). Without compress_lora and memory_slot the
     evidence latents are fixed: each text is compressed once (dropout off) and cached for the whole run."""
     init_from: str | None = None
@@ -257,7 +271,8 @@ class EvalConfig:
     """Which split of the configured data to evaluate."""
     methods: list[str] = field(default_factory=lambda: ["latent", "bm25", "dense", "no_retrieval"])
     """Rows of the table: latent (generator.slot_format), latent_compact (one header, latents back to back),
-    bm25, dense, no_retrieval, full_context."""
+    latent_shuffled (a control: compact slots, each question reading the latents retrieved for the next one; an F1
+    near latent_compact's means the answers do not come from the latents), bm25, dense, no_retrieval, full_context."""
     k: int = 5
     """Items retrieved per question."""
     retrieval: Literal["pool", "global"] = "pool"
@@ -537,7 +552,7 @@ def validate(config: ExperimentConfig, ctx: _Ctx) -> None:
         ctx.fail("trainer.max_epochs", "must be >= 1 when trainer.max_steps is -1")
     if config.task == "latent_memory" and config.data.source != "synthetic" and not config.data.train:
         ctx.fail("data.train", f"data.source is '{config.data.source}', so a training file is required")
-    known_methods = {"latent", "latent_compact", "bm25", "dense", "no_retrieval", "full_context"}
+    known_methods = {"latent", "latent_compact", "latent_shuffled", "bm25", "dense", "no_retrieval", "full_context"}
     for i, method in enumerate(config.eval.methods):
         if method not in known_methods:
             ctx.fail(f"eval.methods[{i}]", f"unknown method {method!r} (known: {', '.join(sorted(known_methods))})")
@@ -553,8 +568,10 @@ def validate(config: ExperimentConfig, ctx: _Ctx) -> None:
             ctx.fail(f"compressor.train_parts[{i}]", f"unknown part {part!r} (known: {', '.join(COMPRESSOR_PARTS)})")
     if config.task == "latent_memory" and not parts:
         ctx.fail("compressor.train_parts", "names nothing to train")
-    for name in ("compress_lora", "query_lora", "decode_lora"):
+    for name in ("compress_lora", "query_lora", "decode_lora", "read_lora"):
         spec = getattr(config.compressor, name)
+        if spec is None:
+            continue
         if spec.r < 1:
             ctx.fail(f"compressor.{name}.r", f"must be >= 1, got {spec.r}")
         if not spec.target_modules:

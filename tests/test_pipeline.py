@@ -94,12 +94,14 @@ def test_evaluate_writes_predictions_summary_and_table(trained, retrieval):
     config, run, tmp = trained
     config.eval.limit = 2
     out = tmp / f"eval-{retrieval}"
-    result = evaluate(
-        config, checkpoint=tmp / "export", out_dir=out, methods=["latent", "no_retrieval"], retrieval=retrieval
-    )
-    methods = [row["method"] for row in result.rows]
-    assert methods == ["latent", "no_retrieval"]
-    latent, none = result.rows
+    methods = ["latent", "latent_shuffled", "no_retrieval"]
+    result = evaluate(config, checkpoint=tmp / "export", out_dir=out, methods=methods, retrieval=retrieval)
+    assert [row["method"] for row in result.rows] == methods
+    latent, _, none = result.rows
+    read = [json.loads(line) for line in (out / "predictions.latent.jsonl").read_text().splitlines()]
+    shuffled = [json.loads(line) for line in (out / "predictions.latent_shuffled.jsonl").read_text().splitlines()]
+    assert [r["hits"] for r in shuffled] == [read[1]["hits"], read[0]["hits"]]  # each reads the next one's latents
+    assert [r["question"] for r in shuffled] == [r["question"] for r in read]
     assert 0.0 <= latent["recall@k"] <= 1.0 and "recall@k" not in none
     assert latent["context_tokens"] > 0 and none["context_tokens"] == 0
     lines = (out / "predictions.latent.jsonl").read_text().splitlines()
@@ -284,3 +286,107 @@ def test_more_training_questions_leave_facts_and_held_out_questions_alone():
     for q in six.questions["train"]:  # every question is still answerable from its supporting facts
         assert set(q.supporting) <= {e.id for e in q.evidence}
         assert any(q.answers[0] in six.facts[s] for s in q.supporting)
+
+
+READ_LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj", "down_proj"]}
+
+
+def test_reading_adapter_runs_only_on_latent_prompts(tmp_path):
+    """compressor.read_lora: latent prompts go through it, raw-text prompts (teacher, baselines) never do, and a
+    fresh adapter leaves the generator exactly as it was."""
+    from latentlab.memory.module import LatentMemoryModule
+    from latentlab.memory.pipeline import Hit, _generate, answer_with_text
+    from latentlab.memory.prompting import pack_prompts
+
+    config = load_config(TINY_YAML, {**two_step_run(tmp_path), "compressor.read_lora": READ_LORA})
+    module = LatentMemoryModule(config).eval()
+    reads = [n for n, _ in module.named_parameters() if ".read." in n]
+    assert reads and all("lora_" in n for n in reads)
+    question, facts = "Where was Ann born?", ["Ann was born in Oslo.", "Bo is a pilot."]
+    reply = [module.reply_tokens("Oslo")]
+    with torch.no_grad():
+        projected = module.compressor.project(module.compressor.encode_evidence(facts))
+
+        def logits():
+            text, _ = module._reply_logits([module.prompts.text(question, facts)], None, reply)
+            latent, _ = module._reply_logits([module.prompts.latent(question, 2)], projected, reply)
+            packed = pack_prompts(
+                [module.prompts.latent(question, 2)],
+                module.generator.embed,
+                projected,
+                reply,
+                pad_id=module._pad_id(),
+                split_prefix=True,
+            )
+            bare = module.generator.continuation_logits(packed)  # read=False: the bare base
+            return text, latent, bare
+
+        text0, latent0, bare0 = logits()
+        torch.testing.assert_close(latent0, bare0, atol=0, rtol=0)  # peft starts B at 0: no change yet
+        for name, param in module.named_parameters():
+            if ".read." in name and "lora_B" in name:
+                param.normal_(0, 0.5)
+        text1, latent1, bare1 = logits()
+    torch.testing.assert_close(text0, text1, atol=0, rtol=0)  # raw text never reads through the adapter
+    torch.testing.assert_close(bare0, bare1, atol=0, rtol=0)
+    assert not torch.allclose(latent0, latent1)
+    # answering: the same split between latent and raw-text prompts
+    calls, greedy = [], module.generator.greedy
+
+    def spy(packed, max_new_tokens, read=False):
+        calls.append(read)
+        return greedy(packed, max_new_tokens, read=read)
+
+    module.generator.greedy = spy
+    _generate(module, [module.prompts.latent(question, 2)], projected)
+    answer_with_text(module, [question], [[Hit("a", 1.0, None, facts[0])]])
+    assert calls == [True, False]
+
+
+def test_reading_adapter_stage_trains_from_an_export_without_one(trained):
+    """init_from an export without a reader + train_parts [projector, read_lora]: only those change; the run's
+    export reloads with its reader, and the reader is refused where it is missing at inference."""
+    from latentlab.memory.module import build_task
+
+    _, _, tmp = trained
+    overrides = {
+        **two_step_run(tmp),
+        "compressor.init_from": str(tmp / "export"),
+        "compressor.read_lora": READ_LORA,
+        "compressor.train_parts": ["projector", "read_lora"],
+        "loss.recon_weight": 0.0,
+        "loss.contrast_weight": 0.0,
+        "loss.distill_weight": 0.0,
+        "loss.answer_weight": 1.0,
+    }
+    config = load_config(TINY_YAML, overrides)
+    module = build_task(config).module
+    start = {k: v.clone() for k, v in module.compressor.trainable_state_dict().items()}
+    assert module.trainable_names() == {n for n in module.learned_names() if ".projector." in n or ".read." in n}
+    run = fit(config, run_name="reader").run_dir
+    after = load_trained(run)
+    end = after.compressor.trainable_state_dict()
+    changed = {k for k in start if not torch.equal(start[k], end[k])}
+    assert any(".read." in k for k in changed) and any(k.startswith("projector.") for k in changed)
+    assert all(k.startswith("projector.") or ".read." in k for k in changed), sorted(changed)[:5]
+    export_compressor(after, tmp / "export_reader", include_decoder=False)
+    again = load_trained(tmp / "export_reader")
+    assert all(torch.equal(again.compressor.trainable_state_dict()[k], end[k]) for k in end if ".decode." not in k)
+    # an export without the reader does not stand in for one with it
+    from latentlab.errors import LatentLabError
+    from latentlab.memory.pipeline import load_compressor_weights
+
+    with pytest.raises(LatentLabError, match="missing .*read"):
+        load_compressor_weights(again, tmp / "export")
+
+
+def test_reading_adapter_needs_the_generator_to_share_the_base(tmp_path):
+    from latentlab.errors import ConfigError
+    from latentlab.memory.module import LatentMemoryModule
+
+    other = {"tiny": {"layers": 2, "hidden": 32, "heads": 4}}
+    config = load_config(
+        TINY_YAML, {**two_step_run(tmp_path), "compressor.read_lora": READ_LORA, "generator.backbone.model": other}
+    )
+    with pytest.raises(ConfigError, match="compressor.read_lora"):
+        LatentMemoryModule(config)

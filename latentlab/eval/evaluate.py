@@ -131,9 +131,9 @@ def evaluate(
     for method in methods:
         started = time.time()
         answers: list[Answer]
-        if method in ("latent", "latent_compact"):
+        if method in ("latent", "latent_compact", "latent_shuffled"):
             # Same memory and latents; only the generator's slot labels differ (paper labels vs one header).
-            slot_format = "compact" if method == "latent_compact" else config.generator.slot_format
+            slot_format = config.generator.slot_format if method == "latent" else "compact"
             module.prompts = PromptBuilder(module.generator.tokenizer, config.generator.system_prompt, slot_format)
             if latent_retrieval is None:
                 if retrieval == "global":
@@ -146,6 +146,8 @@ def evaluate(
                     hits, latents = _pool_latent_hits(memory, examples, ev.k)
                 latent_retrieval = (memory, hits, latents)
             memory, hits, latents = latent_retrieval
+            if method == "latent_shuffled":  # the control: each question reads the next question's latents
+                hits, latents = hits[1:] + hits[:1], latents[1:] + latents[:1]
             answers = memory.answer_from_latents(questions, latents, hits)
         else:
             if method == "no_retrieval":

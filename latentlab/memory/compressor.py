@@ -25,7 +25,7 @@ from latentlab.config import CompressorConfig
 
 def part_of(name: str) -> str:
     """Which ``compressor.train_parts`` entry a learned parameter (module or compressor name) belongs to."""
-    for adapter in ("compress", "query", "decode"):
+    for adapter in ("compress", "query", "decode", "read"):
         if f".{adapter}." in name and "lora_" in name:
             return f"{adapter}_lora"
     for part in ("memory_slot", "retrieval_head", "projector"):
@@ -68,10 +68,10 @@ class Compressor(nn.Module):
         super().__init__()
         self.config = config
         self.tokenizer = tokenizer
-        self.lm = attach_adapters(
-            base_lm,
-            {"compress": config.compress_lora, "query": config.query_lora, "decode": config.decode_lora},
-        )
+        adapters = {"compress": config.compress_lora, "query": config.query_lora, "decode": config.decode_lora}
+        if config.read_lora is not None:  # the generator's reading adapter, on the same shared base
+            adapters["read"] = config.read_lora
+        self.lm = attach_adapters(base_lm, adapters)
         hidden = hidden_size(self.lm)
         self.hidden = hidden
         self.memory_slot = nn.Parameter(torch.randn(hidden) * 0.02)

@@ -1,7 +1,8 @@
 """The frozen generator: embeddings, hidden states at chosen positions, and batched greedy decoding.
 
 When the generator is the compressor's own base model, it runs through the peft model with every adapter
-disabled, so one copy of the weights serves both roles.
+disabled, so one copy of the weights serves both roles. A reading adapter (``compressor.read_lora``), when there
+is one, is switched on only for prompts with latent slots (``read=True``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
-from latentlab.backbones import inner_model, input_embeddings, lm_head, make_adapters_trainable
+from latentlab.backbones import inner_model, input_embeddings, lm_head, make_adapters_trainable, use_adapter
 from latentlab.memory.prompting import PackedPrompts
 
 
@@ -25,10 +26,13 @@ class Generator:
     duplicate the weights in state dicts; the owner registers a separate generator model itself.
     """
 
-    def __init__(self, lm: nn.Module, tokenizer: Any, shares_peft_base: bool = False):
+    def __init__(self, lm: nn.Module, tokenizer: Any, shares_peft_base: bool = False, read_adapter: str | None = None):
+        if read_adapter is not None and not shares_peft_base:
+            raise ValueError("a reading adapter lives on the compressor's peft model: the generator must share it")
         self.lm = lm
         self.tokenizer = tokenizer
         self.shares_peft_base = shares_peft_base
+        self.read_adapter = read_adapter
         eos = {tokenizer.eos_token_id}
         for token in ("<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<|endoftext|>"):
             token_id = tokenizer.convert_tokens_to_ids(token)
@@ -51,6 +55,16 @@ class Generator:
         else:
             yield
 
+    @contextlib.contextmanager
+    def weights(self, read: bool = False) -> Iterator[None]:
+        """The bare base, or with ``read`` the reading adapter when there is one (latent prompts)."""
+        if read and self.read_adapter is not None:
+            use_adapter(self.lm, self.read_adapter)
+            yield
+        else:
+            with self.frozen_base():
+                yield
+
     @property
     def embed(self) -> nn.Module:
         return input_embeddings(self.lm)
@@ -59,30 +73,38 @@ class Generator:
     def embedding_size(self) -> int:
         return self.embed.weight.shape[1]
 
-    def prefix_cache(self, prefix_ids: tuple[int, ...], batch: int) -> DynamicCache:
-        """Keys and values of ``prefix_ids`` (computed once: the generator is frozen), repeated for ``batch`` rows."""
+    def prefix_cache(self, prefix_ids: tuple[int, ...], batch: int, read: bool = False) -> DynamicCache:
+        """Keys and values of ``prefix_ids``, repeated for ``batch`` rows: computed once on the frozen base; through
+        a reading adapter (which may be training) computed anew, one row, on every call."""
         device = self.embed.weight.device
-        key = (prefix_ids, str(device))
-        if key not in self._prefix_kv:
-            ids = torch.tensor([prefix_ids], dtype=torch.long, device=device)
-            with torch.no_grad(), self.frozen_base():
+        ids = torch.tensor([prefix_ids], dtype=torch.long, device=device)
+        if read and self.read_adapter is not None:
+            with self.weights(read=True):
                 cache = inner_model(self.lm)(input_ids=ids, use_cache=True).past_key_values
-            self._prefix_kv[key] = [(layer.keys, layer.values) for layer in cache.layers]
+            layers = [(layer.keys, layer.values) for layer in cache.layers]
+        else:
+            key = (prefix_ids, str(device))
+            if key not in self._prefix_kv:
+                with torch.no_grad(), self.frozen_base():
+                    cache = inner_model(self.lm)(input_ids=ids, use_cache=True).past_key_values
+                self._prefix_kv[key] = [(layer.keys, layer.values) for layer in cache.layers]
+            layers = self._prefix_kv[key]
         return DynamicCache(
-            ddp_cache_data=[(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)) for k, v in self._prefix_kv[key]]
+            ddp_cache_data=[(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)) for k, v in layers]
         )
 
-    def continuation_logits(self, packed: PackedPrompts) -> torch.Tensor:
+    def continuation_logits(self, packed: PackedPrompts, read: bool = False) -> torch.Tensor:
         """Logits at the positions that predict the continuation tokens only: [N, V] (no full-sequence vocab).
 
-        A shared prefix split off by ``pack_prompts(split_prefix=True)`` is read from its cached keys and values.
+        A shared prefix split off by ``pack_prompts(split_prefix=True)`` is read from its keys and values
+        (``prefix_cache``). ``read``: through the reading adapter, if any (prompts with latent slots).
         """
         mask, past = packed.attention_mask, None
         if packed.prefix_ids:
             batch = mask.shape[0]
-            past = self.prefix_cache(packed.prefix_ids, batch)
+            past = self.prefix_cache(packed.prefix_ids, batch, read=read)
             mask = torch.cat([mask.new_ones(batch, len(packed.prefix_ids)), mask], dim=1)
-        with self.frozen_base():
+        with self.weights(read=read):
             hidden = inner_model(self.lm)(
                 inputs_embeds=packed.inputs_embeds,
                 attention_mask=mask,
@@ -93,8 +115,9 @@ class Generator:
             return lm_head(self.lm)(hidden[packed.continuation_mask])
 
     @torch.no_grad()
-    def greedy(self, packed: PackedPrompts, max_new_tokens: int) -> list[list[int]]:
-        """Greedy decoding with the KV cache from left-padded prompts; stops each row at EOS."""
+    def greedy(self, packed: PackedPrompts, max_new_tokens: int, read: bool = False) -> list[list[int]]:
+        """Greedy decoding with the KV cache from left-padded prompts; stops each row at EOS. ``read``: through the
+        reading adapter, if any."""
         if packed.prefix_ids:
             raise ValueError("greedy decoding takes left-padded prompts packed without split_prefix")
         mask = packed.attention_mask
@@ -105,7 +128,7 @@ class Generator:
         positions = packed.position_ids
         embeds = packed.inputs_embeds
         past = None
-        with self.frozen_base():
+        with self.weights(read=read):
             for _ in range(max_new_tokens):
                 out = self.lm(
                     inputs_embeds=embeds,

@@ -14,7 +14,7 @@ import torch
 from latentlab.backbones import load_causal_lm, spec_name
 from latentlab.config import ExperimentConfig, resolve_path
 from latentlab.data.modules import QABatch
-from latentlab.errors import LatentLabError
+from latentlab.errors import ConfigError, LatentLabError
 from latentlab.memory.compressor import Compressor, part_of
 from latentlab.memory.generator import Generator
 from latentlab.memory.losses import distillation_kl, multi_positive_infonce, token_cross_entropy
@@ -44,7 +44,19 @@ class LatentMemoryModule(L.LightningModule):
             gen_model, gen_tokenizer = gen.model, gen.tokenizer
             self.generator_lm = gen_model  # registered so it follows the module's device
         self.compressor = Compressor(config.compressor, comp.model, comp.tokenizer, gen_model.get_input_embeddings())
-        self.generator = Generator(self.compressor.lm if shared else gen_model, gen_tokenizer, shares_peft_base=shared)
+        if config.compressor.read_lora is not None and not shared:
+            raise ConfigError(
+                f"key 'compressor.read_lora': the reading adapter lives on the compressor's base, so the generator "
+                f"must be the same model (generator.backbone {spec_name(gen_cfg.model)!r} at {gen_cfg.precision}, "
+                f"compressor.backbone {spec_name(config.compressor.backbone.model)!r} at "
+                f"{config.compressor.backbone.precision})"
+            )
+        self.generator = Generator(
+            self.compressor.lm if shared else gen_model,
+            gen_tokenizer,
+            shares_peft_base=shared,
+            read_adapter="read" if config.compressor.read_lora is not None else None,
+        )
         self.prompts = PromptBuilder(gen_tokenizer, config.generator.system_prompt, config.generator.slot_format)
         formats = config.loss.student_slot_formats or [config.generator.slot_format]
         self.student_builders = [PromptBuilder(gen_tokenizer, config.generator.system_prompt, f) for f in formats]
@@ -90,7 +102,7 @@ class LatentMemoryModule(L.LightningModule):
         packed = pack_prompts(
             prompts, self.generator.embed, projected, replies, pad_id=self._pad_id(), split_prefix=True
         )
-        return self.generator.continuation_logits(packed), packed.continuation_targets
+        return self.generator.continuation_logits(packed, read=projected is not None), packed.continuation_targets
 
     def _reply_cross_entropy(self, prompts, projected: torch.Tensor, replies: list[list[int]]) -> torch.Tensor:
         """Token-mean CE of the generator teacher-forced on ``replies`` after latent ``prompts`` (slots: ``projected``)."""
@@ -290,7 +302,8 @@ def build_task(config: ExperimentConfig):
         path = resolve_path(config, "compressor.init_from", source)
         # A decoder left out of an inference export is fine unless this run reconstructs.
         needs_decoder = config.loss.recon_weight > 0
-        load_compressor_weights(module, path, allow_missing_decoder=not needs_decoder)
+        # So is a reading adapter the earlier stage did not have: it starts where peft starts it (no change).
+        load_compressor_weights(module, path, allow_missing_decoder=not needs_decoder, allow_missing_reader=True)
     rankings = None
     if config.loss.negatives == "mined":
         from latentlab.memory.mining import mine_rankings

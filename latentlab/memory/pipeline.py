@@ -114,11 +114,15 @@ def _weights_source(source: Path) -> tuple[Path | None, Path | None]:
     raise LatentLabError(f"{source}: not a trained compressor (expected {WEIGHTS}, last.ckpt or a .ckpt file)")
 
 
-def load_compressor_weights(module, source: str | Path, allow_missing_decoder: bool = True) -> None:
+def load_compressor_weights(
+    module, source: str | Path, allow_missing_decoder: bool = True, allow_missing_reader: bool = False
+) -> None:
     """Load trained compressor weights (export folder, run directory or .ckpt) into ``module.compressor``.
 
     An export's fingerprint.txt is checked. Inference exports leave out the reconstruction decoder; that is
-    accepted only where ``allow_missing_decoder`` (the decoder then keeps its initial weights).
+    accepted only where ``allow_missing_decoder`` (the decoder then keeps its initial weights). A stage that adds
+    a reading adapter to an earlier stage's compressor (``allow_missing_reader``) starts it at peft's
+    initialisation, which leaves the generator as it was.
     """
     source = Path(source)
     ckpt, folder = _weights_source(source)
@@ -131,6 +135,8 @@ def load_compressor_weights(module, source: str | Path, allow_missing_decoder: b
     missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
     if allow_missing_decoder:
         missing = [k for k in missing if ".decode." not in k]
+    if allow_missing_reader:
+        missing = [k for k in missing if ".read." not in k]
     if missing or unexpected:
         decoder = " (an inference export has no decoder)" if any(".decode." in k for k in missing) else ""
         raise LatentLabError(
@@ -144,7 +150,8 @@ def load_compressor_weights(module, source: str | Path, allow_missing_decoder: b
     module.compressor.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=False)
     if folder is not None and (folder / "fingerprint.txt").exists():
         stored = (folder / "fingerprint.txt").read_text().strip()
-        if compressor_fingerprint(module) != stored:
+        loaded = {k: v for k, v in module.compressor.trainable_state_dict().items() if k in state}
+        if _fingerprint(module.config, loaded) != stored:
             raise LatentLabError(f"{source}: weights do not match fingerprint.txt ({stored}); the export is damaged")
 
 
@@ -304,10 +311,12 @@ def answer_with_text(module, questions: Sequence[str], hits: Sequence[list[Hit]]
 
 
 def _generate(module, prompts: list[Prompt], projected: torch.Tensor | None = None) -> list[str]:
-    """Greedy answers of the frozen generator for left-padded prompts (latent slots filled from ``projected``)."""
+    """Greedy answers of the generator for left-padded prompts (latent slots filled from ``projected``, read through
+    the reading adapter if the compressor has one)."""
     with torch.no_grad():
         packed = pack_prompts(prompts, module.generator.embed, projected, padding_side="left", pad_id=module._pad_id())
-        return module.generator.decode(module.generator.greedy(packed, module.config.generator.max_new_tokens))
+        tokens = module.generator.greedy(packed, module.config.generator.max_new_tokens, read=projected is not None)
+        return module.generator.decode(tokens)
 
 
 def _answers(questions: list[str], texts: list[str], prompts: list[Prompt], hits) -> list[Answer]:
