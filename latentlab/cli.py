@@ -96,7 +96,8 @@ def _cmd_evaluate(args: argparse.Namespace, extra: list[str]) -> int:
     from latentlab.eval.evaluate import evaluate
 
     config = load_config(args.config, parse_overrides(extra))
-    command = "latentlab evaluate " + " ".join([args.config, *extra])
+    named = [f"--{flag} {value}" for flag, value in (("checkpoint", args.checkpoint), ("out", args.out)) if value]
+    command = "latentlab evaluate " + " ".join([args.config, *named, *extra])
     if config.task == "latent_cot":
         from latentlab.reasoning.evaluate import evaluate_cot
 

@@ -100,7 +100,8 @@ class CompressorConfig:
 
 @dataclass
 class GeneratorConfig:
-    """The frozen generator that reads latents (through the projector) or raw text."""
+    """The frozen generator that reads latents (through the projector, and ``compressor.read_lora`` if set) or raw
+    text (always on the bare base)."""
 
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     """Generator model; when equal to the compressor's, the base weights are shared (adapters disabled)."""

@@ -16,6 +16,7 @@ STAGES = (
     "paper_configs/tiny/latent_memory_text.yaml",  # end to end
     "paper_configs/tiny/latent_memory_text_projector.yaml",  # the projector alone, labelled slots
     "paper_configs/tiny/latent_memory_text_projector_mixed.yaml",  # the projector alone, both slot formats
+    "paper_configs/tiny/latent_memory_text_reader.yaml",  # projector + the generator's reading adapter, global memory
 )
 """The demo's compressor: each stage starts from the one before (`compressor.init_from`)."""
 DEFAULT_CONFIG = STAGES[-1]

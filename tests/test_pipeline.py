@@ -390,3 +390,14 @@ def test_reading_adapter_needs_the_generator_to_share_the_base(tmp_path):
     )
     with pytest.raises(ConfigError, match="compressor.read_lora"):
         LatentMemoryModule(config)
+
+
+def test_demo_stages_chain_each_from_the_last():
+    """Each demo stage starts from the compressor the stage before ships (what ensure_compressor relies on)."""
+    from latentlab.demo import STAGES
+
+    configs = [load_config(REPO / stage) for stage in STAGES]
+    assert configs[0].compressor.init_from is None
+    for before, after in zip(configs, configs[1:]):
+        assert after.compressor.init_from == before.eval.checkpoint, after.source_file
+    assert len({c.eval.checkpoint for c in configs}) == len(configs)
