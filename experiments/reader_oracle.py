@@ -48,8 +48,8 @@ def _answers(gen: Generator, prompts: list[Prompt], slots: torch.Tensor | None, 
     return out
 
 
-def reader_oracle(config_path: str, out_dir: Path, command: str) -> list[dict]:
-    config = load_config(config_path)
+def reader_oracle(config_path: str, out_dir: Path, command: str, overrides: dict | None = None) -> list[dict]:
+    config = load_config(config_path, overrides)
     examples = load_qa_split(config, config.eval.split, training_limits=False)[: config.eval.limit]
     if not examples:
         raise LatentLabError(f"{config.source_file}: split {config.eval.split!r} has no questions")

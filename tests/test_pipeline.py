@@ -401,3 +401,22 @@ def test_demo_stages_chain_each_from_the_last():
     for before, after in zip(configs, configs[1:]):
         assert after.compressor.init_from == before.eval.checkpoint, after.source_file
     assert len({c.eval.checkpoint for c in configs}) == len(configs)
+
+
+def test_reader_oracle_scores_every_input_and_names_a_bad_config(tmp_path, capsys):
+    """experiments/reader_oracle.py on a tiny generator: one row per input, a table naming its command."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("experiments_reader_oracle", REPO / "experiments/reader_oracle.py")
+    script = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = script
+    spec.loader.exec_module(script)
+    overrides = {**two_step_run(tmp_path), "eval.limit": 3}
+    rows = script.reader_oracle(str(TINY_YAML), tmp_path / "out", "the command", overrides)
+    assert [r["input"] for r in rows][:3] == ["no context", "gold answer as text", "supporting facts as text"]
+    assert len(rows) == 7 and all(r["questions"] == 3 and 0.0 <= r["f1"] <= 1.0 for r in rows)
+    table = (tmp_path / "out" / "latent_memory_text_tiny_reader_oracle.md").read_text()
+    assert "Produced by: `the command`" in table and "slot = mean of answer tokens (compact)" in table
+    assert script.main([str(tmp_path / "missing.yaml")]) == 2
+    assert "missing.yaml" in capsys.readouterr().err
