@@ -31,20 +31,16 @@ from latentlab.errors import LatentLabError
 from latentlab.eval.metrics import ExactMatch, TokenF1
 from latentlab.eval.report import write_table
 from latentlab.memory.generator import Generator
-from latentlab.memory.prompting import Prompt, PromptBuilder, pack_prompts
+from latentlab.memory.prompting import Prompt, PromptBuilder
 
 REPO = project_root(Path(__file__).resolve().parent)
 
 
 def _answers(gen: Generator, prompts: list[Prompt], slots: torch.Tensor | None, batch: int, max_new: int) -> list[str]:
-    pad = gen.tokenizer.pad_token_id if gen.tokenizer.pad_token_id is not None else 0
     out: list[str] = []
     for start in range(0, len(prompts), batch):
         chunk = prompts[start : start + batch]
-        latents = None if slots is None else slots[start : start + len(chunk)]
-        with torch.no_grad():
-            packed = pack_prompts(chunk, gen.embed, latents, padding_side="left", pad_id=pad)
-            out += gen.decode(gen.greedy(packed, max_new))
+        out += gen.answer(chunk, max_new, None if slots is None else slots[start : start + len(chunk)])
     return out
 
 

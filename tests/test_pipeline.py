@@ -315,7 +315,7 @@ def test_reading_adapter_runs_only_on_latent_prompts(tmp_path):
                 module.generator.embed,
                 projected,
                 reply,
-                pad_id=module._pad_id(),
+                pad_id=module.generator.pad_id,
                 split_prefix=True,
             )
             bare = module.generator.continuation_logits(packed)  # read=False: the bare base

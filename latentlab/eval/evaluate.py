@@ -132,7 +132,8 @@ def evaluate(
         started = time.time()
         answers: list[Answer]
         if method in ("latent", "latent_compact", "latent_shuffled"):
-            # Same memory and latents; only the generator's slot labels differ (paper labels vs one header).
+            # Same memory and latents; the rows differ in slot labels (paper vs one header) and, for the control,
+            # in whose latents each question reads.
             slot_format = config.generator.slot_format if method == "latent" else "compact"
             module.prompts = PromptBuilder(module.generator.tokenizer, config.generator.system_prompt, slot_format)
             if latent_retrieval is None:

@@ -16,7 +16,7 @@ from torch import nn
 from transformers import DynamicCache
 
 from latentlab.backbones import inner_model, input_embeddings, lm_head, make_adapters_trainable, use_adapter
-from latentlab.memory.prompting import PackedPrompts
+from latentlab.memory.prompting import PackedPrompts, Prompt, pack_prompts
 
 
 class Generator:
@@ -72,6 +72,11 @@ class Generator:
     @property
     def embedding_size(self) -> int:
         return self.embed.weight.shape[1]
+
+    @property
+    def pad_id(self) -> int:
+        """Padding token id for packed prompts (0 where the tokenizer has none)."""
+        return self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
 
     def prefix_cache(self, prefix_ids: tuple[int, ...], batch: int, read: bool = False) -> DynamicCache:
         """Keys and values of ``prefix_ids``, repeated for ``batch`` rows: computed once on the frozen base; through
@@ -155,6 +160,14 @@ class Generator:
             cut = next((i for i, t in enumerate(row) if t in eos_set), None)
             trimmed.append(row if cut is None else row[: cut + 1])
         return trimmed
+
+    def answer(
+        self, prompts: list[Prompt], max_new_tokens: int, latents: torch.Tensor | None = None, read: bool = False
+    ) -> list[str]:
+        """Greedy answers as text for ``prompts``, left-padded, latent slots filled from ``latents`` ([S, G])."""
+        with torch.no_grad():
+            packed = pack_prompts(prompts, self.embed, latents, padding_side="left", pad_id=self.pad_id)
+            return self.decode(self.greedy(packed, max_new_tokens, read=read))
 
     def decode(self, token_rows: list[list[int]]) -> list[str]:
         return [self.tokenizer.decode(row, skip_special_tokens=True).strip() for row in token_rows]

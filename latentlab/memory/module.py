@@ -75,7 +75,7 @@ class LatentMemoryModule(L.LightningModule):
         missing = [b for b, qid in enumerate(batch.question_ids) if qid not in self.teacher_cache]
         if missing:
             prompts = [self.prompts.text(batch.questions[b], self._positives_of(batch, b)) for b in missing]
-            packed = pack_prompts(prompts, self.generator.embed, padding_side="left", pad_id=self._pad_id())
+            packed = pack_prompts(prompts, self.generator.embed, padding_side="left", pad_id=self.generator.pad_id)
             rows = self.generator.greedy(packed, self.config.loss.distill_tokens)
             for b, row in zip(missing, rows):
                 self.teacher_cache[batch.question_ids[b]] = row or [self.generator.eos_ids[0]]
@@ -100,7 +100,7 @@ class LatentMemoryModule(L.LightningModule):
         """Generator logits [N, V] at the N reply tokens, teacher-forced after ``prompts`` (latent slots filled from
         ``projected``; the shared system prompt read from its key/value cache), and those N tokens."""
         packed = pack_prompts(
-            prompts, self.generator.embed, projected, replies, pad_id=self._pad_id(), split_prefix=True
+            prompts, self.generator.embed, projected, replies, pad_id=self.generator.pad_id, split_prefix=True
         )
         return self.generator.continuation_logits(packed, read=projected is not None), packed.continuation_targets
 
@@ -110,10 +110,6 @@ class LatentMemoryModule(L.LightningModule):
 
     def _positives_of(self, batch: QABatch, b: int) -> list[str]:
         return [t for t, o in zip(batch.positives, batch.positive_owner.tolist()) if o == b]
-
-    def _pad_id(self) -> int:
-        tok = self.generator.tokenizer
-        return tok.pad_token_id if tok.pad_token_id is not None else 0
 
     def _student_slots(self, batch: QABatch, generator: torch.Generator) -> list[list[int]]:
         """Per question: indices (into positives + negatives) of the items the student reads (``loss.student_context``).

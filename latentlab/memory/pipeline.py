@@ -23,7 +23,7 @@ from latentlab.config import ExperimentConfig, config_from_dict
 from latentlab.data.schema import Evidence, titled
 from latentlab.errors import IndexError_, LatentLabError
 from latentlab.memory.index import IndexSpec, LatentIndex, build_index
-from latentlab.memory.prompting import Prompt, pack_prompts
+from latentlab.memory.prompting import Prompt
 
 COMPRESSOR_DIR = "compressor"
 WEIGHTS = "weights.safetensors"
@@ -311,12 +311,11 @@ def answer_with_text(module, questions: Sequence[str], hits: Sequence[list[Hit]]
 
 
 def _generate(module, prompts: list[Prompt], projected: torch.Tensor | None = None) -> list[str]:
-    """Greedy answers of the generator for left-padded prompts (latent slots filled from ``projected``, read through
-    the reading adapter if the compressor has one)."""
-    with torch.no_grad():
-        packed = pack_prompts(prompts, module.generator.embed, projected, padding_side="left", pad_id=module._pad_id())
-        tokens = module.generator.greedy(packed, module.config.generator.max_new_tokens, read=projected is not None)
-        return module.generator.decode(tokens)
+    """Greedy answers of the generator for prompts (latent slots filled from ``projected``, read through the
+    reading adapter if the compressor has one)."""
+    return module.generator.answer(
+        prompts, module.config.generator.max_new_tokens, projected, read=projected is not None
+    )
 
 
 def _answers(questions: list[str], texts: list[str], prompts: list[Prompt], hits) -> list[Answer]:
