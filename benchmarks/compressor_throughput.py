@@ -14,7 +14,7 @@ import torch
 from timing import timed
 
 from latentlab.backbones import inner_model, load_causal_lm
-from latentlab.config import CompressorConfig, LoraSpec
+from latentlab.configs import CompressorConfig, LoraSpec
 from latentlab.data.synthetic import generate_world
 from latentlab.memory.compressor import Compressor
 

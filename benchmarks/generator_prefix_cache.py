@@ -17,7 +17,7 @@ import torch
 from timing import timed
 
 from latentlab.backbones import load_causal_lm
-from latentlab.config import GeneratorConfig
+from latentlab.configs import GeneratorConfig
 from latentlab.data.synthetic import generate_world
 from latentlab.memory.generator import Generator
 from latentlab.memory.prompting import PromptBuilder, pack_prompts

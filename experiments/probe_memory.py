@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from latentlab.config import load_config, project_root
+from latentlab.configs import load_config, project_root
 from latentlab.data.modules import synthetic_world
 from latentlab.errors import ConfigError, LatentLabError
 from latentlab.eval.probe import linear_probe

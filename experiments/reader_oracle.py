@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from latentlab.backbones import load_causal_lm
-from latentlab.config import load_config, project_root
+from latentlab.configs import load_config, project_root
 from latentlab.data.modules import load_qa_split
 from latentlab.data.schema import QAExample
 from latentlab.errors import LatentLabError

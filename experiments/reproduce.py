@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from latentlab.config import load_config, merge_pairs, project_root
+from latentlab.configs import load_config, merge_pairs, project_root
 from latentlab.errors import ConfigError, LatentLabError
 from latentlab.eval.report import PlotSpec, write_table
 from latentlab.reasoning.evaluate import evaluate_cot

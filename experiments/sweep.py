@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from latentlab.config import load_config, merge_pairs, parse_pairs, project_root
+from latentlab.configs import load_config, merge_pairs, parse_pairs, project_root
 from latentlab.errors import ConfigError, LatentLabError
 from latentlab.eval.report import PlotSpec, write_table
 from latentlab.training import fit

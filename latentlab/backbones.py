@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from latentlab.config import BackboneConfig, LoraSpec
+from latentlab.configs import BackboneConfig, LoraSpec
 from latentlab.errors import ConfigError, ModelLoadError
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

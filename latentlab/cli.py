@@ -14,7 +14,7 @@ from latentlab.errors import LatentLabError
 
 
 def _cmd_fit(args: argparse.Namespace, extra: list[str]) -> int:
-    from latentlab.config import load_config, parse_overrides
+    from latentlab.configs import load_config, parse_overrides
     from latentlab.training import fit
 
     config = load_config(args.config, parse_overrides(extra))
@@ -38,7 +38,7 @@ def _cmd_index(args: argparse.Namespace, extra: list[str]) -> int:
     from latentlab.memory.index import LatentIndex
 
     if args.action == "build":
-        from latentlab.config import load_config, parse_overrides
+        from latentlab.configs import load_config, parse_overrides
         from latentlab.data.schema import read_corpus
         from latentlab.memory.pipeline import build_memory
 
@@ -92,7 +92,7 @@ def _add_ask(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace, extra: list[str]) -> int:
-    from latentlab.config import load_config, parse_overrides
+    from latentlab.configs import load_config, parse_overrides
     from latentlab.eval.evaluate import evaluate
 
     config = load_config(args.config, parse_overrides(extra))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from latentlab.config import config_root, load_config, parse_overrides, project_root
+from latentlab.configs import config_root, load_config, parse_overrides, project_root
 from latentlab.eval.evaluate import EvalResult, evaluate
 
 STAGES = (

@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from latentlab.config import ExperimentConfig, config_root, dump_yaml
+from latentlab.configs import ExperimentConfig, config_root, dump_yaml
 from latentlab.errors import ConfigError
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from latentlab.backbones import attach_adapters, load_causal_lm
-from latentlab.config import BackboneConfig, LoraSpec
+from latentlab.configs import BackboneConfig, LoraSpec
 from latentlab.errors import ConfigError, ModelLoadError
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from latentlab.backbones import load_causal_lm
-from latentlab.config import CompressorConfig, LoraSpec
+from latentlab.configs import CompressorConfig, LoraSpec
 from latentlab.memory.compressor import Compressor
 
 TINY = {"tiny": {"arch": "llama", "layers": 2, "hidden": 64, "heads": 4}}

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from latentlab.config import load_config, parse_overrides, resolve_path
+from latentlab.configs import load_config, parse_overrides, resolve_path
 from latentlab.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from latentlab.config import load_config
+from latentlab.configs import load_config
 from latentlab.data.synthetic import generate_world
 from latentlab.errors import IndexError_
 from latentlab.eval.evaluate import evaluate

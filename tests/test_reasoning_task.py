@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from latentlab.config import load_config, merge_pairs, parse_pairs
+from latentlab.configs import load_config, merge_pairs, parse_pairs
 from latentlab.errors import ConfigError, DataError
 from latentlab.reasoning.data import CoTDataModule, latent_step_texts
 from latentlab.reasoning.evaluate import explain, load_run, step_token_accuracy
@@ -52,7 +52,7 @@ def tiny(tmp_path: Path, method: str, **extra) -> dict:
         "reasoning.data.num_val": 4,
         "reasoning.data.num_test": 4,
         "reasoning.data.batch_size": 4,
-        "reasoning.max_new_tokens": 8,
+        "sampling.max_new_tokens": 8,
         "reasoning.val_generate_batches": 1,
         "trainer.max_steps": 2,
         "trainer.progress_bar": False,
@@ -102,7 +102,7 @@ def test_method_sets_the_curriculum_mode_and_contradictions_name_the_key(tmp_pat
     with pytest.raises(ConfigError, match="cvae.thoughts_per_step"):
         load_config(TINY_COT, {"reasoning.method": "atp_latent", "reasoning.cvae.thoughts_per_step": 3})
     with pytest.raises(ConfigError, match="num_samples"):
-        load_config(TINY_COT, {"reasoning.pass_k": [1, 4]})
+        load_config(TINY_COT, {"eval.pass_k": [1, 4]})
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -256,9 +256,7 @@ def test_evaluate_cot_writes_predictions_summary_and_table(atp_run, tmp_path):
     from latentlab.reasoning.evaluate import evaluate_cot
 
     config, run_dir = atp_run
-    config = load_config(
-        TINY_COT, {**tiny(tmp_path, "atp_latent"), "reasoning.num_samples": 3, "reasoning.pass_k": [1, 2]}
-    )
+    config = load_config(TINY_COT, {**tiny(tmp_path, "atp_latent"), "sampling.num_samples": 3, "eval.pass_k": [1, 2]})
     result = evaluate_cot(config, run_dir, out_dir=tmp_path / "eval", command="test")
     for name in ("predictions.jsonl", "summary.json", "table.md", "table.csv", "table.png"):
         assert (tmp_path / "eval" / name).exists(), name

@@ -7,7 +7,7 @@ import pytest
 import torch
 import yaml
 
-from latentlab.config import load_config
+from latentlab.configs import load_config
 from latentlab.errors import ConfigError
 from latentlab.training import fit, warmup_cosine
 from tests.conftest import REPO

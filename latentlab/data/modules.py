@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from latentlab.config import DataConfig, ExperimentConfig, resolve_path
+from latentlab.configs import DataConfig, ExperimentConfig, resolve_path
 from latentlab.data.schema import Evidence, QAExample, read_qa
 from latentlab.data.synthetic import World, generate_world
 from latentlab.errors import DataError

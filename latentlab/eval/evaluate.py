@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from latentlab.config import ExperimentConfig, config_root
+from latentlab.configs import ExperimentConfig, config_root
 from latentlab.data.modules import corpus_of, load_qa_split
 from latentlab.data.schema import Evidence, QAExample, write_jsonl
 from latentlab.eval.metrics import QAMetrics

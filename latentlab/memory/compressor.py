@@ -20,7 +20,7 @@ from latentlab.backbones import (
     lm_head,
     use_adapter,
 )
-from latentlab.config import CompressorConfig
+from latentlab.configs import CompressorConfig
 
 
 def part_of(name: str) -> str:

@@ -12,7 +12,7 @@ import lightning as L
 import torch
 
 from latentlab.backbones import load_causal_lm, spec_name
-from latentlab.config import ExperimentConfig, resolve_path
+from latentlab.configs import ExperimentConfig, resolve_path
 from latentlab.data.modules import QABatch
 from latentlab.errors import ConfigError, LatentLabError
 from latentlab.memory.compressor import Compressor, part_of

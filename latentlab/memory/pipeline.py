@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from latentlab.backbones import fingerprint, spec_name
-from latentlab.config import ExperimentConfig, config_from_dict
+from latentlab.configs import ExperimentConfig, config_from_dict
 from latentlab.data.schema import Evidence, titled
 from latentlab.errors import IndexError_, LatentLabError
 from latentlab.memory.index import IndexSpec, LatentIndex, build_index
@@ -84,7 +84,7 @@ def export_compressor(
     tmp = out_dir / f".{WEIGHTS}.tmp"
     save_file(state, str(tmp))
     os.replace(tmp, out_dir / WEIGHTS)
-    from latentlab.config import to_dict
+    from latentlab.configs import to_dict
 
     (out_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(module.config), sort_keys=False), encoding="utf-8")
     # The fingerprint is of the weights as stored (after any rounding), which is what a loader sees.

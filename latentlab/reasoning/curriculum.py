@@ -20,61 +20,20 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass
 
+from latentlab.configs.reasoning import (  # noqa: F401 - the schedule is part of the curriculum API
+    CurriculumConfig,
+    CurriculumMode,
+    effective_stage,
+    is_stage_start,
+    stage_for_epoch,
+)
 from latentlab.data.schema import CoTExample
 from latentlab.errors import ConfigError
 
 IGNORE_INDEX = -100
 """Label of a position without loss (PyTorch's ``cross_entropy`` default ``ignore_index``)."""
-
-CurriculumMode = Literal["coconut", "cot", "no_cot", "no_thoughts"]
-
-
-@dataclass(frozen=True)
-class CurriculumConfig:
-    """How continuous thoughts replace language reasoning steps over training."""
-
-    thoughts_per_step: int = 1
-    """c: continuous thoughts that replace one language step (Coconut: 2 for GSM8k, 1 for ProntoQA/ProsQA)."""
-    max_latent_stage: int = 3
-    """M: the last stage that replaces only the first M steps; stage M+1 makes every step latent with M*c thoughts."""
-    epochs_per_stage: int = 1
-    """Epochs spent in each stage before moving on; the stage is ``epoch // epochs_per_stage``, capped at M+1."""
-    stage_epochs: list[int] = field(default_factory=list)
-    """Epochs of stage k at index k, where stages differ in length; a stage past the list lasts epochs_per_stage,
-    and 0 skips a stage. E.g. [0, 3]: stage 1 three epochs, then one each (a tiny reasoner from scratch needs
-    many steps to learn its first latent step, then carries the later ones almost at once)."""
-    reset_optimizer_each_stage: bool = True
-    """Build a fresh optimizer when the stage changes (the paper's rule; Coconut's code resets every epoch)."""
-    pad_latent_to_max: bool = True
-    """Size the thought block from the stage alone (Coconut's default); False sizes it by the steps removed."""
-    mode: CurriculumMode = "coconut"
-    """coconut: staged thoughts between <bot> and <eot>; cot: stage 0 forever, no markers; no_cot: answer only;
-    no_thoughts: steps removed by stage but no thoughts and no markers (Coconut's "w/o thought" ablation)."""
-    uniform_prob: float = 0.0
-    """Probability that a training sample's stage is drawn uniformly from 0..S instead of the scheduled one."""
-
-    def __post_init__(self) -> None:
-        if self.thoughts_per_step < 0:
-            raise ConfigError(f"curriculum.thoughts_per_step must be >= 0, got {self.thoughts_per_step}")
-        if self.max_latent_stage < 0:
-            raise ConfigError(f"curriculum.max_latent_stage must be >= 0, got {self.max_latent_stage}")
-        if self.epochs_per_stage < 1:
-            raise ConfigError(f"curriculum.epochs_per_stage must be >= 1, got {self.epochs_per_stage}")
-        for k, epochs in enumerate(self.stage_epochs):
-            if not isinstance(epochs, int) or epochs < 0:
-                raise ConfigError(f"curriculum.stage_epochs[{k}] must be an integer >= 0, got {epochs!r}")
-        if self.mode not in ("coconut", "cot", "no_cot", "no_thoughts"):
-            raise ConfigError(f"curriculum.mode must be one of coconut, cot, no_cot, no_thoughts, got {self.mode!r}")
-        if not 0.0 <= self.uniform_prob <= 1.0:
-            raise ConfigError(f"curriculum.uniform_prob must be in [0, 1], got {self.uniform_prob}")
-
-    @property
-    def final_stage(self) -> int:
-        """The all-latent stage, M+1; every later epoch stays here."""
-        return self.max_latent_stage + 1
 
 
 @dataclass(frozen=True)
@@ -148,35 +107,6 @@ class CoTLayout:
     def labels(self) -> list[int]:
         """Labels over the flat sequence (same length as ``input_ids``)."""
         return [IGNORE_INDEX] * (len(self.prefix_ids) + self.n_thoughts) + self.suffix_labels
-
-
-def stage_for_epoch(epoch: int, config: CurriculumConfig, start_stage: int = 0) -> int:
-    """Scheduled stage at a 0-based ``epoch`` of a run whose first epoch trains ``start_stage``: each stage k lasts
-    ``stage_epochs[k]`` epochs (``epochs_per_stage`` past the list), capped at the all-latent stage M+1."""
-    if epoch < 0 or start_stage < 0:
-        raise ConfigError(f"stage_for_epoch needs epoch >= 0 and start_stage >= 0, got {epoch}, {start_stage}")
-    stage, remaining = start_stage, epoch
-    while stage <= config.max_latent_stage:
-        length = config.stage_epochs[stage] if stage < len(config.stage_epochs) else config.epochs_per_stage
-        if remaining < length:
-            return stage
-        remaining -= length
-        stage += 1
-    return config.max_latent_stage + 1
-
-
-def is_stage_start(epoch: int, config: CurriculumConfig, start_stage: int = 0) -> bool:
-    """Whether ``epoch`` begins a new stage (where ``reset_optimizer_each_stage`` rebuilds the optimizer)."""
-    if epoch == 0:
-        return True
-    return stage_for_epoch(epoch, config, start_stage) != stage_for_epoch(epoch - 1, config, start_stage)
-
-
-def effective_stage(scheduled_stage: int, config: CurriculumConfig) -> int:
-    """The stage a mode actually trains at: ``cot`` and ``no_cot`` stay at 0, the others follow the schedule."""
-    if config.mode in ("cot", "no_cot"):
-        return 0
-    return min(scheduled_stage, config.final_stage)
 
 
 def sample_stage(example: CoTExample, scheduled_stage: int, config: CurriculumConfig, rng: random.Random) -> int:

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from latentlab.configs.reasoning import CVAEConfig  # noqa: F401 - re-exported beside the modules it configures
 from latentlab.errors import ConfigError
 
 LOGVAR_MIN, LOGVAR_MAX = -10.0, 10.0
@@ -266,56 +267,6 @@ def decode_steps(
 
 
 # ---------------------------------------------------------------- composite
-
-
-@dataclass(frozen=True)
-class CVAEConfig:
-    """ATP-Latent CVAE over latent steps."""
-
-    latent_dim: int = 64
-    """Z: size of each thought's latent; mapped to the reasoner's hidden size H by a linear layer."""
-    thoughts_per_step: int = 1
-    """c: thought slots per reasoning step (slot t belongs to step t // c); the decoder reads a step's c latents."""
-    prior: Literal["learned", "standard_normal"] = "learned"
-    """learned: conditional prior p(z|h) and a step-text posterior; standard_normal: the reference code's form."""
-    inference: Literal["mean", "sample"] = "mean"
-    """How z is chosen without step text: the mean (deterministic) or a sample of the distribution in the table."""
-    mlp_dim: int = 256
-    """Width of the posterior and prior MLPs."""
-    text_embed_dim: int = 128
-    """Token embedding size of the step-text encoder."""
-    text_dim: int = 128
-    """Step-text encoding size (GRU state) fed to the posterior."""
-    decoder_embed_dim: int = 128
-    """Token embedding size of the step decoder."""
-    decoder_hidden_dim: int = 256
-    """GRU state size of the step decoder."""
-    beta: float = 1.0
-    """KL weight after warm-up (1 = the true ELBO under this module's sum convention)."""
-    beta_warmup_steps: int = 0
-    """Optimizer steps of the linear KL warm-up from 0 to ``beta``; 0 = no warm-up."""
-    stop_head: bool = False
-    """ATP-Latent's stop head: an MLP on each step's first z says whether to stop thinking there, so a question
-    uses as many latent steps as it needs (needs ``curriculum.pad_latent_to_max: false`` to see variable counts)."""
-    stop_weight: float = 1.0
-    """Weight of the stop head's cross-entropy in the loss."""
-
-    def __post_init__(self) -> None:
-        if self.prior not in ("learned", "standard_normal"):
-            raise ConfigError(f"cvae.prior must be 'learned' or 'standard_normal', got {self.prior!r}")
-        if self.inference not in ("mean", "sample"):
-            raise ConfigError(f"cvae.inference must be 'mean' or 'sample', got {self.inference!r}")
-        if self.latent_dim < 1 or self.thoughts_per_step < 1:
-            raise ConfigError(
-                "cvae.latent_dim and cvae.thoughts_per_step must be >= 1, "
-                f"got {self.latent_dim} and {self.thoughts_per_step}"
-            )
-        if self.stop_weight < 0:
-            raise ConfigError(f"cvae.stop_weight must be >= 0, got {self.stop_weight}")
-        if self.beta < 0 or self.beta_warmup_steps < 0:
-            raise ConfigError(
-                f"cvae.beta and cvae.beta_warmup_steps must be >= 0, got {self.beta}, {self.beta_warmup_steps}"
-            )
 
 
 @dataclass

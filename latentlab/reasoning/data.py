@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from latentlab.config import ExperimentConfig, resolve_path
+from latentlab.configs import ExperimentConfig, resolve_path
 from latentlab.data.schema import CoTExample, read_cot
 from latentlab.errors import ConfigError, DataError
 from latentlab.reasoning.curriculum import (

@@ -3,9 +3,9 @@
 Every method runs the same batched decoding path (``LatentCoTModule.generate_answers``) at its final stage:
 all steps latent for coconut / atp_latent, plain text generation for cot / no_cot.
 
-pass@k sampling (documented once, here): with ``reasoning.num_samples`` n > 1 each question gets n sampled answers,
-tokens drawn at ``reasoning.sample_temperature`` (Gumbel-max over the logits, the same for every method) and, for
-the latent methods, optional Gaussian noise of ``reasoning.thought_noise`` x RMS on every thought; pass@k is the
+pass@k sampling (documented once, here): with ``sampling.num_samples`` n > 1 each question gets n sampled answers,
+tokens drawn at ``sampling.temperature`` (Gumbel-max over the logits, the same for every method) and, for
+the latent methods, optional Gaussian noise of ``sampling.thought_noise`` x RMS on every thought; pass@k is the
 unbiased estimator 1 - C(n-c, k)/C(n, k). With n = 1, pass@1 is the greedy accuracy.
 
 For the latent methods the row also has ``shuffled_thought_accuracy``: greedy accuracy when each question of a batch
@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from latentlab.config import ExperimentConfig, config_from_dict, config_root
+from latentlab.configs import ExperimentConfig, config_from_dict, config_root
 from latentlab.data.schema import CoTExample, write_jsonl
 from latentlab.errors import ConfigError
 from latentlab.eval.metrics import answers_match, pass_at_k
@@ -123,8 +123,7 @@ def evaluate_cot(
     """Evaluate a trained run on ``eval.split`` of ``config``'s reasoning data; writes predictions, summary, table.
 
     The model (method, reasoner, stage) comes from the checkpoint's run; the data and the evaluation settings
-    (``eval.*``, ``reasoning.pass_k``, ``num_samples``, ``sample_temperature``, ``thought_noise``,
-    ``max_new_tokens``) from ``config``. Files: ``predictions.jsonl``, ``summary.json``, ``table.{md,csv,png}``.
+    (``eval.*`` with ``eval.pass_k``, and ``sampling.*``) from ``config``. Files: ``predictions.jsonl``, ``summary.json``, ``table.{md,csv,png}``.
     """
     checkpoint = checkpoint if checkpoint is not None else config.eval.checkpoint
     if checkpoint is None:
@@ -134,7 +133,7 @@ def evaluate_cot(
         checkpoint = root / checkpoint
     module = _as_module(checkpoint)
     run = module.config.reasoning
-    ev, r = config.eval, config.reasoning
+    ev = config.eval
     out_dir = Path(out_dir) if out_dir else root / ev.output_dir / config.name
     out_dir.mkdir(parents=True, exist_ok=True)
     examples = load_cot_split(config, ev.split)
@@ -144,12 +143,13 @@ def evaluate_cot(
     stage = run.final_stage
     started = time.time()
     records: list[dict] = []
-    n_samples = r.num_samples if r.num_samples > 1 else 0
+    sampling = config.sampling
+    n_samples = sampling.num_samples if sampling.num_samples > 1 else 0
     for batch_index, batch in enumerate(_batches(examples, ev.batch_size)):
         questions = [ex.question for ex in batch]
-        greedy = module.generate_answers(questions, stage, max_new_tokens=r.max_new_tokens)
+        greedy = module.generate_answers(questions, stage, max_new_tokens=sampling.max_new_tokens)
         shuffled = (
-            module.generate_answers(questions, stage, max_new_tokens=r.max_new_tokens, shuffle_thoughts=True)
+            module.generate_answers(questions, stage, max_new_tokens=sampling.max_new_tokens, shuffle_thoughts=True)
             if run.latent and len(batch) > 1
             else None
         )
@@ -159,7 +159,7 @@ def evaluate_cot(
                 config.seed * 1_000_003 + batch_index * 1009 + sample
             )
             answers = module.generate_answers(
-                questions, stage, r.sample_temperature, r.thought_noise, generator, r.max_new_tokens
+                questions, stage, sampling.temperature, sampling.thought_noise, generator, sampling.max_new_tokens
             )
             for b, (pred, ex) in enumerate(zip(answers.predictions, batch)):
                 sampled_correct[b] += int(answers_match(pred, ex.answer))
@@ -183,7 +183,7 @@ def evaluate_cot(
                 }
             )
     seconds = time.time() - started
-    row = _summary_row(METHOD_LABELS[run.method], records, r.pass_k, n_samples)
+    row = _summary_row(METHOD_LABELS[run.method], records, ev.pass_k, n_samples)
     row["seconds"] = round(seconds, 1)
     if run.latent:
         # the ablation: the same questions, each reading another question's thoughts (module.shuffled_thoughts)
@@ -200,10 +200,10 @@ def evaluate_cot(
         "stage": stage,
         "split": ev.split,
         "questions": len(records),
-        "pass_k": list(r.pass_k),
-        "num_samples": r.num_samples,
-        "sample_temperature": r.sample_temperature,
-        "thought_noise": r.thought_noise,
+        "pass_k": list(ev.pass_k),
+        "num_samples": sampling.num_samples,
+        "sample_temperature": sampling.temperature,
+        "thought_noise": sampling.thought_noise,
         "rows": [row],
     }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")

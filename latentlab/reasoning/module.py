@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from latentlab.backbones import DTYPES, load_causal_lm
-from latentlab.config import BackboneConfig, ExperimentConfig
+from latentlab.configs import BackboneConfig, ExperimentConfig
 from latentlab.errors import ConfigError, LatentLabError
 from latentlab.eval.metrics import answers_match
 from latentlab.reasoning.curriculum import DEFAULT_FORMAT, CoTTextFormat, LayoutVocab, build_prompt
@@ -223,7 +223,7 @@ class LatentCoTModule(L.LightningModule):
             self.reasoner,
             [p for p, _ in prompts],
             [n for _, n in prompts],
-            max_new_tokens or r.max_new_tokens,
+            max_new_tokens or self.config.sampling.max_new_tokens,
             eos_id=self.vocab.eos_id,
             eot_id=self.thought_tokens.eot_id if markers else None,
             pad_id=self.pad_id,

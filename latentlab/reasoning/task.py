@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 
-from latentlab.config import ExperimentConfig, resolve_path
+from latentlab.configs import ExperimentConfig, resolve_path
 from latentlab.training import Task
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,86 @@
+"""Experiment configs, torch-free: one module per concern (common, memory, reasoning), the experiment classes per
+task (experiment) and the strict YAML loader (loader). Import names from here."""
+
+from latentlab.configs.common import (
+    BackboneConfig,
+    EvalConfig,
+    LoraSpec,
+    ModelSpec,
+    OptimConfig,
+    Precision,
+    SamplingConfig,
+    TrainerConfig,
+)
+from latentlab.configs.experiment import (
+    TASK_CONFIGS,
+    ExperimentConfig,
+    MemoryExperimentConfig,
+    ReasoningExperimentConfig,
+)
+from latentlab.configs.loader import (
+    config_from_dict,
+    config_root,
+    dump_yaml,
+    load_config,
+    merge_pairs,
+    parse_overrides,
+    parse_pairs,
+    project_root,
+    resolve_path,
+    to_dict,
+)
+from latentlab.configs.memory import (
+    COMPRESSOR_PARTS,
+    CompressorConfig,
+    DataConfig,
+    GeneratorConfig,
+    IndexConfig,
+    LossConfig,
+    MemoryEvalConfig,
+    SyntheticQAConfig,
+)
+from latentlab.configs.reasoning import (
+    CurriculumConfig,
+    CVAEConfig,
+    ReasoningConfig,
+    ReasoningDataConfig,
+    ReasoningEvalConfig,
+)
+
+__all__ = [
+    "BackboneConfig",
+    "COMPRESSOR_PARTS",
+    "CVAEConfig",
+    "CompressorConfig",
+    "CurriculumConfig",
+    "DataConfig",
+    "EvalConfig",
+    "ExperimentConfig",
+    "GeneratorConfig",
+    "IndexConfig",
+    "LoraSpec",
+    "LossConfig",
+    "MemoryEvalConfig",
+    "MemoryExperimentConfig",
+    "ModelSpec",
+    "OptimConfig",
+    "Precision",
+    "ReasoningConfig",
+    "ReasoningDataConfig",
+    "ReasoningEvalConfig",
+    "ReasoningExperimentConfig",
+    "SamplingConfig",
+    "SyntheticQAConfig",
+    "TASK_CONFIGS",
+    "TrainerConfig",
+    "config_from_dict",
+    "config_root",
+    "dump_yaml",
+    "load_config",
+    "merge_pairs",
+    "parse_overrides",
+    "parse_pairs",
+    "project_root",
+    "resolve_path",
+    "to_dict",
+]

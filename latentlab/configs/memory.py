@@ -1,0 +1,305 @@
+"""Config sections of the latent-memory task: compressor, generator, losses, QA data, the index and its evaluation.
+
+Torch- and FAISS-free. ``IndexConfig`` is both the YAML's `index:` section and what a built memory records.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+from latentlab.configs.common import BackboneConfig, EvalConfig, LoraSpec, positive_or_null, require
+
+COMPRESSOR_PARTS = (
+    "compress_lora",
+    "query_lora",
+    "decode_lora",
+    "memory_slot",
+    "retrieval_head",
+    "projector",
+    "read_lora",
+)
+"""The separately trainable parts of a compressor (``compressor.train_parts``)."""
+
+MemoryMethod = Literal["latent", "latent_compact", "latent_shuffled", "bm25", "dense", "no_retrieval", "full_context"]
+"""Rows a latent-memory table can have; ``latentlab.memory.evaluate.METHODS`` runs each (a test keeps both equal)."""
+
+
+@dataclass
+class CompressorConfig:
+    """The compressor LLM: compress/query/decode adapters, memory slot, retrieval head and projector."""
+
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    """Base model shared by the compress, query and decode adapters."""
+    compress_lora: LoraSpec = field(default_factory=LoraSpec)
+    """Adapter that turns evidence into its latent."""
+    query_lora: LoraSpec = field(default_factory=LoraSpec)
+    """Adapter that turns a question into its retrieval key."""
+    decode_lora: LoraSpec = field(
+        default_factory=lambda: LoraSpec(
+            target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj"]
+        )
+    )
+    """Adapter of the reconstruction decoder ([z, BOS, x...] -> x)."""
+    read_lora: LoraSpec | None = None
+    """Adapter on the generator, active only while it reads latent slots (null, the paper: the generator stays
+    frozen). Raw-text prompts (the teacher, the baselines) always run on the bare base. Needs the generator to
+    share the compressor's base model. Meant for small generators that do not read a lone soft token
+    (``experiments/reader_oracle.py`` measures that)."""
+    key_dim: int = 512
+    """Retrieval key size d of the head Linear(H->d) + LayerNorm + L2."""
+    max_evidence_tokens: int = 128
+    """Evidence longer than this is truncated before the memory slot."""
+    max_query_tokens: int = 64
+    """Questions longer than this are truncated before the memory slot."""
+    train_parts: list[str] = field(default_factory=lambda: list(COMPRESSOR_PARTS))
+    """What this run trains, from: compress_lora, query_lora, decode_lora, memory_slot, retrieval_head, projector,
+    read_lora.
+    The others stay as they are (and still go into checkpoints). Without compress_lora and memory_slot the
+    evidence latents are fixed: each text is compressed once (dropout off) and cached for the whole run."""
+    init_from: str | None = None
+    """Start from a trained compressor: an exported folder (weights.safetensors) or a run directory (last.ckpt);
+    relative to the project. A second stage (say, the projector alone) continues a first this way."""
+
+    def __post_init__(self) -> None:
+        require(self.key_dim >= 1, "key_dim", f"must be >= 1, got {self.key_dim}")
+        for name in ("max_evidence_tokens", "max_query_tokens"):
+            require(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
+        for i, part in enumerate(self.train_parts):
+            require(
+                part in COMPRESSOR_PARTS,
+                f"train_parts[{i}]",
+                f"unknown part {part!r} (known: {', '.join(COMPRESSOR_PARTS)})",
+            )
+
+
+@dataclass
+class GeneratorConfig:
+    """The frozen generator that reads latents (through the projector, and ``compressor.read_lora`` if set) or raw
+    text (always on the bare base)."""
+
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    """Generator model; when equal to the compressor's, the base weights are shared (adapters disabled)."""
+    slot_format: Literal["paper", "compact"] = "paper"
+    """`paper`: `\\nLatent context i: <z>` per item; `compact`: one header then the latents back to back."""
+    max_new_tokens: int = 32
+    """Greedy decoding budget for answers."""
+    max_item_tokens: int = 512
+    """Each raw-text evidence item a generator prompt holds (the teacher's, the baselines') is cut to this many
+    tokens, so that one huge text cannot make a prompt no model fits; evaluation reports how many items were cut."""
+    system_prompt: str = (
+        "You are a helpful assistant. Answer the question concisely "
+        "(a few words or a short phrase) based on the provided context."
+    )
+    """System message of the generator's chat template."""
+
+    def __post_init__(self) -> None:
+        for name in ("max_new_tokens", "max_item_tokens"):
+            require(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass
+class LossConfig:
+    """Weights and settings of the three latent-memory losses."""
+
+    recon_weight: float = 0.5
+    """Weight of the reconstruction CE."""
+    contrast_weight: float = 0.2
+    """Weight of the multi-positive InfoNCE."""
+    distill_weight: float = 1.0
+    """Weight of KL(teacher || student) over the answer tokens."""
+    temperature: float = 0.07
+    """InfoNCE temperature."""
+    hard_negatives: int = 8
+    """Hard negatives per question (see ``negatives``)."""
+    negatives: Literal["pool", "mined"] = "pool"
+    """Where hard negatives come from. `pool`: drawn at random from the question's own non-supporting evidence.
+    `mined`: the question's highest-scoring non-supporting items of the whole corpus (`corpus_of`) under the
+    starting compressor's retrieval, mined once before training: what a global memory returns beside the
+    positives. Exact while the retrieval side (query/compress adapters, memory slot, retrieval head) is frozen."""
+    student_context: Literal["sampled", "retrieved"] = "sampled"
+    """What the student reads. `sampled`: its positives and 0..student_distractors_max random hard negatives, in
+    random order. `retrieved` (needs `negatives: mined`): the question's `eval.k` best items of the mined ranking
+    in rank order, as a memory returns them; a positive outside them takes the place of the lowest negative."""
+    recon_negatives: bool = True
+    """Reconstruct the hard negatives too, not only the positives."""
+    distill_tokens: int = 16
+    """Teacher answer tokens (greedy) over which the KL is taken."""
+    student_distractors_max: int = 3
+    """The student also reads 0..this many random hard-negative latents."""
+    answer_weight: float = 0.0
+    """Weight of the gold-answer cross-entropy of the student (the generator reading latents, teacher-forced on the
+    first gold answer + end of turn). Not in the reference (0 = off): it puts the whole gradient on the answer
+    tokens, where the 16-token KL spreads it over words the question already gives."""
+    student_slot_formats: list[Literal["paper", "compact"]] = field(default_factory=list)
+    """Slot formats the student reads in training, one drawn per question; empty = `generator.slot_format` only.
+    Both: the generator learns to read latents with labels (`Latent context i:`) and back to back."""
+    paraphrase_weight: float = 0.0
+    """Weight of the generator rebuilding each positive's text from its projected latent (xRAG's paraphrase
+    pretraining; not in the reference, 0 = off). It teaches the projector what the frozen generator can read with
+    every token of every positive, where the answer losses see a few tokens a question."""
+
+    def __post_init__(self) -> None:
+        require(self.temperature > 0, "temperature", f"must be > 0, got {self.temperature}")
+        for name in ("recon_weight", "contrast_weight", "distill_weight", "answer_weight", "paraphrase_weight"):
+            require(getattr(self, name) >= 0, name, "must be >= 0")
+        require(
+            self.student_context != "retrieved" or self.negatives == "mined",
+            "student_context",
+            "'retrieved' reads the mined ranking: set loss.negatives to 'mined'",
+        )
+        for name in ("hard_negatives", "student_distractors_max"):
+            require(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
+        require(self.distill_tokens >= 1, "distill_tokens", f"must be >= 1, got {self.distill_tokens}")
+
+
+@dataclass
+class SyntheticQAConfig:
+    """Seeded fictional-entity multi-hop QA (no pre-training leakage)."""
+
+    num_people: int = 400
+    """People in the fictional world; each gets a handful of one-sentence facts."""
+    seed: int = 0
+    """Seed of the world and of the splits."""
+    distractors: int = 8
+    """Non-supporting sentences added to each question's evidence pool."""
+    two_hop_fraction: float = 0.5
+    """Share of 2-hop questions."""
+    train_questions_per_person: int = 2
+    """Questions drawn per training person (validation and test people get one; the facts do not change)."""
+
+    def __post_init__(self) -> None:
+        require(self.num_people >= 1, "num_people", f"must be >= 1, got {self.num_people}")
+        require(self.distractors >= 0, "distractors", f"must be >= 0, got {self.distractors}")
+        require(
+            0.0 <= self.two_hop_fraction <= 1.0, "two_hop_fraction", f"must be in [0, 1], got {self.two_hop_fraction}"
+        )
+        require(self.train_questions_per_person >= 1, "train_questions_per_person", "must be >= 1")
+
+
+@dataclass
+class DataConfig:
+    """Where the QA-with-evidence examples come from."""
+
+    source: Literal["synthetic", "jsonl", "hotpotqa"] = "synthetic"
+    """`synthetic` (generated), `jsonl` (latentlab schema) or `hotpotqa` (official JSON, converted on load)."""
+    train: str | None = None
+    """Training file (jsonl/hotpotqa sources)."""
+    val: str | None = None
+    """Validation file (jsonl/hotpotqa sources)."""
+    test: str | None = None
+    """Test file (jsonl/hotpotqa sources)."""
+    synthetic: SyntheticQAConfig = field(default_factory=SyntheticQAConfig)
+    """Settings of the synthetic generator (synthetic source)."""
+    batch_size: int = 4
+    """Questions per micro-batch."""
+    max_positives: int = 4
+    """At most this many supporting items per question are used in a step."""
+    limit_train: int | None = None
+    """Use only the first N training questions (null: all)."""
+    limit_val: int | None = None
+    """Validate on only the first N validation questions during training (null: all; `evaluate` uses `eval.limit`)."""
+
+    def __post_init__(self) -> None:
+        require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        require(self.max_positives >= 1, "max_positives", f"must be >= 1, got {self.max_positives}")
+        positive_or_null(self.limit_train, "limit_train")
+        positive_or_null(self.limit_val, "limit_val")
+
+
+def training_keys_needed(factory: str) -> int:
+    """Fewest keys FAISS needs to train ``factory``: one per IVF list, 2**nbits per PQ codebook (0: no training)."""
+    needed = 0
+    if match := re.search(r"IVF(\d+)", factory):
+        needed = max(needed, int(match.group(1)))
+    if match := re.search(r"PQ\d+(?:x(\d+))?", factory):
+        needed = max(needed, 2 ** int(match.group(1) or 8))
+    return needed
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    """Which FAISS index a memory uses, how it searches, how it stores latents, and how it is built."""
+
+    factory: str = "Flat"
+    """``faiss.index_factory`` string, always over inner product: "Flat" (exact), "IVF256,Flat", "HNSW32,Flat",
+    "IVF256,PQ32". IVF and PQ are trained on the keys of the first ``add``; it must hold at least nlist keys
+    (and 2**nbits for PQ), otherwise ``add`` raises rather than silently shrinking nlist."""
+    nprobe: int = 16
+    """IVF lists visited per query (ignored by index types without IVF)."""
+    ef_search: int = 64
+    """HNSW candidate-list size per query (ignored by index types without HNSW)."""
+    latent_dtype: Literal["float32", "float16"] = "float32"
+    """Storage type of the latents on disk; ``latents_for`` always returns float32."""
+    max_train_keys: int | None = None
+    """IVF/PQ train on a seeded sample of at most this many keys (k-means time grows with it); None = all of the
+    first ``add``'s keys, which FAISS itself caps at 256 per IVF list."""
+    batch_size: int = 32
+    """Evidence items compressed per batch while building (not part of what a memory records)."""
+
+    def __post_init__(self) -> None:
+        require(
+            isinstance(self.factory, str) and bool(self.factory.strip()),
+            "factory",
+            f"must be a FAISS factory string such as 'Flat', got {self.factory!r}",
+        )
+        require(
+            not self.factory.replace(" ", "").upper().startswith("IDMAP"),
+            "factory",
+            f"'{self.factory}': drop the IDMap prefix; LatentIndex maps FAISS labels to item ids itself",
+        )
+        for name in ("nprobe", "ef_search", "batch_size"):
+            value = getattr(self, name)
+            require(
+                isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+                name,
+                f"must be a positive integer, got {value!r}",
+            )
+        fewest = max(1, training_keys_needed(self.factory))
+        require(
+            self.max_train_keys is None or (isinstance(self.max_train_keys, int) and self.max_train_keys >= fewest),
+            "max_train_keys",
+            f"must be null or an integer >= {fewest} (what '{self.factory}' needs to train), got {self.max_train_keys!r}",
+        )
+        require(
+            self.latent_dtype in ("float32", "float16"),
+            "latent_dtype",
+            f"must be 'float32' or 'float16', got {self.latent_dtype!r}",
+        )
+
+    def searched_as(self) -> dict:
+        """What a built memory records of this section (the build batch size leaves no trace in the files)."""
+        return {
+            "factory": self.factory,
+            "nprobe": self.nprobe,
+            "ef_search": self.ef_search,
+            "latent_dtype": self.latent_dtype,
+            "max_train_keys": self.max_train_keys,
+        }
+
+
+@dataclass
+class MemoryEvalConfig(EvalConfig):
+    """`latentlab evaluate` of a latent memory: which rows, which retrieval protocol, k."""
+
+    methods: list[MemoryMethod] = field(default_factory=lambda: ["latent", "bm25", "dense", "no_retrieval"])
+    """Rows of the table: latent (generator.slot_format), latent_compact (one header, latents back to back),
+    latent_shuffled (a control: compact slots, each question reading the latents retrieved for the next one; an F1
+    near latent_compact's means the answers do not come from the latents), bm25, dense, no_retrieval, full_context."""
+    k: int = 5
+    """Items retrieved per question."""
+    retrieval: Literal["pool", "global"] = "pool"
+    """`pool`: rank each question's own evidence (the paper's protocol); `global`: one index of the corpus."""
+    f1: Literal["squad", "hotpotqa"] = "squad"
+    """Answer F1 rule: `squad` (token F1, SQuAD 2.0's empty-answer rule) or `hotpotqa` (the official HotpotQA
+    script: 0 when either side normalises to yes / no / noanswer and they differ). Tables name the rule."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.k >= 1, "k", f"must be >= 1, got {self.k}")
+        require(bool(self.methods), "methods", "must name at least one method")
+        seen = set()
+        for i, method in enumerate(self.methods):
+            require(method not in seen, f"methods[{i}]", f"{method!r} is listed twice")
+            seen.add(method)
