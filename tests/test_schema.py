@@ -55,6 +55,7 @@ def test_corpus_duplicate_id_and_missing_image(tmp_path):
     path.write_text('{"id": "a", "text": "x"}\n{"id": "a", "text": "y"}\n')
     with pytest.raises(DataError, match="duplicate id 'a'"):
         read_corpus(path)
+    # Until an image encoder exists any image item is refused (naming its path) before its existence is checked.
     path.write_text('{"id": "a", "image": "nope.png", "title": "t"}\n')
     with pytest.raises(DataError, match="nope.png"):
         read_corpus(path)

@@ -18,7 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from latentlab.data.schema import CoTExample, Evidence, QAExample
+from latentlab.data.schema import (
+    CoTExample,
+    Evidence,
+    QAExample,
+    has_surrogate_escape,
+    merge_evidence,
+    refuse_lone_surrogates,
+    refuse_undecodable,
+)
 from latentlab.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -56,13 +64,20 @@ def normalise_number(text: str) -> str:
 
 
 def _load_json(path: Path) -> Any:
+    """The parsed file; a byte that is not UTF-8 or a lone surrogate escape is refused naming its line or record."""
     if not path.exists():
         raise DataError(f"{path}: file not found")
+    with path.open(encoding="utf-8", errors="surrogateescape") as handle:
+        text = handle.read()
+    refuse_undecodable(text, path)
     try:
-        with path.open(encoding="utf-8") as handle:
-            return json.load(handle)
+        data = json.loads(text)
     except json.JSONDecodeError as err:
         raise DataError(f"{path}:{err.lineno}: not valid JSON ({err.msg} at column {err.colno})") from None
+    if has_surrogate_escape(text):
+        for index, record in enumerate(data if isinstance(data, list) else [data]):
+            refuse_lone_surrogates(record, f"{path}: record {index}" if isinstance(data, list) else str(path))
+    return data
 
 
 def _load_json_list(path: Path, what: str) -> list:
@@ -73,11 +88,13 @@ def _load_json_list(path: Path, what: str) -> list:
 
 
 def _text_lines(path: Path) -> Iterable[tuple[int, str]]:
-    """(1-based line number, line without its newline) for every non-blank line."""
+    """(1-based line number, line without its newline) for every non-blank line; a byte that is not UTF-8 is refused
+    naming its line."""
     if not path.exists():
         raise DataError(f"{path}: file not found")
-    with path.open(encoding="utf-8") as handle:
+    with path.open(encoding="utf-8", errors="surrogateescape") as handle:
         for number, line in enumerate(handle, start=1):
+            refuse_undecodable(line, path, number)
             line = line.rstrip("\r\n")
             if line.strip():
                 yield number, line
@@ -225,12 +242,15 @@ def load_hotpotqa(path: str | os.PathLike) -> tuple[list[QAExample], HotpotQASta
     path = Path(path)
     stats = HotpotQAStats()
     records = _load_json_list(path, "HotpotQA questions")
-    examples = [_hotpot_example(record, f"{path}: record {i}", stats) for i, record in enumerate(records)]
+    wheres = [f"{path}: record {i}" for i in range(len(records))]
+    examples = [_hotpot_example(record, where, stats) for record, where in zip(records, wheres)]
     seen: dict[str, int] = {}
     for i, example in enumerate(examples):
         if example.id in seen:
             raise DataError(f"{path}: records {seen[example.id]} and {i} share _id '{example.id}'")
         seen[example.id] = i
+    # Ids are title#index across the whole file, so a title whose sentences differ between questions would clash.
+    merge_evidence(examples, wheres)
     return examples, stats
 
 
@@ -243,24 +263,13 @@ def convert_hotpotqa(path: str | os.PathLike) -> list[QAExample]:
 
 
 def extract_corpus(examples: Iterable[QAExample]) -> list[Evidence]:
-    """The unique evidence of many questions, in first-seen order, deduplicated by id.
+    """The unique evidence of many questions, in first-seen order, deduplicated by id (``schema.merge_evidence``).
 
-    The same id with a different text or title is an error naming both questions and both texts.
+    The same id with a different text, title or image is an error naming the id, both questions and both contents.
+    The files are not known here: each QA file was checked on its own when read, so a clash left here is between
+    questions of different files (say a train and a validation split).
     """
-    corpus: dict[str, tuple[Evidence, str]] = {}
-    for example in examples:
-        for item in example.evidence:
-            if item.id not in corpus:
-                corpus[item.id] = (item, example.id)
-                continue
-            first, first_question = corpus[item.id]
-            if (first.text, first.title, first.image) != (item.text, item.title, item.image):
-                raise DataError(
-                    f"evidence id '{item.id}' has two different contents: question '{first_question}' has "
-                    f"{json.dumps(first.text)[:120]} (title {first.title!r}), question '{example.id}' has "
-                    f"{json.dumps(item.text)[:120]} (title {item.title!r})"
-                )
-    return [item for item, _ in corpus.values()]
+    return list(merge_evidence(examples).values())
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -282,6 +291,8 @@ def convert_gsm8k(path: str | os.PathLike, split: str | None = None) -> list[CoT
             record = json.loads(line)
         except json.JSONDecodeError as err:
             raise DataError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from None
+        if has_surrogate_escape(line):
+            refuse_lone_surrogates(record, where)
         if not isinstance(record, dict):
             raise DataError(f"{where}: expected a JSON object with 'question' and 'answer'")
         question = _string_field(record, "question", where)
@@ -340,6 +351,7 @@ def _convert_coconut_json(path: str | os.PathLike, dataset: str, split: str | No
     path = Path(path)
     split = split or default_split(path, dataset)
     examples = []
+    first_record: dict[str, int] = {}
     for index, record in enumerate(_load_json_list(path, f"{dataset} records")):
         where = f"{path}: record {index}"
         if not isinstance(record, dict):
@@ -357,6 +369,10 @@ def _convert_coconut_json(path: str | os.PathLike, dataset: str, split: str | No
             qid = f"{dataset}-{split}-{own_id}"
         else:
             qid = f"{dataset}-{split}-{index}"
+        # read_cot refuses repeated ids, so a converted file with one could not be read back.
+        if qid in first_record:
+            raise DataError(f"{where}: id '{qid}' is also the id of record {first_record[qid]} (expected unique ids)")
+        first_record[qid] = index
         examples.append(CoTExample(id=qid, question=question, steps=list(steps), answer=answer))
     return examples
 

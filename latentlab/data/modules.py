@@ -157,7 +157,11 @@ def load_qa_split(config: ExperimentConfig, split: str, training_limits: bool = 
 
 
 def corpus_of(config: ExperimentConfig, examples: list[QAExample]) -> list[Evidence]:
-    """The global corpus: the synthetic world's facts, or the union of the questions' evidence pools."""
+    """The global corpus: the synthetic world's facts, or the union of the questions' evidence pools.
+
+    The union refuses one evidence id with two contents (``extract_corpus``): retrieval and the mined negatives
+    find items by id, so a clash would silently read one question's text for another's.
+    """
     if config.data.source == "synthetic":
         return synthetic_world(config).corpus()
     from latentlab.data.converters import extract_corpus

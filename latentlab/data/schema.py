@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -35,8 +36,19 @@ class Evidence:
     title: str | None = None
 
     def display_text(self) -> str:
-        """What the compressor, the text retrievers and a raw-text prompt read for this item (``titled``)."""
-        return titled(self.title, self.text if self.text is not None else f"[image {self.image}]")
+        """What the compressor, the text retrievers and a raw-text prompt read for this item (``titled``).
+
+        An item without text raises rather than reading as a placeholder such as ``"[image chart.png]"``: the
+        compressor would encode that string, and retrieval would match it, as if it were the image's content.
+        """
+        if self.text is None or not self.text.strip():
+            if self.image:
+                raise DataError(
+                    f"evidence '{self.id}' is an image ('{self.image}') with no text: image evidence is not "
+                    f"supported yet by the text compressor (expected a non-blank 'text')"
+                )
+            raise DataError(f"evidence '{self.id}' has no text (expected a non-blank 'text')")
+        return titled(self.title, self.text)
 
 
 @dataclass(frozen=True)
@@ -72,6 +84,71 @@ def _where(path: str | os.PathLike, line: int) -> str:
     return f"{path}:{line}"
 
 
+# What ``errors="surrogateescape"`` decodes a byte that is not UTF-8 to; valid UTF-8 never decodes to a surrogate.
+_UNDECODED_BYTE = re.compile("[\udc80-\udcff]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+# A JSON ``\uD800``-``\uDFFF`` escape: the only way a lone surrogate gets into text that decoded as UTF-8.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+def refuse_undecodable(text: str, path: str | os.PathLike, first_line: int = 1) -> None:
+    """Raise naming ``path:line`` if ``text`` (read with ``errors="surrogateescape"``) held a byte that is not UTF-8.
+
+    Reading with the strict codec instead raises a bare ``UnicodeDecodeError`` with a byte offset and no line, far
+    from anything a user can act on. ``first_line`` is the line number of the first line of ``text``.
+    """
+    bad = _UNDECODED_BYTE.search(text)
+    if bad is None:
+        return
+    line = first_line + text.count("\n", 0, bad.start())
+    column = bad.start() - text.rfind("\n", 0, bad.start())
+    raise DataError(
+        f"{path}:{line}: byte 0x{ord(bad.group()) - 0xDC00:02X} at column {column} is not UTF-8 (expected a UTF-8 "
+        f"file; re-encode it, e.g. `iconv -f latin1 -t utf-8`)"
+    )
+
+
+def has_surrogate_escape(raw: str) -> bool:
+    """Whether raw JSON text holds a ``\\uD800``-``\\uDFFF`` escape: a cheap test before ``refuse_lone_surrogates``."""
+    return _SURROGATE_ESCAPE.search(raw) is not None
+
+
+def _surrogate_field(value: Any, at: str) -> str | None:
+    """The path (``evidence[1].text``) of the first string in ``value``, key or value, holding a surrogate."""
+    if isinstance(value, str):
+        return (at or "(top level)") if _SURROGATE.search(value) else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            name = f"{at}.{key}" if at else str(key)
+            found = name if _SURROGATE.search(str(key)) else _surrogate_field(item, name)
+            if found:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found = _surrogate_field(item, f"{at}[{index}]")
+            if found:
+                return found
+    return None
+
+
+def refuse_lone_surrogates(obj: Any, where: str) -> None:
+    """Raise naming ``where`` and the field if a parsed JSON value holds a lone UTF-16 surrogate.
+
+    ``json`` turns an unpaired escape such as ``"\\ud800"`` into a string that cannot be encoded as UTF-8, so it
+    would crash the tokenizer (or ``write_jsonl``) much later, far from the line that holds it. A proper pair
+    (``"\\ud83d\\ude00"``) decodes to one character and passes.
+    """
+    found = _surrogate_field(obj, "")
+    if found is None:
+        return
+    rid = obj.get("id") if isinstance(obj, dict) else None
+    whose = f"record '{rid}' " if isinstance(rid, str) else ""
+    raise DataError(
+        f"{where}: {whose}field '{found}' holds a lone UTF-16 surrogate (a \\ud800-\\udfff escape without its "
+        f"pair), which no tokenizer can encode (expected valid Unicode text)"
+    )
+
+
 def _require(obj: dict, key: str, kind: type | tuple[type, ...], where: str, what: str) -> Any:
     if key not in obj:
         raise DataError(f"{where}: missing field '{key}' (expected {what})")
@@ -89,7 +166,13 @@ def _optional_str(obj: dict, key: str, where: str) -> str | None:
 
 
 def parse_evidence(obj: Any, where: str, base_dir: Path | None = None) -> Evidence:
-    """An evidence (or corpus) record: ``{"id", "text"?, "image"?, "title"?}`` with text or image."""
+    """An evidence (or corpus) record: ``{"id", "text", "title"?}`` with a non-blank text.
+
+    An ``image`` field is refused until an image encoder exists: the text compressor would otherwise encode a
+    placeholder string in its place. ``Evidence`` keeps its ``image`` field for that encoder, which will resolve the
+    path against ``base_dir`` (the file's folder) and check that it exists. A blank text is refused too: it would
+    compress to a latent that carries nothing and still take a slot in every index and batch.
+    """
     if not isinstance(obj, dict):
         raise DataError(f"{where}: evidence must be a JSON object, got {json.dumps(obj)[:80]}")
     eid = obj.get("id")
@@ -100,13 +183,18 @@ def parse_evidence(obj: Any, where: str, base_dir: Path | None = None) -> Eviden
     text = _optional_str(obj, "text", where)
     image = _optional_str(obj, "image", where)
     title = _optional_str(obj, "title", where)
-    if not text and not image:
-        raise DataError(f"{where}: evidence '{eid}' has neither 'text' nor 'image' (expected at least one)")
-    if image and base_dir is not None and not Path(image).is_absolute():
-        image = str(base_dir / image)
-    if image and not Path(image).exists():
-        raise DataError(f"{where}: evidence '{eid}' names image '{image}', which does not exist")
-    return Evidence(id=eid, text=text, image=image, title=title)
+    if image is not None:
+        raise DataError(
+            f"{where}: evidence '{eid}' has an image ('{image}'): image evidence is not supported yet by the text "
+            f"compressor (expected a text item; put what the image shows in 'text' and drop 'image')"
+        )
+    if text is None:
+        raise DataError(f"{where}: evidence '{eid}' has neither 'text' nor 'image' (expected a non-blank 'text')")
+    if not text.strip():
+        raise DataError(
+            f"{where}: evidence '{eid}' has a blank 'text' {json.dumps(text)} (expected a non-blank 'text')"
+        )
+    return Evidence(id=eid, text=text, title=title)
 
 
 def parse_qa(obj: Any, where: str, base_dir: Path | None = None) -> QAExample:
@@ -165,13 +253,21 @@ def parse_cot(obj: Any, where: str, base_dir: Path | None = None) -> CoTExample:
 T = TypeVar("T")
 
 
-def iter_jsonl(path: str | os.PathLike, parse: Callable[[Any, str, Path | None], T]) -> Iterator[T]:
-    """Yield parsed records of a JSONL file; blank lines are skipped, anything else malformed is an error."""
+def iter_numbered_jsonl(
+    path: str | os.PathLike, parse: Callable[[Any, str, Path | None], T]
+) -> Iterator[tuple[int, T]]:
+    """Yield ``(line number, parsed record)`` of a JSONL file; blank lines are skipped, anything malformed is an error.
+
+    The line numbers let the readers name both lines of a clash (a repeated id). Bytes that are not UTF-8 and lone
+    surrogate escapes are refused here, at their line, rather than as a bare ``UnicodeDecodeError`` now or a
+    tokenizer crash later.
+    """
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: file not found")
-    with path.open(encoding="utf-8") as handle:
+    with path.open(encoding="utf-8", errors="surrogateescape") as handle:
         for number, line in enumerate(handle, start=1):
+            refuse_undecodable(line, path, number)
             if not line.strip():
                 continue
             where = _where(path, number)
@@ -179,30 +275,95 @@ def iter_jsonl(path: str | os.PathLike, parse: Callable[[Any, str, Path | None],
                 obj = json.loads(line)
             except json.JSONDecodeError as err:
                 raise DataError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from None
-            yield parse(obj, where, path.parent)
+            if has_surrogate_escape(line):
+                refuse_lone_surrogates(obj, where)
+            yield number, parse(obj, where, path.parent)
+
+
+def iter_jsonl(path: str | os.PathLike, parse: Callable[[Any, str, Path | None], T]) -> Iterator[T]:
+    """Yield parsed records of a JSONL file (``iter_numbered_jsonl`` without the line numbers)."""
+    for _, record in iter_numbered_jsonl(path, parse):
+        yield record
 
 
 def read_jsonl(path: str | os.PathLike, parse: Callable[[Any, str, Path | None], T]) -> list[T]:
     return list(iter_jsonl(path, parse))
 
 
+def _read_unique(path: str | os.PathLike, parse: Callable[[Any, str, Path | None], T], why: str) -> list[tuple[int, T]]:
+    """``(line, record)`` of a file whose records' ids must be unique; a repeat names both lines and the id."""
+    numbered = list(iter_numbered_jsonl(path, parse))
+    first_line: dict[str, int] = {}
+    for number, record in numbered:
+        if record.id in first_line:
+            raise DataError(
+                f"{_where(path, number)}: duplicate id '{record.id}' (also on line {first_line[record.id]}); "
+                f"expected each id once, {why}"
+            )
+        first_line[record.id] = number
+    return numbered
+
+
 def read_qa(path: str | os.PathLike) -> list[QAExample]:
-    return read_jsonl(path, parse_qa)
+    """QA examples; question ids are unique and each evidence id names one content across the file."""
+    numbered = _read_unique(path, parse_qa, "since predictions, metrics and mined negatives are keyed by question id")
+    examples = [example for _, example in numbered]
+    merge_evidence(examples, [_where(path, number) for number, _ in numbered])
+    return examples
 
 
 def read_corpus(path: str | os.PathLike) -> list[Evidence]:
-    """A corpus for an index; ids must be unique across the file."""
-    items = read_jsonl(path, parse_evidence)
-    seen: dict[str, int] = {}
-    for position, item in enumerate(items):
-        if item.id in seen:
-            raise DataError(f"{path}: duplicate id '{item.id}' (records {seen[item.id] + 1} and {position + 1})")
-        seen[item.id] = position
-    return items
+    """A corpus for an index: at least one item, ids unique across the file, every item a non-blank text."""
+    numbered = _read_unique(path, parse_evidence, "since the index returns items by id")
+    if not numbered:
+        raise DataError(f'{path}: no evidence records (expected one JSON object {{"id", "text"}} per line)')
+    return [item for _, item in numbered]
 
 
 def read_cot(path: str | os.PathLike) -> list[CoTExample]:
-    return read_jsonl(path, parse_cot)
+    """Reasoning examples; ids are unique (an id names one example in predictions and reports)."""
+    return [example for _, example in _read_unique(path, parse_cot, "since predictions are keyed by example id")]
+
+
+def merge_evidence(examples: Iterable[QAExample], wheres: Sequence[str] | None = None) -> dict[str, Evidence]:
+    """Id -> evidence over many questions' pools, in first-seen order; one id with two contents is an error.
+
+    The global corpus, the evaluation's lookups and the mined rankings all find evidence by id across questions, so
+    two contents under one id would silently read one question's item in place of the other's. The same id with the
+    same content is fine (the synthetic world shares facts across questions on purpose). ``wheres[i]`` says where
+    example ``i`` was read (``"qa.jsonl:3"``), so the error can name the file and both lines.
+    """
+    merged: dict[str, tuple[Evidence, int, str]] = {}
+    for position, example in enumerate(examples):
+        for item in example.evidence:
+            first = merged.get(item.id)
+            if first is None:
+                merged[item.id] = (item, position, example.id)
+            elif first[0] != item:
+                raise DataError(_clash_message(item, example.id, position, first, wheres))
+    return {eid: item for eid, (item, _, _) in merged.items()}
+
+
+def _clash_message(
+    item: Evidence, qid: str, position: int, first: tuple[Evidence, int, str], wheres: Sequence[str] | None
+) -> str:
+    earlier, first_position, first_qid = first
+    differences = "; ".join(
+        f"{name} {json.dumps(a)[:120]} vs {json.dumps(b)[:120]}"
+        for name, a, b in (
+            ("text", earlier.text, item.text),
+            ("title", earlier.title, item.title),
+            ("image", earlier.image, item.image),
+        )
+        if a != b
+    )
+    here = f"{wheres[position]}: " if wheres else ""
+    there = f" ({wheres[first_position]})" if wheres else ""
+    return (
+        f"{here}question '{qid}' has evidence '{item.id}' with a different content from question '{first_qid}'"
+        f"{there}: {differences} (expected one content per evidence id, since evidence is looked up by id across "
+        f"questions; give one of them a new id)"
+    )
 
 
 def to_record(item: Evidence | QAExample | CoTExample) -> dict:
