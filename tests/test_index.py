@@ -16,7 +16,7 @@ import pytest
 from latentlab.data.schema import Evidence
 from latentlab.errors import ConfigError, DataError, IndexError_
 from latentlab.memory import index as index_module
-from latentlab.memory.index import MANIFEST_NAME, IndexSpec, LatentIndex, build_index
+from latentlab.memory.index import MANIFEST_NAME, IndexConfig, LatentIndex, build_index
 
 KEY_DIM = 32
 LATENT_DIM = 12
@@ -51,7 +51,7 @@ def brute_force_top_k(queries: np.ndarray, keys: np.ndarray, k: int) -> tuple[np
 
 def new_memory(path: Path, factory: str = "Flat", n: int = 600, seed: int = 0, **spec_fields) -> LatentIndex:
     items, keys, latents = make_data(n, seed)
-    memory = LatentIndex.create(path, KEY_DIM, LATENT_DIM, FINGERPRINT, IndexSpec(factory, **spec_fields))
+    memory = LatentIndex.create(path, KEY_DIM, LATENT_DIM, FINGERPRINT, IndexConfig(factory, **spec_fields))
     memory.add(items, keys, latents)
     return memory
 
@@ -87,7 +87,7 @@ def build(
     fingerprint: str = FINGERPRINT,
     batch_size: int = 60,
 ) -> LatentIndex:
-    spec = IndexSpec(factory, nprobe=4)
+    spec = IndexConfig(factory, nprobe=4)
     return build_index(
         out_dir,
         items,
@@ -132,7 +132,7 @@ def test_missing_results_are_none_with_minus_inf(tmp_path):
 
 
 def test_empty_memory_searches_to_nothing(tmp_path):
-    memory = LatentIndex.create(tmp_path / "m", KEY_DIM, LATENT_DIM, FINGERPRINT, IndexSpec("IVF8,Flat"))
+    memory = LatentIndex.create(tmp_path / "m", KEY_DIM, LATENT_DIM, FINGERPRINT, IndexConfig("IVF8,Flat"))
     scores, ids = memory.search(np.ones((2, KEY_DIM), np.float32), 3)
     assert ids.tolist() == [[None] * 3] * 2 and np.isneginf(scores).all()
 
@@ -158,7 +158,7 @@ def overlapping_clusters(n: int) -> tuple[np.ndarray, np.ndarray]:
 )
 def test_approximate_index_recall_against_flat(tmp_path, factory, spec_fields, min_recall):
     keys, queries = overlapping_clusters(2000)
-    memory = LatentIndex.create(tmp_path / "m", KEY_DIM, LATENT_DIM, FINGERPRINT, IndexSpec(factory, **spec_fields))
+    memory = LatentIndex.create(tmp_path / "m", KEY_DIM, LATENT_DIM, FINGERPRINT, IndexConfig(factory, **spec_fields))
     memory.add(make_items(2000), keys, np.zeros((2000, LATENT_DIM)))
     assert recall_at_10(memory, queries, keys) >= min_recall
 
@@ -166,7 +166,7 @@ def test_approximate_index_recall_against_flat(tmp_path, factory, spec_fields, m
 def test_ivf_trained_on_a_sample_keeps_recall_and_records_it(tmp_path):
     """max_train_keys: the coarse quantizer is k-means on a seeded 320-key sample; every key is still indexed."""
     keys, queries = overlapping_clusters(2000)
-    spec = IndexSpec("IVF32,Flat", nprobe=4, max_train_keys=320)
+    spec = IndexConfig("IVF32,Flat", nprobe=4, max_train_keys=320)
     memory = LatentIndex.create(tmp_path / "m", KEY_DIM, LATENT_DIM, FINGERPRINT, spec)
     memory.add(make_items(2000), keys, np.zeros((2000, LATENT_DIM)))
     assert memory.info()["count"] == 2000 and recall_at_10(memory, queries, keys) >= 0.8  # measured 0.855 (all: 0.959)
@@ -179,12 +179,12 @@ def test_ivf_trained_on_a_sample_keeps_recall_and_records_it(tmp_path):
     reopened = LatentIndex.open(tmp_path / "m")
     assert reopened.spec.max_train_keys == 320
     with pytest.raises(ConfigError, match=r"max_train_keys must be null or an integer >= 32"):
-        IndexSpec("IVF32,Flat", max_train_keys=31)
+        IndexConfig("IVF32,Flat", max_train_keys=31)
 
 
 def test_search_params_take_effect_and_persist(tmp_path):
     keys, queries = overlapping_clusters(2000)
-    memory = LatentIndex.create(tmp_path / "m", KEY_DIM, LATENT_DIM, FINGERPRINT, IndexSpec("IVF32,Flat", nprobe=1))
+    memory = LatentIndex.create(tmp_path / "m", KEY_DIM, LATENT_DIM, FINGERPRINT, IndexConfig("IVF32,Flat", nprobe=1))
     memory.add(make_items(2000), keys, np.zeros((2000, LATENT_DIM)))
     one_list = recall_at_10(memory, queries, keys)
     memory.set_search_params(nprobe=32)  # every list: exhaustive, so exactly the brute-force neighbours
@@ -204,7 +204,7 @@ def test_reopened_memory_returns_same_neighbours(tmp_path, factory):
     queries = clustered_keys(25, seed=0, noise=0.2)
     scores, ids = memory.search(queries, 10)
     reopened = LatentIndex.open(tmp_path / "m", fingerprint=FINGERPRINT)
-    assert reopened.spec == IndexSpec(factory, nprobe=3, ef_search=20)
+    assert reopened.spec == IndexConfig(factory, nprobe=3, ef_search=20)
     reopened_scores, reopened_ids = reopened.search(queries, 10)
     np.testing.assert_array_equal(reopened_scores, scores)
     assert reopened_ids.tolist() == ids.tolist()
@@ -310,7 +310,7 @@ def test_remove_unknown_id_names_it_and_removes_nothing(tmp_path):
 
 def test_incremental_add_to_trained_ivf(tmp_path):
     items, keys, latents = make_data(800)
-    memory = LatentIndex.create(tmp_path / "m", KEY_DIM, LATENT_DIM, FINGERPRINT, IndexSpec("IVF16,Flat", nprobe=16))
+    memory = LatentIndex.create(tmp_path / "m", KEY_DIM, LATENT_DIM, FINGERPRINT, IndexConfig("IVF16,Flat", nprobe=16))
     memory.add(items[:500], keys[:500], latents[:500])
     memory.add(items[500:], keys[500:], latents[500:])
     _, ids = memory.search(keys[::50], 5)
@@ -365,23 +365,23 @@ def test_unnormalised_or_nan_keys_are_rejected_naming_the_item(tmp_path):
 
 def test_ivf_with_too_few_keys_says_how_many_it_needs(tmp_path):
     items, keys, latents = make_data(50)
-    memory = LatentIndex.create(tmp_path / "m", KEY_DIM, LATENT_DIM, FINGERPRINT, IndexSpec("IVF64,Flat"))
+    memory = LatentIndex.create(tmp_path / "m", KEY_DIM, LATENT_DIM, FINGERPRINT, IndexConfig("IVF64,Flat"))
     with pytest.raises(IndexError_, match="needs at least 64 keys.*only 50"):
         memory.add(items, keys, latents)
     assert len(memory) == 0 and not memory.info()["is_trained"]
     with pytest.raises(IndexError_, match="needs at least 256 keys"):  # PQ codebooks: 2**8 centroids
-        LatentIndex.create(tmp_path / "p", KEY_DIM, LATENT_DIM, FINGERPRINT, IndexSpec("IVF4,PQ8")).add(
+        LatentIndex.create(tmp_path / "p", KEY_DIM, LATENT_DIM, FINGERPRINT, IndexConfig("IVF4,PQ8")).add(
             items, keys, latents
         )
 
 
 def test_bad_spec_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="nprobe"):
-        IndexSpec(nprobe=0)
+        IndexConfig(nprobe=0)
     with pytest.raises(ConfigError, match="IDMap"):
-        IndexSpec("IDMap,Flat")
+        IndexConfig("IDMap,Flat")
     with pytest.raises(ConfigError, match=r"'IVF8,PQ5'.*key_dim 32.*multiple"):
-        LatentIndex.create(tmp_path / "m", KEY_DIM, LATENT_DIM, FINGERPRINT, IndexSpec("IVF8,PQ5"))
+        LatentIndex.create(tmp_path / "m", KEY_DIM, LATENT_DIM, FINGERPRINT, IndexConfig("IVF8,PQ5"))
 
 
 # ---------------------------------------------------------------------- opening errors

@@ -1,6 +1,7 @@
 """LatentIndex: a built latent memory on disk (FAISS index over retrieval keys, the latents, item metadata).
 
-Also the streaming, resumable ``build_index`` that encodes a corpus in batches and assembles a memory from them.
+Also the streaming, resumable ``build_index`` that encodes a corpus in batches and assembles a memory from them
+(defined in ``latentlab.memory.index_build``, re-exported here).
 
 Layout of a memory directory::
 
@@ -21,17 +22,16 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import faiss
 import numpy as np
-from tqdm.auto import tqdm
 
+from latentlab.configs.memory import IndexConfig, training_keys_needed
 from latentlab.data.schema import Evidence, iter_jsonl, to_record
 from latentlab.errors import ConfigError, DataError, IndexError_
 
@@ -47,64 +47,13 @@ _DATA_FILE = re.compile(r"^(index|keys|latents|items)\.\d+\.(faiss|npy|jsonl)$")
 _TEMP_FILE = re.compile(r"^\.(index|keys|latents|items|manifest)\..*\.tmp$")
 
 
-@dataclass(frozen=True)
-class IndexSpec:
-    """Which FAISS index a memory uses, how it searches, and how it stores latents."""
-
-    factory: str = "Flat"
-    """``faiss.index_factory`` string, always over inner product: "Flat" (exact), "IVF256,Flat", "HNSW32,Flat",
-    "IVF256,PQ32". IVF and PQ are trained on the keys of the first ``add``; it must hold at least nlist keys
-    (and 2**nbits for PQ), otherwise ``add`` raises rather than silently shrinking nlist."""
-    nprobe: int = 16
-    """IVF lists visited per query (ignored by index types without IVF)."""
-    ef_search: int = 64
-    """HNSW candidate-list size per query (ignored by index types without HNSW)."""
-    latent_dtype: Literal["float32", "float16"] = "float32"
-    """Storage type of the latents on disk; ``latents_for`` always returns float32."""
-    max_train_keys: int | None = None
-    """IVF/PQ train on a seeded sample of at most this many keys (k-means time grows with it); None = all of the
-    first ``add``'s keys, which FAISS itself caps at 256 per IVF list."""
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.factory, str) or not self.factory.strip():
-            raise ConfigError(f"index.factory must be a FAISS factory string such as 'Flat', got {self.factory!r}")
-        if self.factory.replace(" ", "").upper().startswith("IDMAP"):
-            raise ConfigError(
-                f"index.factory '{self.factory}': drop the IDMap prefix; LatentIndex maps FAISS labels to item ids itself"
-            )
-        for name in ("nprobe", "ef_search"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"index.{name} must be a positive integer, got {value!r}")
-        fewest = max(1, training_keys_needed(self.factory))
-        if self.max_train_keys is not None and (
-            not isinstance(self.max_train_keys, int) or self.max_train_keys < fewest
-        ):
-            raise ConfigError(
-                f"index.max_train_keys must be null or an integer >= {fewest} "
-                f"(what '{self.factory}' needs to train), got {self.max_train_keys!r}"
-            )
-        if self.latent_dtype not in ("float32", "float16"):
-            raise ConfigError(f"index.latent_dtype must be 'float32' or 'float16', got {self.latent_dtype!r}")
-
-
-def training_keys_needed(factory: str) -> int:
-    """Fewest keys FAISS needs to train ``factory``: one per IVF list, 2**nbits per PQ codebook (0: no training)."""
-    needed = 0
-    if match := re.search(r"IVF(\d+)", factory):
-        needed = max(needed, int(match.group(1)))
-    if match := re.search(r"PQ\d+(?:x(\d+))?", factory):
-        needed = max(needed, 2 ** int(match.group(1) or 8))
-    return needed
-
-
 def _faiss_message(err: Exception) -> str:
     """FAISS errors carry a C++ file and function; keep the line that says what went wrong."""
     text = str(err).strip()
     return text.rsplit("Error: ", 1)[-1] if "Error: " in text else text or "unknown FAISS error"
 
 
-def _new_faiss_index(key_dim: int, spec: IndexSpec) -> faiss.Index:
+def _new_faiss_index(key_dim: int, spec: IndexConfig) -> faiss.Index:
     try:
         index = faiss.index_factory(key_dim, spec.factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as err:
@@ -120,7 +69,7 @@ def _new_faiss_index(key_dim: int, spec: IndexSpec) -> faiss.Index:
     return index
 
 
-def _apply_search_params(index: faiss.Index, spec: IndexSpec) -> None:
+def _apply_search_params(index: faiss.Index, spec: IndexConfig) -> None:
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is not None:
         ivf.nprobe = spec.nprobe
@@ -227,6 +176,10 @@ def _parse_item(obj: Any, where: str, base_dir: Path | None) -> Evidence:
 def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
     """The manifest of the memory at ``path``, checked for its format; IndexError_ naming the file otherwise."""
     manifest_path = Path(path) / MANIFEST_NAME
+    if not Path(path).exists():
+        raise IndexError_(f"no such memory directory: {path}")
+    if not Path(path).is_dir():
+        raise IndexError_(f"{path}: not a directory; a memory is a directory holding {MANIFEST_NAME}")
     if not manifest_path.is_file():
         raise IndexError_(
             f"{manifest_path}: missing; {path} is not a built memory (build one with build_index or "
@@ -281,7 +234,7 @@ class LatentIndex:
         fingerprint: str,
         key_dim: int,
         latent_dim: int,
-        spec: IndexSpec,
+        spec: IndexConfig,
         faiss_index: faiss.Index,
         items: list[Evidence],
         keys: np.ndarray,
@@ -315,11 +268,11 @@ class LatentIndex:
         key_dim: int,
         latent_dim: int,
         fingerprint: str,
-        spec: IndexSpec | None = None,
+        spec: IndexConfig | None = None,
     ) -> LatentIndex:
         """An empty memory bound to ``path``; nothing is written until ``save``. Refuses a directory holding one."""
         path = Path(path)
-        spec = spec or IndexSpec()
+        spec = spec or IndexConfig()
         for name, value in (("key_dim", key_dim), ("latent_dim", latent_dim)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
@@ -400,12 +353,12 @@ class LatentIndex:
                 raise IndexError_(f"{file}: {what} {found}, but {manifest_path} says {expected}")
         if repeats := _duplicate_ids(item.id for item in items):
             raise IndexError_(f"{files['items']}: duplicate id '{next(iter(repeats))}'")
-        spec = IndexSpec(
-            manifest["factory"],
-            manifest["nprobe"],
-            manifest["ef_search"],
-            manifest["latent_dtype"],
-            manifest.get("max_train_keys"),
+        spec = IndexConfig(
+            factory=manifest["factory"],
+            nprobe=manifest["nprobe"],
+            ef_search=manifest["ef_search"],
+            latent_dtype=manifest["latent_dtype"],
+            max_train_keys=manifest.get("max_train_keys"),
         )
         _apply_search_params(faiss_index, spec)
         memory = cls(
@@ -638,7 +591,7 @@ class LatentIndex:
             "key_dim": self.key_dim,
             "latent_dim": self.latent_dim,
             "count": len(self._items),
-            **{key: value for key, value in asdict(self.spec).items()},
+            **self.spec.searched_as(),
             "metric": METRIC,
             "is_trained": bool(self._faiss.is_trained),
             "files": {role: {"name": e["name"], "bytes": e["bytes"]} for role, e in files.items()},
@@ -648,143 +601,12 @@ class LatentIndex:
 
 
 # ---------------------------------------------------------------------- resumable build
-Encoder = Callable[[list[Evidence]], tuple[np.ndarray, np.ndarray]]
+def __getattr__(name: str) -> Any:
+    """``build_index``, ``BuildInterrupted`` and ``Encoder`` live in ``index_build``, which imports this module;
+    re-exported lazily here so that ``from latentlab.memory.index import build_index`` keeps working whichever of
+    the two modules is imported first."""
+    if name in ("build_index", "BuildInterrupted", "Encoder"):
+        from latentlab.memory import index_build
 
-
-def _corpus_sha256(items: Sequence[Evidence]) -> str:
-    digest = hashlib.sha256()
-    for item in items:
-        digest.update(json.dumps(to_record(item), sort_keys=True, ensure_ascii=False).encode() + b"\n")
-    return digest.hexdigest()
-
-
-def _refuse_or_reuse_finished(
-    out_dir: Path, items: list[Evidence], fingerprint: str, key_dim: int, latent_dim: int, spec: IndexSpec
-) -> LatentIndex:
-    """A finished memory in ``out_dir`` is returned if it is this very build, otherwise left intact and refused."""
-    found = read_manifest(out_dir)["fingerprint"]
-    if found != fingerprint:
-        raise IndexError_(
-            f"{out_dir} already holds a finished memory built with compressor fingerprint '{found}', but this "
-            f"build uses '{fingerprint}'; it was left untouched. Build into a new directory, or delete {out_dir} "
-            f"yourself to replace it"
-        )
-    memory = LatentIndex.open(out_dir, fingerprint=fingerprint)
-    wanted = (key_dim, latent_dim, spec.factory, spec.latent_dtype)
-    found_layout = (memory.key_dim, memory.latent_dim, memory.spec.factory, memory.spec.latent_dtype)
-    if found_layout != wanted or memory.items_for(memory.ids) != items:
-        raise IndexError_(
-            f"{out_dir} already holds a finished memory with fingerprint '{fingerprint}' but different items, "
-            f"dimensions or index type ({len(memory)} items, factory '{memory.spec.factory}'); it was left "
-            f"untouched. Open it and add()/remove() items, or build into a new directory"
-        )
-    shutil.rmtree(out_dir / BUILDING_DIR_NAME, ignore_errors=True)  # left over if a run died right after saving
-    return memory
-
-
-def _resume_state(building: Path, plan: dict[str, Any]) -> list[dict[str, str]]:
-    """Shards finished by an earlier run of this same build (empty when starting afresh)."""
-    progress_path = building / "progress.json"
-    if not progress_path.exists():
-        return []
-    try:
-        progress = json.loads(progress_path.read_text(encoding="utf-8"))
-        recorded, shards = progress["plan"], list(progress["shards"])
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise IndexError_(
-            f"{progress_path}: unreadable build progress ({err}); delete {building} to start over"
-        ) from None
-    if recorded != plan:
-        differences = ", ".join(
-            f"{key}: {recorded.get(key)!r} then, {plan[key]!r} now" for key in plan if recorded.get(key) != plan[key]
-        )
-        raise IndexError_(
-            f"{progress_path} records an unfinished build with other arguments ({differences}); rerun with the "
-            f"same arguments to resume it, or delete {building} to start over"
-        )
-    return shards
-
-
-def build_index(
-    out_dir: str | os.PathLike,
-    corpus: Iterable[Evidence],
-    encode: Encoder,
-    *,
-    key_dim: int,
-    latent_dim: int,
-    fingerprint: str,
-    spec: IndexSpec | None = None,
-    batch_size: int = 256,
-    progress: bool = True,
-) -> LatentIndex:
-    """Encode ``corpus`` in batches and save it as a memory in ``out_dir``; resumes an interrupted run.
-
-    ``encode(batch) -> (keys [b, key_dim], latents [b, latent_dim])`` must be deterministic per item. Each finished
-    batch is written to ``out_dir/.building/batch-NNNNNN.npz`` and recorded in ``progress.json`` (both atomically),
-    so rerunning with the same arguments after a crash encodes only the remaining batches; the memory is assembled
-    from the shards once all exist, so it is identical to an uninterrupted build. The corpus is read into memory
-    first: ids are checked (empty corpus or a duplicate id: DataError) before anything is written.
-    """
-    out_dir = Path(out_dir)
-    spec = spec or IndexSpec()
-    items = list(corpus)
-    if not items:
-        raise DataError(f"the corpus for {out_dir} is empty; nothing to build")
-    if repeats := _duplicate_ids(item.id for item in items):
-        item_id, (first, second) = next(iter(repeats.items()))
-        raise DataError(f"the corpus for {out_dir} has duplicate id '{item_id}' (items {first + 1} and {second + 1})")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if (out_dir / MANIFEST_NAME).exists():
-        return _refuse_or_reuse_finished(out_dir, items, fingerprint, key_dim, latent_dim, spec)
-    LatentIndex.create(out_dir, key_dim, latent_dim, fingerprint, spec)  # validates arguments before encoding
-    plan = {
-        "format_version": FORMAT_VERSION,
-        "fingerprint": fingerprint,
-        "key_dim": key_dim,
-        "latent_dim": latent_dim,
-        "batch_size": batch_size,
-        "count": len(items),
-        "corpus_sha256": _corpus_sha256(items),
-    }
-    building = out_dir / BUILDING_DIR_NAME
-    shards = _resume_state(building, plan)
-    building.mkdir(parents=True, exist_ok=True)
-    batch_starts = range(0, len(items), batch_size)
-    with tqdm(
-        total=len(items),
-        initial=min(len(shards) * batch_size, len(items)),
-        unit="item",
-        desc=f"encoding {out_dir.name}",
-        disable=not progress,
-    ) as bar:
-        for number in range(len(shards), len(batch_starts)):
-            batch = items[batch_starts[number] : batch_starts[number] + batch_size]
-            where = f"{out_dir} (batch {number})"
-            keys, latents = encode(batch)
-            keys = _as_matrix(keys, len(batch), key_dim, "encoded keys", where)
-            latents = _as_matrix(latents, len(batch), latent_dim, "encoded latents", where)
-            _check_vectors(batch, keys, latents, spec.latent_dtype)
-            shard = building / f"batch-{number:06d}.npz"
-
-            def write_shard(tmp: Path, keys: np.ndarray = keys, latents: np.ndarray = latents) -> None:
-                with tmp.open("wb") as handle:
-                    np.savez(handle, keys=keys, latents=latents)
-
-            _write_atomic(shard, write_shard)
-            shards.append({"name": shard.name, "sha256": _sha256(shard)})
-            _write_json(building / "progress.json", {"plan": plan, "shards": shards})
-            bar.update(len(batch))
-    key_parts, latent_parts = [], []
-    for shard in shards:
-        file = building / shard["name"]
-        if not file.is_file() or _sha256(file) != shard["sha256"]:
-            raise IndexError_(f"{file}: missing or corrupted build shard; delete {building} to start over")
-        with np.load(file, allow_pickle=False) as arrays:
-            key_parts.append(arrays["keys"])
-            latent_parts.append(arrays["latents"])
-    memory = LatentIndex.create(out_dir, key_dim, latent_dim, fingerprint, spec)
-    memory.add(items, np.concatenate(key_parts), np.concatenate(latent_parts))
-    memory.save()
-    shutil.rmtree(building)
-    return memory
+        return getattr(index_build, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
