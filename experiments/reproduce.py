@@ -19,7 +19,7 @@ from pathlib import Path
 from latentlab.configs import load_config, merge_pairs, project_root
 from latentlab.errors import ConfigError, LatentLabError
 from latentlab.eval.report import PlotSpec, write_table
-from latentlab.reasoning.evaluate import evaluate_cot
+from latentlab.tasks import task_of
 from latentlab.training import fit, new_run_dir
 
 REPO = project_root(Path(__file__).resolve().parent)
@@ -33,13 +33,15 @@ class Row:
     label: str
     configs: dict[str, str]
     init_from: dict[str, str] = field(default_factory=dict)
-    """scale -> key of the row whose run directory becomes ``reasoning.init_from``."""
+    """scale -> key of the row whose run directory becomes this row's ``init_from`` (its task's ``init_from_key``)."""
 
 
 @dataclass(frozen=True)
 class Table:
     title: str
     rows: tuple[Row, ...]
+    plot_x: str = "reasoning_tokens_mean"
+    """x axis of the table's plot (its y is the rows' task's primary metric)."""
 
 
 TABLES: dict[str, Table] = {
@@ -83,20 +85,6 @@ TABLES: dict[str, Table] = {
         ),
     ),
 }
-
-COLUMNS = [
-    "method",
-    "accuracy",
-    "pass@1",
-    "reasoning_tokens_mean",
-    "latent_tokens_mean",
-    "language_tokens_mean",
-    "generated_tokens_mean",
-    "shuffled_thought_accuracy",
-    "step_token_accuracy",
-    "fit_s",
-    "eval_s",
-]
 
 
 def _latest_run(name: str, output_dir: str) -> Path:
@@ -161,8 +149,9 @@ def reproduce(
             if parent not in run_dirs:
                 parent_config = load_config(REPO / next(r for r in spec.rows if r.key == parent).configs[scale])
                 run_dirs[parent] = _latest_run(parent_config.name, parent_config.output_dir)
-            row_overrides["reasoning.init_from"] = str(run_dirs[parent])
+            row_overrides[task_of(load_config(REPO / row.configs[scale])).init_from_key] = str(run_dirs[parent])
         config = load_config(REPO / row.configs[scale], row_overrides)
+        task = task_of(config)
         if row.key in reused:
             run_dir = reused[row.key]
             fit_seconds = float(json.loads((run_dir / "metrics.json").read_text())["wall_time_s"])
@@ -172,8 +161,7 @@ def reproduce(
             fit_seconds = time.time() - started
         run_dirs[row.key] = run_dir
         started = time.time()
-        evaluation = evaluate_cot(config, run_dir, out_dir=run_dir / "eval", command=command)
-        result = dict(evaluation.rows[0])
+        result = dict(task.evaluate_run(config, run_dir, command)[0])
         result.update(
             method=row.label,
             fit_s=round(fit_seconds, 1),
@@ -182,21 +170,20 @@ def reproduce(
         )
         results.append(result)
         print(
-            f"{row.label}: accuracy {result['accuracy']:.3f}, reasoning tokens {result['reasoning_tokens_mean']:.1f}, "
-            f"fit {fit_seconds:.0f}s",
-            flush=True,
+            f"{row.label}: {task.primary_metric} {result[task.primary_metric]:.3f}, fit {fit_seconds:.0f}s", flush=True
         )
     stem = table if scale == "tiny" else f"{table}.{scale}"
     if rows:  # a partial run must not overwrite the whole table
         stem += "." + "_".join(row.key for row in selected)
     out = Path(results_dir) if Path(results_dir).is_absolute() else REPO / results_dir
-    columns = [c for c in COLUMNS if any(c in r for r in results)]
+    task = task_of(load_config(REPO / selected[0].configs[scale]))
+    columns = [c for c in task.columns if any(c in r for r in results)]
     write_table(
         results,
         out / stem,
         f"{spec.title} [{scale}]",
         columns=columns + ["run_dir"],
-        plot=PlotSpec(kind="scatter", metrics=("accuracy",), label_column="method", x="reasoning_tokens_mean"),
+        plot=PlotSpec(kind="scatter", metrics=(task.primary_metric,), label_column="method", x=spec.plot_x),
         command=command,
     )
     return results

@@ -8,7 +8,7 @@ Usage:
 
 ``--set`` applies to every variant; each ``--variant`` is one row, its space-separated KEY=VALUE pairs (values
 parsed as YAML) on top. Each row's run is named ``NAME-<row number>`` under the config's output_dir. Reasoning
-configs are scored with ``evaluate_cot`` and latent-memory configs with ``evaluate``. Nothing in latentlab
+configs and latent-memory configs are each scored by their task (``latentlab.tasks``). Nothing in latentlab
 imports this file.
 """
 
@@ -23,22 +23,15 @@ from pathlib import Path
 from latentlab.configs import load_config, merge_pairs, parse_pairs, project_root
 from latentlab.errors import ConfigError, LatentLabError
 from latentlab.eval.report import PlotSpec, write_table
+from latentlab.tasks import task_of
 from latentlab.training import fit
 
 REPO = project_root(Path(__file__).resolve().parent)
 
 
 def _score(config, run_dir: Path, command: str) -> dict:
-    if config.task == "latent_memory":
-        from latentlab.eval.evaluate import evaluate
-        from latentlab.memory.pipeline import export_compressor, load_trained
-
-        export_compressor(load_trained(run_dir), run_dir / "export", include_decoder=False)
-        rows = evaluate(config, checkpoint=run_dir / "export", out_dir=run_dir / "eval", command=command).rows
-        return {k: v for k, v in rows[0].items() if k != "method"}
-    from latentlab.reasoning.evaluate import evaluate_cot
-
-    return dict(evaluate_cot(config, run_dir, out_dir=run_dir / "eval", command=command).rows[0])
+    rows = task_of(config).evaluate_run(config, run_dir, command)
+    return {k: v for k, v in rows[0].items() if k != "method"}
 
 
 def sweep(
@@ -66,7 +59,7 @@ def sweep(
         shown = {k: v for k, v in row.items() if isinstance(v, float)}
         print(f"[sweep] {label}: {shown}", flush=True)
     out = Path(results_dir) if Path(results_dir).is_absolute() else REPO / results_dir
-    metric = "accuracy" if "accuracy" in results[0] else "f1"
+    metric = task_of(configs[0]).primary_metric
     write_table(
         results,
         out / name,

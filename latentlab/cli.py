@@ -9,6 +9,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from latentlab.errors import LatentLabError
 
@@ -38,21 +39,33 @@ def _cmd_index(args: argparse.Namespace, extra: list[str]) -> int:
     from latentlab.memory.index import LatentIndex
 
     if args.action == "build":
-        from latentlab.configs import load_config, parse_overrides
+        from latentlab.configs import load_config, parse_overrides, resolve_path
         from latentlab.data.schema import read_corpus
+        from latentlab.memory.checkpoint import load_model
         from latentlab.memory.pipeline import build_memory
 
-        config = load_config(args.target, parse_overrides(extra))
-        checkpoint = args.checkpoint or config.eval.checkpoint
-        if checkpoint is None:
-            raise _usage("index build needs a trained compressor: --checkpoint DIR or eval.checkpoint in the YAML")
         if not args.corpus or not args.out:
             raise _usage("index build needs --corpus FILE and --out DIR")
-        index = build_memory(checkpoint, read_corpus(args.corpus), args.out, batch_size=config.index.batch_size)
-        print(f"built {len(index)} items into {args.out}")
+        config = load_config(args.target, parse_overrides(extra))
+        if args.checkpoint:
+            checkpoint = Path(args.checkpoint)
+        elif config.eval.checkpoint:
+            checkpoint = resolve_path(config, "eval.checkpoint", config.eval.checkpoint)
+        else:
+            raise _usage("index build needs a trained compressor: --checkpoint DIR or eval.checkpoint in the YAML")
+        corpus = read_corpus(args.corpus)
+        # The YAML in hand is honoured (index:, compressor.max_evidence_tokens, generator.*); settings the weights
+        # depend on must agree with the compressor's own config (load_model checks, naming both values).
+        model = load_model(checkpoint, config)
+        index = build_memory(model, corpus, args.out)
+        print(f"built {len(index)} items into {args.out} ({config.index.factory})")
     elif args.action == "search":
         from latentlab.memory.pipeline import LatentMemory
 
+        if not args.query or not args.query.strip():
+            raise _usage('index search needs a non-empty query: latentlab index search MEMORY_DIR "question"')
+        if args.k < 1:
+            raise _usage(f"-k must be >= 1, got {args.k}")
         memory = LatentMemory.open(args.target)
         for hit in memory.search(args.query, args.k):
             print(f"{hit.score:8.4f}  {hit.id}  {(hit.title + ': ') if hit.title else ''}{hit.text}")
@@ -75,6 +88,10 @@ def _add_index(sub: argparse._SubParsersAction) -> None:
 def _cmd_ask(args: argparse.Namespace, extra: list[str]) -> int:
     from latentlab.memory.pipeline import LatentMemory
 
+    if not args.question.strip():
+        raise _usage('ask needs a non-empty question: latentlab ask MEMORY_DIR "question"')
+    if args.k < 1:
+        raise _usage(f"-k must be >= 1, got {args.k}")
     memory = LatentMemory.open(args.memory)
     answer = memory.answer(args.question, args.k)
     print(answer.answer)
@@ -93,20 +110,16 @@ def _add_ask(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_evaluate(args: argparse.Namespace, extra: list[str]) -> int:
     from latentlab.configs import load_config, parse_overrides
-    from latentlab.eval.evaluate import evaluate
+    from latentlab.tasks import task_of
 
     config = load_config(args.config, parse_overrides(extra))
     named = [f"--{flag} {value}" for flag, value in (("checkpoint", args.checkpoint), ("out", args.out)) if value]
-    command = "latentlab evaluate " + " ".join([args.config, *named, *extra])
-    if config.task == "latent_cot":
-        from latentlab.reasoning.evaluate import evaluate_cot
-
-        checkpoint = args.checkpoint or config.eval.checkpoint
-        if checkpoint is None:
-            raise _usage("evaluate needs a trained run: --checkpoint RUN_DIR or eval.checkpoint in the YAML")
-        result = evaluate_cot(config, checkpoint=checkpoint, out_dir=args.out, command=command)
-    else:
-        result = evaluate(config, checkpoint=args.checkpoint, out_dir=args.out, command=command)
+    command = "latentlab evaluate " + " ".join(
+        [args.config, *named, *(["--overwrite"] if args.overwrite else []), *extra]
+    )
+    result = task_of(config).evaluate(
+        config, checkpoint=args.checkpoint, out_dir=args.out, command=command, overwrite=args.overwrite or None
+    )
     print(result.table())
     print(f"written to {result.out_dir}")
     return 0
@@ -117,6 +130,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("config")
     p.add_argument("--checkpoint", default=None, help="trained compressor (default: eval.checkpoint)")
     p.add_argument("--out", default=None, help="output directory (default: <eval.output_dir>/<name>)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing results folder (else refused)")
 
 
 def _cmd_demo(args: argparse.Namespace, extra: list[str]) -> int:
@@ -189,6 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     except LatentLabError as err:
         print(f"latentlab {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"latentlab {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

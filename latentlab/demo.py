@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from latentlab.configs import config_root, load_config, parse_overrides, project_root
-from latentlab.eval.evaluate import EvalResult, evaluate
+from latentlab.memory.evaluate import EvalResult, evaluate
 
 STAGES = (
     "paper_configs/tiny/latent_memory_text.yaml",  # end to end
@@ -29,7 +29,7 @@ def ensure_compressor(config, previous=()) -> Path:
     starts from (`compressor.init_from`). Missing ones are made first, the same way, and init_from then
     points at the one made.
     """
-    from latentlab.memory.pipeline import WEIGHTS, export_compressor, load_trained
+    from latentlab.memory.checkpoint import WEIGHTS, export_compressor, load_model
     from latentlab.training import fit
 
     root = config_root(config)
@@ -43,7 +43,7 @@ def ensure_compressor(config, previous=()) -> Path:
         f"{config.trainer.max_steps} steps)"
     )
     result = fit(config)  # a fresh timestamped run directory: an earlier interrupted demo run is left alone
-    export_compressor(load_trained(result.run_dir), target, include_decoder=False, dtype=torch.float16)
+    export_compressor(load_model(result.run_dir), target, include_decoder=False, dtype=torch.float16)
     for name in ("metrics.json", "run.json"):
         shutil.copy(result.run_dir / name, target / name)
     return target
@@ -57,4 +57,5 @@ def run_demo(config_path: str | None = None, overrides: list[str] | None = None)
     previous = [load_config(root / stage, parsed) for stage in STAGES[:-1]] if config_path is None else []
     checkpoint = ensure_compressor(config, previous)
     command = "latentlab demo" + (f" --config {config_path}" if config_path else "") + " ".join(overrides or [])
-    return evaluate(config, checkpoint=checkpoint, retrieval="global", command=command)
+    # The demo regenerates its own results folder (the README's table) on every run: written whole, then swapped in.
+    return evaluate(config, checkpoint=checkpoint, retrieval="global", command=command, overwrite=True)

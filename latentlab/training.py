@@ -2,36 +2,58 @@
 
 Each run directory holds the resolved config, git commit, seed, wall time and metrics (before and after
 training, on the same validation batches), plus CSV/TensorBoard logs and ``last.ckpt`` for resuming.
+Nothing of a run is written until its config and (on resume) its checkpoint have been checked, a resume appends to
+the run's logs, and a fit that fails before its first checkpoint leaves no directory behind to block the rerun.
 """
 
 from __future__ import annotations
 
-import json
-import math
-import os
+import csv
+import dataclasses
+import shutil
 import subprocess
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from latentlab.configs import ExperimentConfig, config_root, dump_yaml
+from latentlab.configs import ExperimentConfig, config_from_dict, config_root, dump_yaml, to_dict
+from latentlab.configs.loader import decode_utf8, safe_load_strict
 from latentlab.errors import ConfigError
+from latentlab.io import write_json, write_text
+
+RESUMABLE_KEYS = (
+    "trainer.max_steps",
+    "trainer.max_epochs",
+    "trainer.progress_bar",
+    "trainer.num_threads",
+    "trainer.log_every_n_steps",
+    "trainer.checkpoint_every_n_steps",
+    "trainer.accelerator",
+    "trainer.devices",
+    "eval",
+)
+"""What a resume may change: how long and where it runs, and how the run is evaluated afterwards. Anything else
+would make the checkpoint continue a different experiment than the one its run directory records."""
+
+METRICS_ASIDE = "metrics.before_resume.csv"
 
 
-def warmup_cosine(warmup_steps: int, total_steps: int, floor: float) -> Callable[[int], float]:
-    """LR multiplier: linear 0->1 over ``warmup_steps``, then cosine 1->``floor`` at ``total_steps``."""
+@dataclass
+class FitParts:
+    """What `fit` trains: a LightningDataModule, a LightningModule, and task-specific Trainer settings."""
 
-    def factor(step: int) -> float:
-        if warmup_steps and step < warmup_steps:
-            return (step + 1) / warmup_steps
-        span = max(1, total_steps - warmup_steps)
-        progress = min(1.0, (step - warmup_steps) / span)
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+    datamodule: Any
+    module: Any
+    callbacks: list = field(default_factory=list)
+    trainer_kwargs: dict[str, Any] = field(default_factory=dict)
 
-    return factor
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    metrics: dict[str, Any]
 
 
 def git_commit(root: Path) -> str:
@@ -43,49 +65,15 @@ def git_commit(root: Path) -> str:
         return "unknown"
 
 
-def write_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=float) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
-@dataclass
-class Task:
-    """What `fit` trains: a LightningDataModule, a LightningModule, and task-specific Trainer settings."""
-
-    datamodule: Any
-    module: Any
-    callbacks: list = field(default_factory=list)
-    trainer_kwargs: dict[str, Any] = field(default_factory=dict)
-
-
-TASKS: dict[str, str] = {
-    # task name -> "module:function" returning a Task for an ExperimentConfig (imported lazily: heavy deps)
-    "latent_memory": "latentlab.memory.module:build_task",
-    "latent_cot": "latentlab.reasoning.task:build_task",
-}
-
-
-def build_task(config: ExperimentConfig) -> Task:
-    import importlib
-
-    if config.task not in TASKS:
-        raise ConfigError(f"{config.source_file}: key 'task': unknown task {config.task!r} (known: {sorted(TASKS)})")
-    module_name, function = TASKS[config.task].split(":")
-    return getattr(importlib.import_module(module_name), function)(config)
-
-
-@dataclass
-class RunResult:
-    run_dir: Path
-    metrics: dict[str, Any]
-
-
 def _scalars(results: list[dict[str, Any]]) -> dict[str, float]:
     merged: dict[str, float] = {}
     for item in results:
         merged.update({k: float(v) for k, v in item.items()})
     return merged
+
+
+def _holds_run(run_dir: Path) -> bool:
+    return run_dir.exists() and any(run_dir.iterdir())
 
 
 def new_run_dir(config: ExperimentConfig, run_name: str | None = None) -> Path:
@@ -97,11 +85,104 @@ def new_run_dir(config: ExperimentConfig, run_name: str | None = None) -> Path:
     if not output_root.is_absolute():
         output_root = config_root(config) / output_root
     run_dir = output_root / config.name / (run_name or datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S"))
-    if run_dir.exists() and any(run_dir.iterdir()):
+    if _holds_run(run_dir):
         raise ConfigError(
             f"run directory {run_dir} already holds a run; pass another run name, or --resume {run_dir} to continue it"
         )
     return run_dir
+
+
+def _flat(data: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and key != "model":
+            out.update(_flat(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out
+
+
+def check_resume(config: ExperimentConfig, run_dir: Path) -> Path:
+    """The run's ``last.ckpt``, once the run exists, its stored config matches ``config`` (up to
+    ``RESUMABLE_KEYS``) and the checkpoint reads; each failure is an error naming what differs. Writes nothing."""
+    from latentlab.weights import load_lightning_checkpoint
+
+    ckpt = run_dir / "last.ckpt"
+    if not run_dir.is_dir():
+        raise ConfigError(f"--resume {run_dir}: no such run directory")
+    if not ckpt.exists():
+        raise ConfigError(f"--resume {run_dir}: no last.ckpt in {run_dir} (the run wrote no checkpoint yet)")
+    stored_path = run_dir / "config.yaml"
+    if stored_path.exists():
+        data = safe_load_strict(decode_utf8(stored_path.read_bytes(), stored_path), str(stored_path))
+        stored = config_from_dict(data, source=str(stored_path))
+        given, kept = _flat(to_dict(config)), _flat(to_dict(stored))
+        differ = sorted(
+            k
+            for k in given.keys() | kept.keys()
+            if given.get(k) != kept.get(k) and not any(k == r or k.startswith(r + ".") for r in RESUMABLE_KEYS)
+        )
+        if differ:
+            shown = ", ".join(f"{k}: {kept.get(k)!r} in the run, {given.get(k)!r} now" for k in differ[:4])
+            raise ConfigError(
+                f"--resume {run_dir}: the config differs from the run's config.yaml ({shown}"
+                f"{', ...' if len(differ) > 4 else ''}); a resume may change only {', '.join(RESUMABLE_KEYS)}. "
+                "Start a new run for a different experiment"
+            )
+    load_lightning_checkpoint(ckpt)  # a truncated file is an error here, before anything is written
+    return ckpt
+
+
+def check_accelerator(config: ExperimentConfig) -> None:
+    """A GPU accelerator with no GPU visible is an error naming the key, not a crash deep inside Lightning."""
+    import torch
+
+    accelerator = config.trainer.accelerator
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"{config.source_file}: key 'trainer.accelerator' is {accelerator!r} but no GPU is visible "
+            "(torch.cuda.is_available() is False); use --trainer.accelerator cpu (or auto)"
+        )
+    if accelerator == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"{config.source_file}: key 'trainer.accelerator' is 'mps' but MPS is not available")
+    if accelerator in ("gpu", "cuda") and config.trainer.devices > torch.cuda.device_count():
+        raise ConfigError(
+            f"{config.source_file}: key 'trainer.devices' is {config.trainer.devices} but only "
+            f"{torch.cuda.device_count()} GPU(s) are visible"
+        )
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    if not path.exists():
+        return []
+    with path.open(newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _write_csv_rows(path: Path, rows: list[dict[str, str]]) -> None:
+    from latentlab.eval.report import write_csv
+
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    write_csv(rows, path, columns)
+
+
+def _stash_metrics(log_dir: Path) -> list[dict[str, str]]:
+    """Before a resume: the rows of metrics.csv so far, kept in ``METRICS_ASIDE`` (Lightning's CSV logger deletes
+    an existing metrics.csv when it starts); an aside file left by an interrupted resume comes first."""
+    rows = _read_csv(log_dir / METRICS_ASIDE) + _read_csv(log_dir / "metrics.csv")
+    if rows:
+        _write_csv_rows(log_dir / METRICS_ASIDE, rows)
+        (log_dir / "metrics.csv").unlink(missing_ok=True)
+    return rows
+
+
+def _merge_metrics(log_dir: Path, earlier: list[dict[str, str]]) -> None:
+    """After a resume: metrics.csv = the earlier rows, then this run's."""
+    if not earlier:
+        return
+    _write_csv_rows(log_dir / "metrics.csv", earlier + _read_csv(log_dir / "metrics.csv"))
+    (log_dir / METRICS_ASIDE).unlink(missing_ok=True)
 
 
 def fit(
@@ -117,30 +198,63 @@ def fit(
     """
     import lightning as L
     import torch
-    from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
+    from latentlab.tasks import task_of
+
+    task = task_of(config)
+    check_accelerator(config)
     root = config_root(config)
-    ckpt_path = None
     if resume is not None:
         run_dir = Path(resume)
-        ckpt = run_dir / "last.ckpt"
-        if not ckpt.exists():
-            raise ConfigError(f"--resume {resume}: no last.ckpt in {run_dir}")
-        ckpt_path = str(ckpt)
+        ckpt_path: str | None = str(check_resume(config, run_dir))
     else:
-        run_dir = new_run_dir(config, run_name)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(dump_yaml(config), encoding="utf-8")
-    info = {"git_commit": git_commit(root), "seed": config.seed, "config_file": config.source_file}
-    write_json(run_dir / "run.json", info)
+        run_dir, ckpt_path = new_run_dir(config, run_name), None
+    created = not run_dir.exists()
 
     if config.trainer.num_threads:
         torch.set_num_threads(config.trainer.num_threads)
     L.seed_everything(config.seed, workers=True, verbose=False)
-    task = build_task(config)
-    data, module = task.datamodule, task.module
-    data.setup("fit")
+    parts = task.build(config)  # models load and data is checked before the run directory gets anything
+    parts.datamodule.setup("fit")
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    earlier_metrics = _stash_metrics(run_dir / "logs") if ckpt_path else []
+    info = {"git_commit": git_commit(root), "seed": config.seed, "config_file": config.source_file}
+    try:
+        write_text(run_dir / "config.yaml", dump_yaml(config))
+        write_json(run_dir / "run.json", info)
+        metrics = _train(config, parts, run_dir, ckpt_path, callbacks)
+    except BaseException:
+        if ckpt_path is None and not (run_dir / "last.ckpt").exists() and not any(run_dir.glob("step*.ckpt")):
+            # Nothing resumable was made: leave no half run that would block the corrected rerun.
+            if created:
+                shutil.rmtree(run_dir, ignore_errors=True)
+            else:
+                for name in ("config.yaml", "run.json", "logs", "tb"):
+                    target = run_dir / name
+                    shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
+        raise
+    finally:
+        if ckpt_path:
+            _merge_metrics(run_dir / "logs", earlier_metrics)
+    previous = run_dir / "metrics.json"
+    if ckpt_path and previous.exists():
+        import json
+
+        metrics["val_before"] = json.loads(previous.read_text()).get("val_before", {})
+    write_json(run_dir / "metrics.json", metrics)
+    info.update({"finished": datetime.now(timezone.utc).isoformat(), "global_step": metrics["global_step"]})
+    write_json(run_dir / "run.json", info)
+    return RunResult(run_dir=run_dir, metrics=metrics)
+
+
+def _train(config: ExperimentConfig, parts: FitParts, run_dir: Path, ckpt_path: str | None, callbacks) -> dict:
+    """The Lightning part of ``fit``: validate, train (or resume), validate again; returns the run's metrics."""
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    data, module = parts.datamodule, parts.module
     checkpoint = ModelCheckpoint(
         dirpath=run_dir,
         filename="step{step}",
@@ -164,11 +278,11 @@ def fit(
         precision=tc.precision,
         enable_progress_bar=tc.progress_bar,
         logger=[CSVLogger(run_dir, name="logs", version=""), TensorBoardLogger(run_dir, name="tb", version="")],
-        callbacks=[checkpoint, *task.callbacks, *(callbacks or [])],
+        callbacks=[checkpoint, *parts.callbacks, *(callbacks or [])],
         num_sanity_val_steps=0,
         enable_model_summary=False,
         deterministic=False,
-        **task.trainer_kwargs,
+        **parts.trainer_kwargs,
     )
     started = time.time()
     has_val = getattr(data, "val_set", None) is not None
@@ -179,17 +293,15 @@ def fit(
     # Read before the final validate: Lightning resets callback_metrics when it runs.
     train_last = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
     after = _scalars(trainer.validate(module, datamodule=data, verbose=False)) if has_val else {}
-    metrics = {
+    return {
         "global_step": trainer.global_step,
         "wall_time_s": round(time.time() - started, 1),
         "val_before": before,
         "val_after": after,
         "train_last": train_last,
     }
-    previous = run_dir / "metrics.json"
-    if ckpt_path and previous.exists():
-        metrics["val_before"] = json.loads(previous.read_text()).get("val_before", {})
-    write_json(run_dir / "metrics.json", metrics)
-    info.update({"finished": datetime.now(timezone.utc).isoformat(), "global_step": trainer.global_step})
-    write_json(run_dir / "run.json", info)
-    return RunResult(run_dir=run_dir, metrics=metrics)
+
+
+def replace_config(config: ExperimentConfig, **changes: Any) -> ExperimentConfig:
+    """A copy of ``config`` with top-level fields replaced (a notebook's convenience)."""
+    return dataclasses.replace(config, **changes)

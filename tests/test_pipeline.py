@@ -7,10 +7,13 @@ import pytest
 import torch
 
 from latentlab.configs import load_config
+from latentlab.data.modules import load_qa_split
 from latentlab.data.synthetic import generate_world
 from latentlab.errors import IndexError_
-from latentlab.eval.evaluate import evaluate
-from latentlab.memory.pipeline import LatentMemory, build_memory, export_compressor, load_trained
+from latentlab.eval.metrics import exact_match, token_f1
+from latentlab.memory.checkpoint import export_compressor, load_model
+from latentlab.memory.evaluate import evaluate
+from latentlab.memory.pipeline import LatentMemory, build_memory
 from latentlab.training import fit
 from tests.conftest import REPO, shared_file
 
@@ -40,14 +43,14 @@ def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("pipeline")
     config = load_config(TINY_YAML, {**two_step_run(tmp), "eval.output_dir": str(tmp / "results")})
     run = fit(config, run_name="p").run_dir
-    module = load_trained(run)
+    module = load_model(run)
     export_compressor(module, tmp / "export")
     return config, run, tmp
 
 
 def test_export_reload_gives_identical_latents(trained):
     config, run, tmp = trained
-    a, b = load_trained(run), load_trained(tmp / "export")
+    a, b = load_model(run), load_model(tmp / "export")
     texts = ["Ann was born in Oslo.", "Bo is a pilot."]
     with torch.no_grad():
         torch.testing.assert_close(
@@ -76,7 +79,7 @@ def test_memory_refuses_another_compressor(trained):
     config, run, tmp = trained
     corpus = generate_world(num_people=30, seed=0).corpus()[:10]
     build_memory(tmp / "export", corpus, tmp / "memory2", batch_size=8, progress=False)
-    other = load_trained(tmp / "export")
+    other = load_model(tmp / "export")
     with torch.no_grad():
         other.compressor.memory_slot.add_(0.1)  # a different compressor
     export_compressor(other, tmp / "other")
@@ -101,8 +104,13 @@ def test_evaluate_writes_predictions_summary_and_table(trained, retrieval):
     read = [json.loads(line) for line in (out / "predictions.latent.jsonl").read_text().splitlines()]
     shuffled = [json.loads(line) for line in (out / "predictions.latent_shuffled.jsonl").read_text().splitlines()]
     assert [r["hits"] for r in shuffled] == [read[1]["hits"], read[0]["hits"]]  # each reads the next one's latents
-    assert [r["question"] for r in shuffled] == [r["question"] for r in read]
-    assert 0.0 <= latent["recall@k"] <= 1.0 and "recall@k" not in none
+    assert [r["id"] for r in shuffled] == [r["id"] for r in read]
+    # Recall@k and Precision@k by hand from the records: top-k hit ids against each question's supporting ids.
+    k = config.eval.k
+    found = [len({h["id"] for h in r["hits"][:k]} & set(r["supporting"])) for r in read]
+    recall = sum(f / len(set(r["supporting"])) for f, r in zip(found, read)) / len(read)
+    assert latent["recall@k"] == pytest.approx(recall, abs=1e-6, rel=0) and "recall@k" not in none
+    assert latent["precision@k"] == pytest.approx(sum(found) / (k * len(read)), abs=1e-6, rel=0)
     assert latent["context_tokens"] > 0 and none["context_tokens"] == 0
     lines = (out / "predictions.latent.jsonl").read_text().splitlines()
     assert len(lines) == 2 and "answer" in json.loads(lines[0])
@@ -149,9 +157,9 @@ def test_notebook_executes(trained, monkeypatch):
 def test_inference_export_is_smaller_and_consistent(trained):
     """fp16 without the decoder: loads, matches its fingerprint, and gives latents within fp16 rounding."""
     config, run, tmp = trained
-    full = load_trained(run)
+    full = load_model(run)
     fp = export_compressor(full, tmp / "small", include_decoder=False, dtype=torch.float16)
-    small = load_trained(tmp / "small")
+    small = load_model(tmp / "small")
     assert (tmp / "small" / "fingerprint.txt").read_text().strip() == fp
     small_bytes = (tmp / "small" / "weights.safetensors").stat().st_size
     assert small_bytes < (tmp / "export" / "weights.safetensors").stat().st_size / 2
@@ -173,7 +181,7 @@ def test_latent_rows_need_a_checkpoint(trained):
 
 def test_demo_trains_and_exports_a_missing_compressor_once(tmp_path):
     from latentlab.demo import ensure_compressor
-    from latentlab.memory.pipeline import WEIGHTS
+    from latentlab.memory.checkpoint import WEIGHTS
 
     config = load_config(TINY_YAML, {**two_step_run(tmp_path), "eval.checkpoint": str(tmp_path / "artifact")})
     target = ensure_compressor(config)
@@ -182,13 +190,13 @@ def test_demo_trains_and_exports_a_missing_compressor_once(tmp_path):
     stamp = (target / WEIGHTS).stat().st_mtime_ns
     assert ensure_compressor(config) == target  # present now: nothing is trained again
     assert list((tmp_path / "runs" / config.name).iterdir()) == runs and (target / WEIGHTS).stat().st_mtime_ns == stamp
-    assert load_trained(target).compressor.config.key_dim == 32
+    assert load_model(target).compressor.config.key_dim == 32
 
 
 def test_demo_makes_a_missing_second_stage_from_its_first(tmp_path):
     """Neither stage shipped: the first is trained and exported, then the projector stage starts from it."""
     from latentlab.demo import ensure_compressor
-    from latentlab.memory.pipeline import WEIGHTS
+    from latentlab.memory.checkpoint import WEIGHTS
 
     base = two_step_run(tmp_path)
     first = load_config(TINY_YAML, {**base, "eval.checkpoint": str(tmp_path / "stage1")})
@@ -197,7 +205,7 @@ def test_demo_makes_a_missing_second_stage_from_its_first(tmp_path):
     assert ensure_compressor(second, [first]) == tmp_path / "stage2"
     assert (tmp_path / "stage1" / WEIGHTS).exists() and (tmp_path / "stage2" / WEIGHTS).exists()
     assert second.compressor.init_from == str(tmp_path / "stage1")
-    one, two = load_trained(tmp_path / "stage1"), load_trained(tmp_path / "stage2")
+    one, two = load_model(tmp_path / "stage1"), load_model(tmp_path / "stage2")
     a, b = one.compressor.trainable_state_dict(), two.compressor.trainable_state_dict()
     shared = [k for k in a if ".decode." not in k]
     assert all(torch.equal(a[k], b[k]) for k in shared if not k.startswith("projector."))
@@ -229,7 +237,7 @@ def test_second_stage_trains_the_projector_alone_from_an_export(trained):
         "loss.answer_weight": 1.0,
         "loss.paraphrase_weight": 1.0,
     }
-    source = load_trained(tmp / "export")
+    source = load_model(tmp / "export")
     export_compressor(source, tmp / "export_small", include_decoder=False)
     config = load_config(TINY_YAML, overrides)
     task = build_task(config)
@@ -241,7 +249,7 @@ def test_second_stage_trains_the_projector_alone_from_an_export(trained):
     assert module.trainable_names() == {n for n in module.learned_names() if ".projector." in n}
 
     run = fit(config, run_name="stage2").run_dir
-    after = load_trained(run)
+    after = load_model(run)
     end = after.compressor.trainable_state_dict()
     changed = {k for k in start if not torch.equal(start[k], end[k])}
     assert changed and all(k.startswith("projector.") for k in changed), sorted(changed)[:5]
@@ -267,7 +275,7 @@ def test_init_from_errors_name_the_key_and_what_is_missing(trained, tmp_path):
     base = two_step_run(tmp)
     with pytest.raises(ConfigError, match="compressor.init_from.*not found"):
         build_task(load_config(TINY_YAML, {**base, "compressor.init_from": str(tmp_path / "nowhere")}))
-    source = load_trained(tmp / "export")
+    source = load_model(tmp / "export")
     export_compressor(source, tmp_path / "small", include_decoder=False)
     # reconstruction needs the decoder that an inference export leaves out
     with pytest.raises(LatentLabError, match="no decoder"):
@@ -295,7 +303,7 @@ def test_reading_adapter_runs_only_on_latent_prompts(tmp_path):
     """compressor.read_lora: latent prompts go through it, raw-text prompts (teacher, baselines) never do, and a
     fresh adapter leaves the generator exactly as it was."""
     from latentlab.memory.module import LatentMemoryModule
-    from latentlab.memory.pipeline import Hit, _generate, answer_with_text
+    from latentlab.memory.pipeline import Hit, answer_with_text
     from latentlab.memory.prompting import pack_prompts
 
     config = load_config(TINY_YAML, {**two_step_run(tmp_path), "compressor.read_lora": READ_LORA})
@@ -338,8 +346,9 @@ def test_reading_adapter_runs_only_on_latent_prompts(tmp_path):
         return greedy(packed, max_new_tokens, read=read)
 
     module.generator.greedy = spy
-    _generate(module, [module.prompts.latent(question, 2)], projected)
-    answer_with_text(module, [question], [[Hit("a", 1.0, None, facts[0])]])
+    with torch.no_grad():
+        module.model.answer_latents([question], [module.compressor.encode_evidence(facts)])
+    answer_with_text(module.model, [question], [[Hit("a", 1.0, None, facts[0])]])
     assert calls == [True, False]
 
 
@@ -364,17 +373,17 @@ def test_reading_adapter_stage_trains_from_an_export_without_one(trained):
     start = {k: v.clone() for k, v in module.compressor.trainable_state_dict().items()}
     assert module.trainable_names() == {n for n in module.learned_names() if ".projector." in n or ".read." in n}
     run = fit(config, run_name="reader").run_dir
-    after = load_trained(run)
+    after = load_model(run)
     end = after.compressor.trainable_state_dict()
     changed = {k for k in start if not torch.equal(start[k], end[k])}
     assert any(".read." in k for k in changed) and any(k.startswith("projector.") for k in changed)
     assert all(k.startswith("projector.") or ".read." in k for k in changed), sorted(changed)[:5]
     export_compressor(after, tmp / "export_reader", include_decoder=False)
-    again = load_trained(tmp / "export_reader")
+    again = load_model(tmp / "export_reader")
     assert all(torch.equal(again.compressor.trainable_state_dict()[k], end[k]) for k in end if ".decode." not in k)
     # an export without the reader does not stand in for one with it
     from latentlab.errors import LatentLabError
-    from latentlab.memory.pipeline import load_compressor_weights
+    from latentlab.memory.checkpoint import load_compressor_weights
 
     with pytest.raises(LatentLabError, match="missing .*read"):
         load_compressor_weights(again, tmp / "export")
@@ -403,7 +412,7 @@ def test_demo_stages_chain_each_from_the_last():
     assert len({c.eval.checkpoint for c in configs}) == len(configs)
 
 
-def test_reader_oracle_scores_every_input_and_names_a_bad_config(tmp_path, capsys):
+def test_reader_oracle_scores_every_input_and_names_a_bad_config(tmp_path, capsys, monkeypatch):
     """experiments/reader_oracle.py on a tiny generator: one row per input, a table naming its command."""
     import importlib.util
     import sys
@@ -413,9 +422,19 @@ def test_reader_oracle_scores_every_input_and_names_a_bad_config(tmp_path, capsy
     sys.modules[spec.name] = script
     spec.loader.exec_module(script)
     overrides = {**two_step_run(tmp_path), "eval.limit": 3}
+    answered = []  # what the generator answered under each input, in row order
+    original = script._answers
+    monkeypatch.setattr(script, "_answers", lambda *args: answered.append(original(*args)) or answered[-1])
     rows = script.reader_oracle(str(TINY_YAML), tmp_path / "out", "the command", overrides)
     assert [r["input"] for r in rows][:3] == ["no context", "gold answer as text", "supporting facts as text"]
-    assert len(rows) == 7 and all(r["questions"] == 3 and 0.0 <= r["f1"] <= 1.0 for r in rows)
+    assert len(rows) == len(answered) == 7 and all(r["questions"] == 3 for r in rows)
+    config = load_config(TINY_YAML, overrides)
+    gold = [e.answers for e in load_qa_split(config, config.eval.split, training_limits=False)[:3]]
+    for row, predictions in zip(rows, answered):  # each row scores its own answers against the gold answers
+        assert len(predictions) == 3, row["input"]
+        f1 = sum(token_f1(p, g) for p, g in zip(predictions, gold)) / 3
+        em = sum(exact_match(p, g) for p, g in zip(predictions, gold)) / 3
+        assert row["f1"] == pytest.approx(f1, abs=1e-6, rel=0) and row["exact_match"] == pytest.approx(em, abs=1e-6)
     table = (tmp_path / "out" / "latent_memory_text_tiny_reader_oracle.md").read_text()
     assert "Produced by: `the command`" in table and "slot = mean of answer tokens (compact)" in table
     assert script.main([str(tmp_path / "missing.yaml")]) == 2

@@ -9,7 +9,8 @@ import yaml
 
 from latentlab.configs import load_config
 from latentlab.errors import ConfigError
-from latentlab.training import fit, warmup_cosine
+from latentlab.optim import warmup_cosine
+from latentlab.training import fit
 from tests.conftest import REPO
 
 TINY_YAML = REPO / "paper_configs/tiny/latent_memory_text.yaml"
@@ -21,6 +22,17 @@ class Capture(L.Callback):
     def on_train_start(self, trainer, pl_module):
         self.step = trainer.global_step
         self.state = {k: v.clone() if torch.is_tensor(v) else v for k, v in _flat_state(trainer.optimizers[0]).items()}
+
+
+LOSS_NAMES = ("recon", "contrast", "distill", "answer", "paraphrase")
+
+
+def assert_weighted_sum(losses: dict, weights) -> None:
+    """``losses`` holds exactly the losses whose weight is above zero, and ``loss`` is their weighted sum."""
+    active = [name for name in LOSS_NAMES if getattr(weights, f"{name}_weight") > 0]
+    assert [name for name in LOSS_NAMES if name in losses] == active
+    expected = sum(getattr(weights, f"{name}_weight") * losses[name] for name in active)
+    torch.testing.assert_close(losses["loss"], torch.as_tensor(expected, dtype=losses["loss"].dtype))
 
 
 def _flat_state(optimizer):
@@ -139,7 +151,7 @@ def test_student_reads_both_slot_formats_when_configured(tiny_overrides):
     original = module._reply_cross_entropy
     module._reply_cross_entropy = lambda prompts, *rest: captured.extend(prompts) or original(prompts, *rest)
     for seed in range(12):
-        assert torch.isfinite(module.compute_losses(batch, step_seed=seed)["loss"])
+        assert_weighted_sum(module.compute_losses(batch, step_seed=seed), config.loss)
     for prompt in captured:  # compact: the latent slots sit back to back
         slots = [i for i, t in enumerate(prompt.ids) if t == LATENT]
         seen.add("compact" if len(slots) > 1 and slots == list(range(slots[0], slots[0] + len(slots))) else "paper")
@@ -219,7 +231,7 @@ def test_student_reads_the_retrieved_top_k_in_rank_order(tiny_overrides):
         assert ranks == sorted(ranks)
         negatives = [t for t in read if t not in own]
         assert negatives == [t for t in ranking if t not in own][: len(negatives)]
-    assert torch.isfinite(module.compute_losses(batch, step_seed=0)["loss"])
+    assert_weighted_sum(module.compute_losses(batch, step_seed=0), config.loss)
     with pytest.raises(ConfigError, match="loss.student_context"):
         load_config(TINY_YAML, {**tiny_overrides, "loss.student_context": "retrieved"})
 
@@ -240,5 +252,8 @@ def test_mined_fit_runs_from_build_task(tiny_overrides):
     assert cached > 0
     task.datamodule.setup("fit")
     batch = next(iter(task.datamodule.train_dataloader()))
-    assert batch.negative_rank is not None and torch.isfinite(task.module.compute_losses(batch, 0)["loss"])
+    assert batch.negative_rank is not None
+    losses = task.module.compute_losses(batch, 0)
+    assert_weighted_sum(losses, config.loss)  # the projector stage: the gold-answer CE alone
+    assert [name for name in LOSS_NAMES if name in losses] == ["answer"]
     assert len(task.module.frozen_latents) == cached  # nothing new: every corpus text and question was mined

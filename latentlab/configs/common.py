@@ -20,7 +20,7 @@ class FieldError(ConfigError):
     """A section's own check failed on ``key`` (relative to the section); the loader adds the file and section."""
 
     def __init__(self, key: str, message: str):
-        super().__init__(f"key '{key}': {message}")
+        super().__init__(f"{key} {message}")  # read as-is where a section is built directly (IndexConfig(...))
         self.key, self.message = key, message
 
 

@@ -29,7 +29,7 @@ def part_of(name: str) -> str:
         if f".{adapter}." in name and "lora_" in name:
             return f"{adapter}_lora"
     for part in ("memory_slot", "retrieval_head", "projector"):
-        if name.removeprefix("compressor.").startswith(part):
+        if name.removeprefix("model.").removeprefix("compressor.").startswith(part):
             return part
     raise ValueError(f"{name}: not a learned compressor parameter")
 
@@ -99,29 +99,42 @@ class Compressor(nn.Module):
     # ----------------------------------------------------------------- latents
 
     def encode_ids(self, ids: torch.Tensor, mask: torch.Tensor, adapter: str) -> torch.Tensor:
-        """ids, mask: [N, T] right-padded -> latents [N, H] (fp32).
+        """ids, mask: [N, T] right-padded -> latents [N, H] (fp32), through ``adapter``."""
+        use_adapter(self.lm, adapter)
+        return self.encode_embeds(input_embeddings(self.lm)(ids), mask, adapter)
 
-        The slot goes right after each row's last real token (position = its length), so the latent
-        never sees padding and does not depend on what else is in the batch.
+    def encode_embeds(self, embeds: torch.Tensor, mask: torch.Tensor, adapter: str) -> torch.Tensor:
+        """Prefix embeddings [N, T, H] and mask [N, T], right-padded -> latents [N, H] (fp32).
+
+        What an evidence encoder (``latentlab.memory.evidence``) hands over: text token embeddings now, image
+        patch embeddings plus title tokens next. The slot goes right after each row's last real position
+        (position = its length), so the latent never sees padding and does not depend on what else is in the batch.
         """
         use_adapter(self.lm, adapter)
-        n, width = ids.shape
+        n, width = mask.shape
         lengths = mask.sum(dim=1)
-        rows = torch.arange(n, device=ids.device)
-        embeds = input_embeddings(self.lm)(ids)
+        rows = torch.arange(n, device=embeds.device)
         embeds = torch.cat([embeds, embeds.new_zeros(n, 1, embeds.shape[-1])], dim=1)  # [N, T+1, H]
         slot = self.memory_slot.to(embeds.dtype).expand(n, -1)
         embeds = embeds.index_put((rows, lengths), slot)
         slot_mask = torch.cat([mask, mask.new_zeros(n, 1)], dim=1).index_put((rows, lengths), torch.ones_like(lengths))
-        positions = torch.arange(width + 1, device=ids.device).expand(n, -1)
+        positions = torch.arange(width + 1, device=embeds.device).expand(n, -1)
         hidden = inner_model(self.lm)(
             inputs_embeds=embeds, attention_mask=slot_mask, position_ids=positions, use_cache=False
         ).last_hidden_state
         return hidden[rows, lengths].float()
 
     def encode_evidence(self, texts: Sequence[str]) -> torch.Tensor:
+        """Evidence texts -> latents [N, H] through the compress adapter (``encode_items`` takes Evidence items)."""
         ids, mask = self.tokenize(texts, self.config.max_evidence_tokens)
         return self.encode_ids(ids, mask, "compress")
+
+    def encode_items(self, items: Sequence) -> torch.Tensor:
+        """Evidence items -> latents [N, H]: each kind of item through its evidence encoder, then the memory slot."""
+        from latentlab.memory.evidence import encode_prefix
+
+        embeds, mask = encode_prefix(self, items)
+        return self.encode_embeds(embeds, mask, "compress")
 
     def encode_queries(self, texts: Sequence[str]) -> torch.Tensor:
         ids, mask = self.tokenize(texts, self.config.max_query_tokens)

@@ -11,15 +11,16 @@ from typing import Any
 import lightning as L
 import torch
 
-from latentlab.backbones import load_causal_lm, spec_name
-from latentlab.configs import ExperimentConfig, resolve_path
+from latentlab.configs import MemoryExperimentConfig, resolve_path
 from latentlab.data.modules import QABatch
-from latentlab.errors import ConfigError, LatentLabError
-from latentlab.memory.compressor import Compressor, part_of
+from latentlab.errors import LatentLabError
+from latentlab.memory.compressor import part_of
 from latentlab.memory.generator import Generator
 from latentlab.memory.losses import distillation_kl, multi_positive_infonce, token_cross_entropy
+from latentlab.memory.model import LatentMemoryModel
 from latentlab.memory.prompting import PromptBuilder, pack_prompts
-from latentlab.training import warmup_cosine
+from latentlab.optim import TRAIN_STREAM, VAL_STREAM, adamw_warmup_cosine, derive_seed
+from latentlab.weights import check_state_dict
 
 PARAPHRASE_INSTRUCTION = "Repeat the latent context word for word."
 """The question of the paraphrase prompt: the generator reads one latent and is taught to say its text."""
@@ -28,38 +29,19 @@ PARAPHRASE_INSTRUCTION = "Repeat the latent context word for word."
 class LatentMemoryModule(L.LightningModule):
     """Compressor (trained: LoRA adapters, memory slot, heads) + frozen generator; loss = weighted sum of three."""
 
-    def __init__(self, config: ExperimentConfig):
+    def __init__(self, config: MemoryExperimentConfig):
         super().__init__()
         self.config = config
         self.strict_loading = False  # checkpoints hold only trainable weights; see on_load_checkpoint
-        comp = load_causal_lm(config.compressor.backbone, key="compressor.backbone.model")
-        gen_cfg = config.generator.backbone
-        shared = spec_name(gen_cfg.model) == spec_name(config.compressor.backbone.model) and (
-            gen_cfg.precision == config.compressor.backbone.precision
-        )
-        if shared:
-            gen_model, gen_tokenizer = comp.model, comp.tokenizer
-        else:
-            gen = load_causal_lm(gen_cfg, key="generator.backbone.model")
-            gen_model, gen_tokenizer = gen.model, gen.tokenizer
-            self.generator_lm = gen_model  # registered so it follows the module's device
-        self.compressor = Compressor(config.compressor, comp.model, comp.tokenizer, gen_model.get_input_embeddings())
-        if config.compressor.read_lora is not None and not shared:
-            raise ConfigError(
-                f"key 'compressor.read_lora': the reading adapter lives on the compressor's base, so the generator "
-                f"must be the same model (generator.backbone {spec_name(gen_cfg.model)!r} at {gen_cfg.precision}, "
-                f"compressor.backbone {spec_name(config.compressor.backbone.model)!r} at "
-                f"{config.compressor.backbone.precision})"
-            )
-        self.generator = Generator(
-            self.compressor.lm if shared else gen_model,
-            gen_tokenizer,
-            shares_peft_base=shared,
-            read_adapter="read" if config.compressor.read_lora is not None else None,
-        )
-        self.prompts = PromptBuilder(gen_tokenizer, config.generator.system_prompt, config.generator.slot_format)
+        model = LatentMemoryModel(config)
+        # Registered piece by piece, so checkpoints keep the layout every earlier run wrote ("compressor.*"); the
+        # inference view of the same weights is kept beside them, not registered a second time.
+        self.compressor = model.compressor
+        if hasattr(model, "generator_lm"):
+            self.generator_lm = model.generator_lm
+        object.__setattr__(self, "model", model)
         formats = config.loss.student_slot_formats or [config.generator.slot_format]
-        self.student_builders = [PromptBuilder(gen_tokenizer, config.generator.system_prompt, f) for f in formats]
+        self.student_builders = [self.model.prompt_builder(f) for f in formats]
         self.teacher_cache: dict[str, list[int]] = {}
         self.reply_cache: dict[str, list[int]] = {}
         self.frozen_latents: dict[tuple[str, str], torch.Tensor] = {}
@@ -67,6 +49,14 @@ class LatentMemoryModule(L.LightningModule):
         self._learned = {name for name, p in self.named_parameters() if p.requires_grad}
         self.train_parts = set(config.compressor.train_parts)
         self._trainable = {name for name in self._learned if part_of(name) in self.train_parts}
+
+    @property
+    def generator(self) -> Generator:
+        return self.model.generator
+
+    @property
+    def prompts(self) -> PromptBuilder:
+        return self.model.prompts
 
     # ----------------------------------------------------------------- the three losses
 
@@ -228,13 +218,15 @@ class LatentMemoryModule(L.LightningModule):
     # ----------------------------------------------------------------- Lightning hooks
 
     def training_step(self, batch: QABatch, batch_idx: int) -> torch.Tensor:
-        losses = self.compute_losses(batch, step_seed=self.config.seed * 1_000_003 + self.global_step * 97 + batch_idx)
+        losses = self.compute_losses(
+            batch, step_seed=derive_seed(self.config.seed, TRAIN_STREAM, self.global_step * 97 + batch_idx)
+        )
         for name, value in losses.items():
             self.log(f"train/{name}", value, prog_bar=name in ("loss", "distill"), batch_size=len(batch))
         return losses["loss"]
 
     def validation_step(self, batch: QABatch, batch_idx: int) -> None:
-        losses = self.compute_losses(batch, step_seed=self.config.seed * 7919 + batch_idx)
+        losses = self.compute_losses(batch, step_seed=derive_seed(self.config.seed, VAL_STREAM, batch_idx))
         for name, value in losses.items():
             self.log(f"val/{name}", value, prog_bar=name == "loss", batch_size=len(batch))
 
@@ -244,15 +236,9 @@ class LatentMemoryModule(L.LightningModule):
             dataset.epoch = self.current_epoch
 
     def configure_optimizers(self) -> dict[str, Any]:
-        opt_cfg = self.config.optim
         named = dict(self.named_parameters())
         params = [named[name] for name in sorted(self._trainable)]
-        optimizer = torch.optim.AdamW(params, lr=opt_cfg.lr, weight_decay=opt_cfg.weight_decay)
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, warmup_cosine(opt_cfg.warmup_steps, total, opt_cfg.min_lr / opt_cfg.lr)
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return adamw_warmup_cosine(params, self.config.optim, self.trainer.estimated_stepping_batches)
 
     def trainable_names(self) -> set[str]:
         """What the optimizer updates: the learned weights of ``compressor.train_parts``. Fixed at construction
@@ -269,31 +255,20 @@ class LatentMemoryModule(L.LightningModule):
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        state = checkpoint.get("state_dict", {})
-        missing = sorted(self.learned_names() - set(state))
-        unexpected = sorted(set(state) - set(self.state_dict()))
-        if missing or unexpected:
-            raise LatentLabError(
-                f"checkpoint does not match this compressor: missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
-                f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
-            )
         own = self.state_dict()
-        for key, value in state.items():
-            if own[key].shape != value.shape:
-                raise LatentLabError(
-                    f"checkpoint key '{key}' has shape {tuple(value.shape)}, expected {tuple(own[key].shape)}"
-                )
+        expected = {k: own[k] for k in self.learned_names()}
+        check_state_dict(expected, checkpoint.get("state_dict", {}), "checkpoint", "this compressor")
 
 
-def build_task(config: ExperimentConfig):
+def build_task(config: MemoryExperimentConfig):
     """`task: latent_memory`: QA batches and the compressor module."""
     from latentlab.data.modules import QADataModule, corpus_of, load_qa_split
-    from latentlab.training import Task
+    from latentlab.training import FitParts
 
     module = LatentMemoryModule(config)
     source = config.compressor.init_from
     if source:
-        from latentlab.memory.pipeline import load_compressor_weights
+        from latentlab.memory.checkpoint import load_compressor_weights
 
         path = resolve_path(config, "compressor.init_from", source)
         # A decoder left out of an inference export is fine unless this run reconstructs.
@@ -307,4 +282,4 @@ def build_task(config: ExperimentConfig):
         examples = load_qa_split(config, "train") + load_qa_split(config, "val")
         depth = config.loss.hard_negatives + config.data.max_positives
         rankings = mine_rankings(module, examples, corpus_of(config, examples), depth, config.index.batch_size)
-    return Task(datamodule=QADataModule(config, rankings), module=module)
+    return FitParts(datamodule=QADataModule(config, rankings), module=module)

@@ -25,6 +25,8 @@ class Prompt:
     ids: list[int]
     context_start: int
     context_end: int
+    truncated_items: int = 0
+    """Raw-text passages (and the question) cut to the builder's ``max_item_tokens``."""
 
     @property
     def total_tokens(self) -> int:
@@ -51,6 +53,9 @@ class PromptBuilder:
     tokenizer: Any
     system_prompt: str
     slot_format: SlotFormat = "paper"
+    max_item_tokens: int | None = None
+    """Each passage and the question are cut to this many tokens (None: no cut), so that no text can make a prompt
+    longer than the generator fits; ``Prompt.truncated_items`` counts the cuts."""
     prefix_ids: list[int] = field(init=False)
     suffix_text: str = field(init=False)
     _label_cache: dict[str, list[int]] = field(init=False, default_factory=dict)
@@ -72,13 +77,28 @@ class PromptBuilder:
             self._label_cache[text] = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         return self._label_cache[text]
 
-    def _finish(self, context: list[int], question: str) -> Prompt:
+    def _cut(self, text: str) -> tuple[str, bool]:
+        """``text`` cut to ``max_item_tokens`` tokens (decoded back), and whether it was cut."""
+        if self.max_item_tokens is None or len(text) <= self.max_item_tokens:  # a token is at least one character
+            return text, False
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) <= self.max_item_tokens:
+            return text, False
+        return self.tokenizer.decode(ids[: self.max_item_tokens]), True
+
+    def _finish(self, context: list[int], question: str, truncated: int = 0) -> Prompt:
+        question, cut = self._cut(question)
         lead = "\nQuestion: " if context else "Question: "
         suffix = self.tokenizer(self.suffix_text.format(question=lead + question), add_special_tokens=False)[
             "input_ids"
         ]
         start = len(self.prefix_ids)
-        return Prompt(ids=self.prefix_ids + context + suffix, context_start=start, context_end=start + len(context))
+        return Prompt(
+            ids=self.prefix_ids + context + suffix,
+            context_start=start,
+            context_end=start + len(context),
+            truncated_items=truncated + int(cut),
+        )
 
     def latent(self, question: str, num_latents: int) -> Prompt:
         """`Latent context 1: <z1>\\nLatent context 2: <z2>...` (paper) or `Latent context: <z1><z2>...`."""
@@ -92,9 +112,10 @@ class PromptBuilder:
 
     def text(self, question: str, passages: Sequence[str]) -> Prompt:
         """`Context 1: s1\\nContext 2: s2...` raw-text prompt (the teacher and the RAG baselines)."""
-        body = "\n".join(f"Context {i + 1}: {p}" for i, p in enumerate(passages))
+        cuts = [self._cut(p) for p in passages]
+        body = "\n".join(f"Context {i + 1}: {p}" for i, (p, _) in enumerate(cuts))
         context = self.tokenizer(body, add_special_tokens=False)["input_ids"] if passages else []
-        return self._finish(context, question)
+        return self._finish(context, question, truncated=sum(cut for _, cut in cuts))
 
 
 @dataclass

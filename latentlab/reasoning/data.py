@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 from latentlab.configs import ExperimentConfig, resolve_path
 from latentlab.data.schema import CoTExample, read_cot
 from latentlab.errors import ConfigError, DataError
+from latentlab.optim import TRAIN_STREAM, VAL_STREAM, derive_seed
 from latentlab.reasoning.curriculum import (
     DEFAULT_FORMAT,
     CoTTextFormat,
@@ -195,13 +196,13 @@ class CoTDataModule(L.LightningDataModule):
             self.current_stage(),
             r.curriculum.thoughts_per_step,
             self.fmt,
-            seed=self.config.seed * 1_000_003 + self.epoch(),
+            seed=derive_seed(self.config.seed, TRAIN_STREAM, self.epoch()),
             sample_stages=train,
         )
 
     def train_dataloader(self) -> DataLoader:
         data = self.config.reasoning.data
-        generator = torch.Generator().manual_seed(self.config.seed * 7919 + self.epoch())
+        generator = torch.Generator().manual_seed(derive_seed(self.config.seed, VAL_STREAM, self.epoch()))
         return DataLoader(
             self.train_set,
             batch_size=data.batch_size,

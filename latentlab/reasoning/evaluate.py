@@ -14,7 +14,6 @@ reads the next question's thoughts. Near ``accuracy`` it says the thoughts carry
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,10 +23,12 @@ import torch
 import yaml
 
 from latentlab.configs import ExperimentConfig, config_from_dict, config_root
-from latentlab.data.schema import CoTExample, write_jsonl
+from latentlab.data.schema import CoTExample
 from latentlab.errors import ConfigError
 from latentlab.eval.metrics import answers_match, pass_at_k
 from latentlab.eval.report import PlotSpec, format_markdown_table, write_table
+from latentlab.io import refuse_existing, staged_dir, write_json, write_jsonl
+from latentlab.optim import TRAIN_STREAM, derive_seed
 from latentlab.reasoning.curriculum import n_latent_steps
 from latentlab.reasoning.cvae import decode_steps
 from latentlab.reasoning.data import latent_step_texts, load_cot_split
@@ -119,6 +120,7 @@ def evaluate_cot(
     checkpoint: str | Path | LatentCoTModule | None = None,
     out_dir: str | Path | None = None,
     command: str | None = None,
+    overwrite: bool | None = None,
 ) -> CoTEvalResult:
     """Evaluate a trained run on ``eval.split`` of ``config``'s reasoning data; writes predictions, summary, table.
 
@@ -134,8 +136,8 @@ def evaluate_cot(
     module = _as_module(checkpoint)
     run = module.config.reasoning
     ev = config.eval
-    out_dir = Path(out_dir) if out_dir else root / ev.output_dir / config.name
-    out_dir.mkdir(parents=True, exist_ok=True)
+    overwrite = ev.overwrite if overwrite is None else overwrite
+    target = refuse_existing(Path(out_dir) if out_dir else root / ev.output_dir / config.name, overwrite)
     examples = load_cot_split(config, ev.split)
     examples = examples[: ev.limit] if ev.limit else examples
     if not examples:
@@ -156,7 +158,7 @@ def evaluate_cot(
         sampled_correct = [0] * len(batch)
         for sample in range(n_samples):
             generator = torch.Generator(device=module.device).manual_seed(
-                config.seed * 1_000_003 + batch_index * 1009 + sample
+                derive_seed(config.seed, TRAIN_STREAM, batch_index * 1009 + sample)
             )
             answers = module.generate_answers(
                 questions, stage, sampling.temperature, sampling.thought_noise, generator, sampling.max_new_tokens
@@ -192,7 +194,6 @@ def evaluate_cot(
         row["shuffled_thought_accuracy"] = sum(scored) / len(scored) if scored else None
     if module.cvae is not None:
         row["step_token_accuracy"] = step_token_accuracy(module, examples, ev.batch_size).token_accuracy
-    write_jsonl(out_dir / "predictions.jsonl", records)
     summary = {
         "config": config.source_file,
         "checkpoint": str(checkpoint) if not isinstance(checkpoint, LatentCoTModule) else None,
@@ -206,15 +207,17 @@ def evaluate_cot(
         "thought_noise": sampling.thought_noise,
         "rows": [row],
     }
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    write_table(
-        [row],
-        out_dir / "table",
-        f"{config.name}: {METHOD_LABELS[run.method]} on {ev.split}",
-        plot=PlotSpec(kind="scatter", metrics=("accuracy",), label_column="method", x="reasoning_tokens_mean"),
-        command=command,
-    )
-    return CoTEvalResult(out_dir=out_dir, rows=[row], summary=summary)
+    with staged_dir(target, overwrite) as staging:  # the folder appears whole, or not at all
+        write_jsonl(staging / "predictions.jsonl", records)
+        write_json(staging / "summary.json", summary)
+        write_table(
+            [row],
+            staging / "table",
+            f"{config.name}: {METHOD_LABELS[run.method]} on {ev.split}",
+            plot=PlotSpec(kind="scatter", metrics=("accuracy",), label_column="method", x="reasoning_tokens_mean"),
+            command=command,
+        )
+    return CoTEvalResult(out_dir=target, rows=[row], summary=summary)
 
 
 def _summary_row(label: str, records: list[dict], ks: Sequence[int], n_samples: int) -> dict:

@@ -19,11 +19,11 @@ from latentlab.backbones import DTYPES, load_causal_lm
 from latentlab.configs import BackboneConfig, ExperimentConfig
 from latentlab.errors import ConfigError, LatentLabError
 from latentlab.eval.metrics import answers_match
+from latentlab.optim import TRAIN_STREAM, VAL_STREAM, adamw_warmup_cosine, derive_seed
 from latentlab.reasoning.curriculum import DEFAULT_FORMAT, CoTTextFormat, LayoutVocab, build_prompt
 from latentlab.reasoning.cvae import LatentStepCVAE, LatentTrace, beta_schedule, elbo_loss, stop_loss, stop_targets
 from latentlab.reasoning.data import CoTBatch
 from latentlab.reasoning.thoughts import ThoughtFn, add_thought_tokens, generate_from_ids, thought_forward
-from latentlab.training import warmup_cosine
 
 
 def extract_answer(text: str, fmt: CoTTextFormat = DEFAULT_FORMAT) -> str:
@@ -248,7 +248,9 @@ class LatentCoTModule(L.LightningModule):
     # ----------------------------------------------------------------- Lightning hooks
 
     def training_step(self, batch: CoTBatch, batch_idx: int) -> Tensor:
-        generator = torch.Generator(device=self.device).manual_seed(self.config.seed * 1_000_003 + self.global_step)
+        generator = torch.Generator(device=self.device).manual_seed(
+            derive_seed(self.config.seed, TRAIN_STREAM, self.global_step)
+        )
         losses = self.compute_losses(batch, generator)
         for name, value in losses.items():
             self.log(f"train/{name}", value, prog_bar=name == "loss", batch_size=len(batch))
@@ -256,7 +258,9 @@ class LatentCoTModule(L.LightningModule):
         return losses["loss"]
 
     def validation_step(self, batch: CoTBatch, batch_idx: int) -> None:
-        generator = torch.Generator(device=self.device).manual_seed(self.config.seed * 7919 + batch_idx)
+        generator = torch.Generator(device=self.device).manual_seed(
+            derive_seed(self.config.seed, VAL_STREAM, batch_idx)
+        )
         losses = self.compute_losses(batch, generator)
         for name, value in losses.items():
             self.log(f"val/{name}", value, prog_bar=name == "loss", batch_size=len(batch))
@@ -280,10 +284,4 @@ class LatentCoTModule(L.LightningModule):
             self.last_reset_epoch = epoch
 
     def configure_optimizers(self) -> dict[str, Any]:
-        opt_cfg = self.config.optim
-        optimizer = torch.optim.AdamW(self.parameters(), lr=opt_cfg.lr, weight_decay=opt_cfg.weight_decay)
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, warmup_cosine(opt_cfg.warmup_steps, total, opt_cfg.min_lr / opt_cfg.lr)
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return adamw_warmup_cosine(self.parameters(), self.config.optim, self.trainer.estimated_stepping_batches)

@@ -8,12 +8,12 @@ from __future__ import annotations
 import logging
 
 from latentlab.configs import ExperimentConfig, resolve_path
-from latentlab.training import Task
+from latentlab.training import FitParts
 
 log = logging.getLogger(__name__)
 
 
-def build_task(config: ExperimentConfig) -> Task:
+def build_task(config: ExperimentConfig) -> FitParts:
     """Module (reasoner + thought tokens [+ CVAE]), datamodule laid out with its tokenizer, per-epoch reloads."""
     from latentlab.reasoning.data import CoTDataModule
     from latentlab.reasoning.module import LatentCoTModule
@@ -29,4 +29,4 @@ def build_task(config: ExperimentConfig) -> Task:
             r.start_stage,
         )
     datamodule = CoTDataModule(config, module.vocab, module.pad_id, module.fmt)
-    return Task(datamodule=datamodule, module=module, trainer_kwargs={"reload_dataloaders_every_n_epochs": 1})
+    return FitParts(datamodule=datamodule, module=module, trainer_kwargs={"reload_dataloaders_every_n_epochs": 1})

@@ -1,0 +1,193 @@
+"""A trained compressor on disk: export, load and fingerprint, in one place.
+
+An export is a folder with ``config.yaml`` (the resolved training config), ``weights.safetensors`` (the learned
+tensors only: LoRA adapters, memory slot, retrieval head, projector) and ``fingerprint.txt``. A run directory
+(``last.ckpt``) or a ``.ckpt`` file loads the same way.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import yaml
+
+from latentlab.backbones import fingerprint, spec_name
+from latentlab.configs import MemoryExperimentConfig, config_from_dict, to_dict
+from latentlab.configs.loader import decode_utf8, safe_load_strict
+from latentlab.errors import ConfigError, LatentLabError
+from latentlab.io import write_atomic, write_text
+from latentlab.memory.model import LatentMemoryModel
+from latentlab.weights import check_state_dict, load_lightning_checkpoint, load_safetensors, strip_prefixes
+
+WEIGHTS = "weights.safetensors"
+CKPT_PREFIXES = ("model.compressor.", "compressor.")
+"""Where a LatentMemoryModule's checkpoint keeps the compressor (the second: checkpoints written before model.py)."""
+
+
+def _is_decoder(name: str) -> bool:
+    return ".decode." in name
+
+
+def _is_reader(name: str) -> bool:
+    return ".read." in name
+
+
+def state_fingerprint(config: MemoryExperimentConfig, state: dict[str, torch.Tensor]) -> str:
+    """Identifies a trained compressor: base model spec, key size, precision and every tensor that builds or reads a
+    memory (the reconstruction decoder is left out: it plays no part in either)."""
+    cfg = config.compressor
+    parts = {"model": spec_name(cfg.backbone.model), "key_dim": cfg.key_dim, "precision": cfg.backbone.precision}
+    return fingerprint(parts, {k: v for k, v in state.items() if not _is_decoder(k)})
+
+
+def compressor_fingerprint(model) -> str:
+    """The fingerprint of a loaded model's (or training module's) compressor."""
+    return state_fingerprint(model.config, model.compressor.trainable_state_dict())
+
+
+def export_compressor(
+    model, out_dir: str | Path, include_decoder: bool = True, dtype: torch.dtype = torch.float32
+) -> str:
+    """Write config.yaml + learned weights + fingerprint.txt into ``out_dir``; returns the fingerprint.
+
+    ``include_decoder=False`` drops the reconstruction adapter (not needed to build or answer from a memory) and
+    ``dtype=torch.float16`` halves the file: together they make a shippable inference checkpoint. Each file is
+    written atomically; the fingerprint is of the weights as stored (after any rounding), which is what a loader sees.
+    """
+    out_dir = Path(out_dir)
+    state = {
+        k: v.detach().to("cpu", dtype).contiguous()
+        for k, v in model.compressor.trainable_state_dict().items()
+        if include_decoder or not _is_decoder(k)
+    }
+
+    def save(handle) -> None:
+        handle.write(_safetensors_bytes(state))
+
+    write_atomic(out_dir / WEIGHTS, save)
+    write_text(out_dir / "config.yaml", yaml.safe_dump(to_dict(model.config), sort_keys=False))
+    stored = state_fingerprint(model.config, state)
+    write_text(out_dir / "fingerprint.txt", stored + "\n")
+    return stored
+
+
+def _safetensors_bytes(state: dict[str, torch.Tensor]) -> bytes:
+    from safetensors.torch import save
+
+    return save(state)
+
+
+def config_beside(path: Path) -> MemoryExperimentConfig:
+    """The resolved config stored in an export or run directory (strictly validated)."""
+    config_path = path / "config.yaml"
+    if not config_path.exists():
+        raise LatentLabError(f"{path}: no config.yaml beside the compressor weights (expected a run or export dir)")
+    try:
+        data = safe_load_strict(decode_utf8(config_path.read_bytes(), config_path), str(config_path))
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{config_path}: not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{config_path}: expected a mapping, got {type(data).__name__}")
+    config = config_from_dict(data, source=str(config_path))
+    if not isinstance(config, MemoryExperimentConfig):
+        raise ConfigError(f"{config_path}: key 'task' is {config.task!r}; this is not a latent-memory compressor")
+    config.source_file = str(config_path)
+    return config
+
+
+def weights_source(source: Path) -> tuple[Path | None, Path | None]:
+    """(.ckpt file, export folder): which of the two ``source`` is (the other is None); neither is an error."""
+    if source.is_file() and source.suffix == ".ckpt":
+        return source, None
+    if (source / WEIGHTS).exists():
+        return None, source
+    if (source / "last.ckpt").exists():
+        return source / "last.ckpt", None
+    if not source.exists():
+        raise LatentLabError(f"{source}: no such compressor (expected an export folder, a run directory or a .ckpt)")
+    raise LatentLabError(f"{source}: not a trained compressor (expected {WEIGHTS}, last.ckpt or a .ckpt file)")
+
+
+def read_compressor_state(source: str | Path) -> dict[str, torch.Tensor]:
+    """The compressor tensors of an export folder, a run directory or a .ckpt (damaged files name themselves)."""
+    ckpt, folder = weights_source(Path(source))
+    if ckpt is not None:
+        return strip_prefixes(load_lightning_checkpoint(ckpt)["state_dict"], CKPT_PREFIXES)
+    return load_safetensors(folder / WEIGHTS)
+
+
+def load_compressor_weights(
+    model, source: str | Path, allow_missing_decoder: bool = True, allow_missing_reader: bool = False
+) -> None:
+    """Load trained compressor weights (export folder, run directory or .ckpt) into ``model.compressor``.
+
+    An export's fingerprint.txt is checked. Inference exports leave out the reconstruction decoder; that is
+    accepted only where ``allow_missing_decoder`` (the decoder then keeps its initial weights). A stage that adds
+    a reading adapter to an earlier stage's compressor (``allow_missing_reader``) starts it at peft's
+    initialisation, which leaves the generator as it was.
+    """
+    source = Path(source)
+    _, folder = weights_source(source)
+    state = read_compressor_state(source)
+    expected = model.compressor.trainable_state_dict()
+
+    def optional(name: str) -> bool:
+        return (allow_missing_decoder and _is_decoder(name)) or (allow_missing_reader and _is_reader(name))
+
+    hint = "an inference export has no decoder" if any(_is_decoder(k) for k in expected.keys() - state.keys()) else ""
+    check_state_dict(expected, state, source, "this compressor config", optional=optional, hint=hint)
+    own = model.compressor.state_dict()
+    model.compressor.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=False)
+    if folder is not None and (folder / "fingerprint.txt").exists():
+        stored = (folder / "fingerprint.txt").read_text().strip()
+        loaded = {k: v for k, v in model.compressor.trainable_state_dict().items() if k in state}
+        if state_fingerprint(model.config, loaded) != stored:
+            raise LatentLabError(f"{source}: weights do not match fingerprint.txt ({stored}); the export is damaged")
+
+
+def load_model(
+    source: str | Path, config: MemoryExperimentConfig | None = None, device: str = "cpu"
+) -> LatentMemoryModel:
+    """The inference model with trained weights from an export dir, a run dir (last.ckpt) or a .ckpt file.
+
+    ``config``: the config in hand (`index build`, `evaluate`); it is honoured, and a value that cannot differ from
+    what the compressor was trained with (``check_compatible``) is an error naming both. None: the stored config.
+    """
+    source = Path(source)
+    ckpt, folder = weights_source(source)
+    stored = config_beside(ckpt.parent if ckpt is not None else folder)
+    if config is not None:
+        check_compatible(config, stored, source)
+    model = LatentMemoryModel(config if config is not None else stored)
+    load_compressor_weights(model, source)
+    return model.to(device).eval()
+
+
+def _lora(spec):
+    return None if spec is None else (spec.r, spec.alpha, tuple(spec.target_modules))
+
+
+FIXED_BY_TRAINING = (
+    ("compressor.backbone.model", lambda c: spec_name(c.compressor.backbone.model)),
+    ("compressor.backbone.precision", lambda c: c.compressor.backbone.precision),
+    ("compressor.key_dim", lambda c: c.compressor.key_dim),
+    ("compressor.compress_lora", lambda c: _lora(c.compressor.compress_lora)),
+    ("compressor.query_lora", lambda c: _lora(c.compressor.query_lora)),
+    ("compressor.decode_lora", lambda c: _lora(c.compressor.decode_lora)),
+    ("compressor.read_lora", lambda c: _lora(c.compressor.read_lora)),
+    ("generator.backbone.model", lambda c: spec_name(c.generator.backbone.model)),
+    ("generator.backbone.precision", lambda c: c.generator.backbone.precision),
+)
+"""Settings whose value the trained weights depend on: the config in hand must agree with the stored one."""
+
+
+def check_compatible(config: MemoryExperimentConfig, stored: MemoryExperimentConfig, source: Path) -> None:
+    """Refuse a config that the compressor at ``source`` cannot run under, naming the key and both values."""
+    for key, read in FIXED_BY_TRAINING:
+        given, trained = read(config), read(stored)
+        if given != trained:
+            raise ConfigError(
+                f"{config.source_file or '<config>'}: key '{key}' is {given!r}, but the compressor at {source} was "
+                f"trained with {trained!r}; set {key} to {trained!r} or use a compressor trained with {given!r}"
+            )

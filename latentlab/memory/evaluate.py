@@ -1,0 +1,283 @@
+"""Evaluate latent memory against raw-text baselines with the same frozen generator: one table row per method.
+
+Writes per-question predictions (question, gold, answer, hit ids and scores: no evidence text), a summary (JSON) and
+a table (Markdown, CSV, PNG) into a results folder that is written as a whole (``latentlab.io.staged_dir``).
+Retrieval runs over each question's own pool (the paper's protocol) or one global memory of the corpus.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import get_args
+
+import torch
+from tqdm.auto import tqdm
+
+from latentlab.configs import MemoryExperimentConfig, config_root
+from latentlab.configs.memory import MemoryMethod
+from latentlab.data.modules import corpus_of, load_qa_split
+from latentlab.data.schema import Evidence, QAExample, merge_evidence
+from latentlab.errors import ConfigError
+from latentlab.eval.metrics import QAMetrics
+from latentlab.eval.report import format_markdown_table, write_table
+from latentlab.io import refuse_existing, staged_dir, write_json, write_jsonl
+from latentlab.memory.checkpoint import load_model
+from latentlab.memory.model import LatentMemoryModel
+from latentlab.memory.pipeline import Answer, Hit, LatentMemory, answer_to_record, answer_with_text, build_memory
+from latentlab.registry import Registry
+
+F1_NAMES = {"squad": "SQuAD token F1 (SQuAD 2.0 empty-answer rule)", "hotpotqa": "official HotpotQA answer F1"}
+
+
+@dataclass
+class EvalResult:
+    out_dir: Path
+    rows: list[dict]
+    columns: tuple[str, ...] = ()
+
+    def table(self) -> str:
+        return format_markdown_table(self.rows, list(self.columns) or None)
+
+
+@dataclass
+class EvalContext:
+    """What every method of one evaluation shares: the model, the questions, the corpus, the settings."""
+
+    config: MemoryExperimentConfig
+    model: LatentMemoryModel
+    examples: list[QAExample]
+    corpus: list[Evidence]
+    by_id: dict[str, Evidence]
+    out_dir: Path
+    retrieval: str
+    latent_cache: tuple | None = None
+    """(memory, hits, latents) of the latent rows, which differ only in slot labels and whose latents they read."""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def questions(self) -> list[str]:
+        return [ex.question for ex in self.examples]
+
+
+Method = Callable[[EvalContext], list[Answer]]
+METHODS: Registry[Method] = Registry("evaluation method")
+
+
+def _register(name: str) -> Callable[[Method], Method]:
+    if name not in get_args(MemoryMethod):
+        raise ValueError(f"method {name!r} is not listed in configs.memory.MemoryMethod")
+    return METHODS.register(name)
+
+
+def _latent_retrieval(ctx: EvalContext) -> tuple:
+    if ctx.latent_cache is None:
+        ev = ctx.config.eval
+        if ctx.retrieval == "global":
+            index = build_memory(ctx.model, ctx.corpus, ctx.out_dir / "memory")
+            memory = LatentMemory(ctx.model, index, batch_size=ev.batch_size)
+            hits = memory.search(ctx.questions, ev.k)
+            latents = [torch.from_numpy(index.latents_for([h.id for h in row])) for row in hits]
+        else:
+            memory = LatentMemory(ctx.model, None, batch_size=ev.batch_size)
+            hits, latents = _pool_latent_hits(memory, ctx.examples, ev.k)
+        ctx.latent_cache = (memory, hits, latents)
+    return ctx.latent_cache
+
+
+@_register("latent")
+def _latent(ctx: EvalContext) -> list[Answer]:
+    """Latents in `generator.slot_format`."""
+    memory, hits, latents = _latent_retrieval(ctx)
+    return memory.answer_from_latents(ctx.questions, latents, hits, ctx.config.generator.slot_format)
+
+
+@_register("latent_compact")
+def _latent_compact(ctx: EvalContext) -> list[Answer]:
+    """The same latents, one header then back to back."""
+    memory, hits, latents = _latent_retrieval(ctx)
+    return memory.answer_from_latents(ctx.questions, latents, hits, "compact")
+
+
+@_register("latent_shuffled")
+def _latent_shuffled(ctx: EvalContext) -> list[Answer]:
+    """The control: compact slots, each question reading the next question's latents."""
+    memory, hits, latents = _latent_retrieval(ctx)
+    hits, latents = hits[1:] + hits[:1], latents[1:] + latents[:1]
+    return memory.answer_from_latents(ctx.questions, latents, hits, "compact")
+
+
+def _text_rows(ctx: EvalContext, hits: list[list[Hit]]) -> list[Answer]:
+    return answer_with_text(ctx.model, ctx.questions, hits, batch_size=ctx.config.eval.batch_size)
+
+
+@_register("no_retrieval")
+def _no_retrieval(ctx: EvalContext) -> list[Answer]:
+    return _text_rows(ctx, [[] for _ in ctx.examples])
+
+
+@_register("full_context")
+def _full_context(ctx: EvalContext) -> list[Answer]:
+    return _text_rows(ctx, [[Hit(e.id, 0.0, e.title, e.text) for e in ex.evidence] for ex in ctx.examples])
+
+
+def _retriever_rows(ctx: EvalContext, name: str) -> list[Answer]:
+    from latentlab.memory.retrievers import make_retriever
+
+    retriever, k = make_retriever(name), ctx.config.eval.k
+    if ctx.retrieval == "global":
+        retriever.fit(ctx.corpus)
+        retrieved = retriever.search(ctx.questions, k)
+    else:
+        retrieved = retriever.search_pools(ctx.questions, [ex.evidence for ex in ctx.examples], k)
+    hits = [[Hit(h.id, float(h.score), ctx.by_id[h.id].title, ctx.by_id[h.id].text) for h in row] for row in retrieved]
+    return _text_rows(ctx, hits)
+
+
+@_register("bm25")
+def _bm25(ctx: EvalContext) -> list[Answer]:
+    return _retriever_rows(ctx, "bm25")
+
+
+@_register("dense")
+def _dense(ctx: EvalContext) -> list[Answer]:
+    return _retriever_rows(ctx, "dense")
+
+
+def _pool_latent_hits(memory: LatentMemory, examples: list[QAExample], k: int):
+    """Rank each question's own evidence by its latent key; returns hits and the top-k latents per question."""
+    model = memory.model
+    items = list(merge_evidence(examples).values())
+    position = {e.id: i for i, e in enumerate(items)}
+    latents, keys = [], []
+    with torch.no_grad():
+        for start in tqdm(range(0, len(items), 32), desc="compress pools", leave=False, disable=None):
+            z = model.compressor.encode_items(items[start : start + 32])
+            latents.append(z)
+            keys.append(model.compressor.keys(z))
+    latents_all, keys_all = torch.cat(latents), torch.cat(keys)
+    query_keys = memory.query_keys([ex.question for ex in examples])
+    width = max(len(ex.evidence) for ex in examples)
+    pool = torch.full((len(examples), width), -1, dtype=torch.long)
+    for b, ex in enumerate(examples):
+        pool[b, : len(ex.evidence)] = torch.tensor([position[e.id] for e in ex.evidence])
+    scores = torch.einsum("bd,bpd->bp", query_keys, keys_all[pool.clamp_min(0)])  # [B, P]
+    scores = scores.masked_fill(pool < 0, float("-inf"))
+    # Ties in pool order (score, then position): a stable sort on the negated scores.
+    order = torch.sort(-scores, dim=1, stable=True).indices[:, : min(k, width)]
+    top_scores = scores.gather(1, order)
+    hits, chosen = [], []
+    for b in range(len(examples)):
+        keep = torch.isfinite(top_scores[b])
+        rows = pool[b, order[b][keep]]
+        hits.append(
+            [
+                Hit(items[i].id, float(s), items[i].title, items[i].text)
+                for i, s in zip(rows.tolist(), top_scores[b][keep].tolist())
+            ]
+        )
+        chosen.append(latents_all[rows])
+    return hits, chosen
+
+
+def evaluate(
+    config: MemoryExperimentConfig,
+    checkpoint: str | Path | None = None,
+    out_dir: str | Path | None = None,
+    methods: list[str] | None = None,
+    retrieval: str | None = None,
+    command: str | None = None,
+    overwrite: bool | None = None,
+) -> EvalResult:
+    """Run each method on the configured split; returns the rows of the table (also written to disk).
+
+    An existing results folder is refused unless ``overwrite`` (default: ``eval.overwrite``); the folder is
+    written whole, so a failed run leaves the earlier results as they were.
+    """
+    from latentlab.tasks import TASKS
+
+    ev = config.eval
+    methods = list(methods or ev.methods)
+    for i, method in enumerate(methods):
+        METHODS.get(method, where=f"{config.source_file}: key 'eval.methods[{i}]'")
+    retrieval = retrieval or ev.retrieval
+    overwrite = ev.overwrite if overwrite is None else overwrite
+    root = config_root(config)
+    target = refuse_existing(Path(out_dir) if out_dir else root / ev.output_dir / config.name, overwrite)
+    examples = load_qa_split(config, ev.split, training_limits=False)
+    examples = examples[: ev.limit] if ev.limit else examples
+    if not examples:
+        raise ConfigError(f"{config.source_file}: key 'eval.split': split {ev.split!r} has no questions")
+    checkpoint = checkpoint or ev.checkpoint
+    if checkpoint is None and any(m.startswith("latent") for m in methods):
+        raise ConfigError(f"{config.source_file}: key 'eval.checkpoint': the latent methods need a trained compressor")
+    if checkpoint is not None:
+        model = load_model(checkpoint if Path(checkpoint).is_absolute() else root / checkpoint, config)
+    else:  # raw-text rows only: the bare generator, no trained weights needed
+        model = LatentMemoryModel(config).eval()
+    corpus = corpus_of(config, examples) if retrieval == "global" else []
+    by_id = merge_evidence(examples) | {e.id: e for e in corpus}
+    task = TASKS.get("latent_memory")
+    columns = tuple(c for c in task.columns if c != "f1") if ev.f1 == "hotpotqa" else task.columns
+    if ev.f1 == "hotpotqa":
+        columns = columns[:2] + ("hotpotqa_f1",) + columns[2:]
+    rows = []
+    with staged_dir(target, overwrite) as staging:
+        ctx = EvalContext(config, model, examples, corpus, by_id, staging, retrieval)
+        for method in methods:
+            started = time.time()
+            answers = METHODS.get(method)(ctx)
+            rows.append(_score(method, examples, answers, ev.k, time.time() - started, ev.f1))
+            records = [
+                {"id": ex.id, "gold": ex.answers, "supporting": ex.supporting, **answer_to_record(a, with_text=False)}
+                for ex, a in zip(examples, answers)
+            ]
+            write_jsonl(staging / f"predictions.{method}.jsonl", records)
+        summary = {
+            "config": config.source_file,
+            "checkpoint": str(checkpoint) if checkpoint is not None else None,
+            "split": ev.split,
+            "k": ev.k,
+            "retrieval": retrieval,
+            "f1_rule": ev.f1,
+            "rows": rows,
+        }
+        write_json(staging / "summary.json", summary)
+        # Recall and precision exist only where something was ranked (not for no_retrieval or full_context alone).
+        columns = tuple(c for c in columns if any(c in row for row in rows))
+        write_table(
+            rows,
+            staging / "table",
+            title=(
+                f"{config.name}: {ev.split} split, k={ev.k}, {retrieval} retrieval, {len(examples)} questions; "
+                f"F1 = {F1_NAMES[ev.f1]}"
+            ),
+            columns=list(columns),
+            plot=task.plot("hotpotqa_f1" if ev.f1 == "hotpotqa" else "f1"),
+            command=command,
+        )
+    return EvalResult(out_dir=target, rows=rows, columns=columns)
+
+
+def _score(method: str, examples: list[QAExample], answers: list[Answer], k: int, seconds: float, f1: str) -> dict:
+    metrics = QAMetrics(ks=[k], hotpotqa_f1=f1 == "hotpotqa")
+    retrieved = [[h.id for h in a.hits] for a in answers]
+    has_retrieval = method not in ("no_retrieval", "full_context")  # nothing ranked: Recall@k would be meaningless
+    metrics.update(
+        [a.answer for a in answers],
+        [ex.answers for ex in examples],
+        retrieved_ids=retrieved if has_retrieval else None,
+        supporting_ids=[ex.supporting for ex in examples] if has_retrieval else None,
+        prompt_tokens=[a.prompt_tokens for a in answers],
+        prompt_tokens_no_system=[a.no_system_tokens for a in answers],
+        context_tokens=[a.context_tokens for a in answers],
+    )
+    values = metrics.compute()
+    row = {"method": method}
+    for key, value in values.items():
+        row[key.replace(f"@{k}", "@k")] = float(value)
+    row["truncated_items"] = sum(a.truncated_items for a in answers)
+    row["seconds"] = round(seconds, 1)
+    return row

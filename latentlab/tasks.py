@@ -1,0 +1,167 @@
+"""The task registry: each task (`latent_memory`, `latent_cot`, next `latent_rl`) is one object that builds its
+training parts, evaluates a run into table rows, and knows its table's columns and plot.
+
+`fit`, `evaluate`, ``experiments/sweep.py`` and ``experiments/reproduce.py`` go through ``TASKS``; nothing else
+branches on ``config.task``. Importing this module is cheap: each task imports its model code when it runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from latentlab.configs import ExperimentConfig
+from latentlab.registry import Registry
+
+
+class Evaluation(Protocol):
+    """What a task's evaluation returns: the rows it wrote, where, and the rows as a Markdown table."""
+
+    out_dir: Path
+    rows: list[dict]
+
+    def table(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class Task:
+    """One task: how to train it, how to score it, and how its tables look."""
+
+    name: str
+    """The `task:` value of its YAMLs."""
+    columns: tuple[str, ...]
+    """Table columns, in order (a row may lack some)."""
+    primary_metric: str
+    """The metric a sweep plots and a reader looks at first."""
+    plot_kind: str
+    """`bar` (one bar a row) or `scatter` (``primary_metric`` against ``plot_x``)."""
+    plot_x: str | None = None
+    """x axis of a scatter plot."""
+    init_from_key: str = ""
+    """The config key that starts a run from another run's weights (reproduce.py chains table rows through it)."""
+
+    def build(self, config: ExperimentConfig) -> Any:
+        """The ``FitParts`` (module, datamodule, callbacks, Trainer settings) that `fit` trains."""
+        raise NotImplementedError
+
+    def evaluate(
+        self,
+        config: ExperimentConfig,
+        checkpoint: str | Path | None = None,
+        out_dir: str | Path | None = None,
+        command: str | None = None,
+        overwrite: bool = False,
+    ) -> Evaluation:
+        """Evaluate ``checkpoint`` (default: ``eval.checkpoint``) on the configured split; writes its results folder."""
+        raise NotImplementedError
+
+    def evaluate_run(self, config: ExperimentConfig, run_dir: Path, command: str) -> list[dict]:
+        """Score a run `fit` just wrote (results into ``run_dir / "eval"``); returns the table rows."""
+        raise NotImplementedError
+
+    def plot(self, metric: str | None = None):
+        """The ``PlotSpec`` of this task's tables."""
+        from latentlab.eval.report import PlotSpec
+
+        metrics = (metric or self.primary_metric,)
+        if self.plot_kind == "scatter":
+            return PlotSpec(kind="scatter", metrics=metrics, label_column="method", x=self.plot_x)
+        return PlotSpec(kind="bar", metrics=metrics, label_column="method")
+
+
+class LatentMemoryTask(Task):
+    """The compressor, memory and generator of latent memory; scored against raw-text RAG."""
+
+    def build(self, config):
+        from latentlab.memory.module import build_task
+
+        return build_task(config)
+
+    def evaluate(self, config, checkpoint=None, out_dir=None, command=None, overwrite=False):
+        from latentlab.memory.evaluate import evaluate
+
+        return evaluate(config, checkpoint=checkpoint, out_dir=out_dir, command=command, overwrite=overwrite)
+
+    def evaluate_run(self, config, run_dir, command):
+        from latentlab.memory.checkpoint import export_compressor, load_model
+
+        export_compressor(load_model(run_dir), run_dir / "export", include_decoder=False)
+        return self.evaluate(config, run_dir / "export", run_dir / "eval", command, overwrite=True).rows
+
+
+class LatentCoTTask(Task):
+    """A latent chain-of-thought reasoner (no-CoT, CoT, Coconut, ATP-Latent); scored by accuracy and tokens."""
+
+    def build(self, config):
+        from latentlab.reasoning.task import build_task
+
+        return build_task(config)
+
+    def evaluate(self, config, checkpoint=None, out_dir=None, command=None, overwrite=False):
+        from latentlab.errors import ConfigError
+        from latentlab.reasoning.evaluate import evaluate_cot
+
+        checkpoint = checkpoint or config.eval.checkpoint
+        if checkpoint is None:
+            raise ConfigError(
+                f"{config.source_file}: key 'eval.checkpoint': evaluate needs a trained run "
+                "(--checkpoint RUN_DIR or eval.checkpoint in the YAML)"
+            )
+        return evaluate_cot(config, checkpoint=checkpoint, out_dir=out_dir, command=command, overwrite=overwrite)
+
+    def evaluate_run(self, config, run_dir, command):
+        return self.evaluate(config, run_dir, run_dir / "eval", command, overwrite=True).rows
+
+
+TASKS: Registry[Task] = Registry("task")
+TASKS.register(
+    "latent_memory",
+    LatentMemoryTask(
+        name="latent_memory",
+        columns=(
+            "method",
+            "exact_match",
+            "f1",
+            "rouge_l",
+            "recall@k",
+            "precision@k",
+            "context_tokens",
+            "prompt_tokens_no_system",
+            "prompt_tokens",
+            "truncated_items",
+            "seconds",
+        ),
+        primary_metric="f1",
+        plot_kind="scatter",
+        plot_x="context_tokens",
+        init_from_key="compressor.init_from",
+    ),
+)
+TASKS.register(
+    "latent_cot",
+    LatentCoTTask(
+        name="latent_cot",
+        columns=(
+            "method",
+            "accuracy",
+            "pass@1",
+            "reasoning_tokens_mean",
+            "latent_tokens_mean",
+            "language_tokens_mean",
+            "generated_tokens_mean",
+            "shuffled_thought_accuracy",
+            "step_token_accuracy",
+            "fit_s",
+            "eval_s",
+        ),
+        primary_metric="accuracy",
+        plot_kind="bar",
+        init_from_key="reasoning.init_from",
+    ),
+)
+
+
+def task_of(config: ExperimentConfig) -> Task:
+    """The registered task of ``config`` (an unknown name raises and lists the known ones)."""
+    return TASKS.get(config.task, where=f"{config.source_file or '<config>'}: key 'task'")
