@@ -244,3 +244,13 @@ def test_an_image_item_reaching_the_compressor_is_a_data_error_not_its_file_name
     model = load_model(tmp / "export")
     with pytest.raises(DataError, match=r"evidence 'img1'"):
         model.encode_items([Evidence(id="img1", image="chart.png")])
+
+
+def test_committed_predictions_keep_no_evidence_text():
+    files = sorted((REPO / "results").rglob("predictions.*.jsonl"))
+    assert files, "expected committed memory predictions under results/"
+    for path in files:
+        for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            hits = json.loads(line).get("hits", [])
+            extra = [sorted(set(h) - {"id", "score"}) for h in hits if set(h) - {"id", "score"}]
+            assert not extra, f"{path}:{line_no}: hits carry {extra[0]} (evidence text must not be committed)"
