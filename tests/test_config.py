@@ -1,10 +1,13 @@
 """Strict experiment YAMLs: every shipped config loads; typos, wrong types and missing files name the key."""
 
+import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 from latentlab.configs import load_config, parse_overrides, resolve_path
+from latentlab.configs.loader import _read_yaml
 from latentlab.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -21,24 +24,103 @@ def test_there_are_configs():
     assert any("tiny" in p.parts for p in CONFIGS) and len(CONFIGS) >= 2
 
 
-def _flatten(data, prefix=""):
-    out = {}
-    for key, value in data.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, dict) and key != "model":
-            out.update(_flatten(value, dotted + "."))
+TINY = sorted((REPO / "paper_configs/tiny").glob("*.yaml"))
+_ABSENT = object()
+_REASON = re.compile(r"\s+#\s*\S.*\w")  # whitespace, '#', then some words
+
+
+def _tiny_leaves(mapping: yaml.MappingNode, prefix: str = ""):
+    """(dotted key, key node, value node) of every leaf a YAML mapping node sets: block mappings are walked into;
+    a flow mapping ({r: 16, alpha: 32}), a `model` value and any scalar or list is one leaf."""
+    for key_node, value_node in mapping.value:
+        dotted = f"{prefix}{key_node.value}"
+        if isinstance(value_node, yaml.MappingNode) and not value_node.flow_style and key_node.value != "model":
+            yield from _tiny_leaves(value_node, dotted + ".")
         else:
-            out[dotted] = value
-    return out
+            yield dotted, key_node, value_node
 
 
-def test_tiny_twin_differs_from_paper_only_in_values():
-    import dataclasses
+def _lookup(data, dotted: str):
+    for part in dotted.split("."):
+        if not isinstance(data, dict) or part not in data:
+            return _ABSENT
+        data = data[part]
+    return data
 
-    tiny = load_config(REPO / "paper_configs/tiny/latent_memory_text.yaml")
+
+def _same_scalar(a, b) -> bool:
+    if isinstance(a, bool) or isinstance(b, bool) or a is None or b is None:
+        return a is b
+    if isinstance(a, (int, float, str)) and isinstance(b, (int, float, str)) and a != b:
+        try:  # `1e-4` (no dot) reads as a string; the loader makes it the number 1.0e-4
+            return float(a) == float(b)
+        except ValueError:
+            return False
+    return a == b
+
+
+def _changes(value, base, key: str) -> bool:
+    """Whether setting ``value`` over ``base`` changes it: a mapping (not `model`, which replaces) merges into its
+    base, so it changes it when at least one key it sets does."""
+    if base is _ABSENT:
+        return True
+    if isinstance(value, dict) and isinstance(base, dict) and key != "model":
+        return any(_changes(v, base.get(k, _ABSENT), k) for k, v in value.items())
+    if isinstance(value, list) and isinstance(base, list):
+        return len(value) != len(base) or any(_changes(v, b, "") for v, b in zip(value, base))
+    return not _same_scalar(value, base)
+
+
+def _comment_after(lines: list[str], key_node, value_node) -> str:
+    """The text after a leaf on its key's line: after the value when it ends there, else after the key's colon."""
+    line = key_node.start_mark.line
+    if value_node.end_mark.line == line:
+        return lines[line][value_node.end_mark.column :]
+    return lines[line][key_node.end_mark.column :].lstrip().removeprefix(":")
+
+
+@pytest.mark.parametrize("path", TINY, ids=[p.name for p in TINY])
+def test_tiny_twin_sets_only_changed_values_each_with_a_reason(path):
+    """A tiny twin lists only what differs from its base chain, each value on a line with its `# reason`."""
+    text = path.read_text(encoding="utf-8")
+    lines = text.splitlines()
+    root = yaml.compose(text)
+    assert isinstance(root, yaml.MappingNode), f"{path.name}: expected a mapping at the top level"
+    base = {k.value: v for k, v in root.value}.get("base")
+    assert isinstance(base, yaml.ScalarNode) and base.value, f"{path.name}: a tiny twin needs a `base:` config"
+    base_data = _read_yaml((path.parent / base.value).resolve())
+    problems = []
+    for dotted, key_node, value_node in _tiny_leaves(root):
+        if dotted in ("base", "name"):
+            continue
+        where = f"{path.name}:{key_node.start_mark.line + 1} '{dotted}'"
+        value = yaml.safe_load(yaml.serialize(value_node))
+        base_value = _lookup(base_data, dotted)
+        if not _changes(value, base_value, dotted.rsplit(".", 1)[-1]):
+            problems.append(f"{where}: {value!r} repeats the base value; delete the key")
+        if not _REASON.match(_comment_after(lines, key_node, value_node)):
+            problems.append(f"{where}: no `# reason` comment on its line")
+    assert not problems, "\n".join(problems)
+
+
+def test_tiny_twin_check_catches_a_repeat_and_a_missing_reason():
+    """The helpers above flag what the test is for (so a vacuous pass would show here)."""
+    text = "a:\n  b: {r: 16, alpha: 32}   # smaller\n  c: 3\n  model: {tiny: {layers: 2}}  # tiny\n"
+    root = yaml.compose(text)
+    leaves = {dotted: (k, v) for dotted, k, v in _tiny_leaves(root)}
+    assert list(leaves) == ["a.b", "a.c", "a.model"]
+    lines = text.splitlines()
+    assert _REASON.match(_comment_after(lines, *leaves["a.b"]))
+    assert not _REASON.match(_comment_after(lines, *leaves["a.c"]))
+    assert _changes({"r": 16, "alpha": 32}, {"r": 16, "alpha": 16, "dropout": 0.1}, "lora")
+    assert not _changes({"r": 16, "alpha": 32}, {"r": 16, "alpha": 32, "dropout": 0.1}, "lora")
+    assert _changes({"tiny": {"layers": 2}}, {"tiny": {"layers": 2, "hidden": 8}}, "model")  # model replaces
+    assert not _changes(1.0e-4, "1e-4", "lr") and _changes(None, "x.txt", "train") and _changes(3, _ABSENT, "c")
+    assert _changes(True, 1, "flag") and _changes(0, None, "n") and not _changes([1, "a"], [1.0, "a"], "xs")
+
+
+def test_paper_latent_memory_config_values():
     paper = load_config(REPO / "paper_configs/latent_memory/text_llama1b_llama8b.yaml")
-    flat_tiny, flat_paper = _flatten(dataclasses.asdict(tiny)), _flatten(dataclasses.asdict(paper))
-    assert flat_tiny.keys() == flat_paper.keys()
     assert paper.compressor.compress_lora.r == 64 and paper.compressor.compress_lora.alpha == 128
     assert paper.data.batch_size * paper.trainer.accumulate_grad_batches == 32
     assert (paper.loss.recon_weight, paper.loss.contrast_weight, paper.loss.distill_weight) == (0.5, 0.2, 1.0)

@@ -10,6 +10,8 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from latentlab.errors import ConfigError
 from latentlab.reasoning.cvae import (
+    LOGVAR_MAX,
+    LOGVAR_MIN,
     CVAEConfig,
     LatentStepCVAE,
     StepDecoder,
@@ -80,18 +82,32 @@ def test_reparameterize_has_the_right_moments_and_gradients():
     z = reparameterize(mu.expand(20000, 2), logvar.expand(20000, 2), torch.Generator().manual_seed(0))
     torch.testing.assert_close(z.mean(0), torch.tensor([1.0, -2.0]), atol=0.05, rtol=0)
     torch.testing.assert_close(z.std(0), torch.tensor([1.0, 2.0]), atol=0.05, rtol=0)
+    eps = torch.randn(20000, 2, generator=torch.Generator().manual_seed(0))  # the same draw
+    sigma = torch.tensor([1.0, 2.0])
+    torch.testing.assert_close(z, torch.tensor([1.0, -2.0]) + sigma * eps, atol=1e-6, rtol=0)
     z.sum().backward()
-    assert mu.grad.abs().sum() > 0 and logvar.grad.abs().sum() > 0
+    # d(sum z)/d mu_j = number of rows; d(sum z)/d logvar_j = sum_i 0.5 * sigma_j * eps_ij
+    torch.testing.assert_close(mu.grad, torch.tensor([20000.0, 20000.0]), atol=1e-6, rtol=0)
+    torch.testing.assert_close(logvar.grad, 0.5 * sigma * eps.sum(0), atol=1e-3, rtol=0)
 
 
 def test_priors_and_posterior_shapes():
     context, text = torch.randn(3, 16), torch.randn(3, 8)
     mu, logvar = StepPrior(16, 4, "standard_normal")(context)
     assert torch.equal(mu, torch.zeros(3, 4)) and torch.equal(logvar, torch.zeros(3, 4))
-    mu, logvar = StepPrior(16, 4, "learned")(context)
-    assert mu.shape == logvar.shape == (3, 4) and mu.abs().sum() > 0
-    mu, logvar = StepPosterior(16, 4, text_dim=8)(context, text)
-    assert mu.shape == (3, 4)
+    # The head's last layer set by hand: its first Z outputs are mu, the last Z the log-variance, clamped.
+    bias = torch.tensor([1.0, 2.0, 3.0, 4.0, -20.0, 0.0, 20.0, 5.0])
+    expected_logvar = torch.tensor([LOGVAR_MIN, 0.0, LOGVAR_MAX, 5.0]).expand(3, 4)
+    prior = StepPrior(16, 4, "learned")
+    posterior = StepPosterior(16, 4, text_dim=8)
+    for head in (prior.head, posterior.head):
+        with torch.no_grad():
+            head.net[-1].weight.zero_()
+            head.net[-1].bias.copy_(bias)
+    for mu, logvar in (prior(context), posterior(context, text)):
+        torch.testing.assert_close(mu, torch.tensor([1.0, 2.0, 3.0, 4.0]).expand(3, 4), atol=0, rtol=0)
+        torch.testing.assert_close(logvar, expected_logvar, atol=0, rtol=0)
+    assert posterior.head.net[0].in_features == 16 + 8  # the posterior reads the context and the step text
     with pytest.raises(ValueError):
         StepPosterior(16, 4, text_dim=8)(context)
     with pytest.raises(ConfigError, match="cvae.prior"):
@@ -199,8 +215,15 @@ def test_cvae_trains_through_the_thought_hook(prior):
     thought_fn, trace = cvae.training_hook(text, torch.Generator().manual_seed(0))
     out = thought_forward(model, batch, thought_fn=thought_fn)
     recon, kl = cvae.step_losses(trace, step_ids, lengths, EOS)
-    assert recon.shape == kl.shape == (2, 2) and (recon > 0).all() and (kl >= 0).all()
+    assert recon.shape == kl.shape == (2, 2)
     stack = trace.stack
+    z = stack(trace.z)  # [B, n = K * c, Z]: step k of a row is decoded from its slots k*c .. k*c + c - 1
+    for b in range(2):
+        for k in range(2):
+            alone = cvae.decoder.nll(
+                z[b : b + 1, 2 * k : 2 * k + 2], step_ids[b, k : k + 1], lengths[b, k : k + 1], EOS
+            )
+            torch.testing.assert_close(recon[b, k], alone[0], atol=1e-5, rtol=0)
     slot_kl = gaussian_kl(stack(trace.mu_q), stack(trace.logvar_q), stack(trace.mu_p), stack(trace.logvar_p))
     torch.testing.assert_close(kl, slot_kl.view(2, 2, 2).sum(-1), atol=1e-6, rtol=0)
     if prior == "standard_normal":

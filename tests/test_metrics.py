@@ -13,6 +13,7 @@ from latentlab.errors import ConfigError, DataError
 from latentlab.eval.metrics import (
     AnswerAccuracy,
     ExactMatch,
+    HotpotQAF1,
     PassAtK,
     PrecisionAtK,
     QAMetrics,
@@ -21,6 +22,7 @@ from latentlab.eval.metrics import (
     TokenF1,
     answers_match,
     exact_match,
+    hotpotqa_f1,
     lcs_length,
     normalize_answer,
     normalize_numeric_answer,
@@ -76,6 +78,65 @@ def test_token_f1_empty_sides():
     assert token_f1("x", [""]) == 0.0
     with pytest.raises(DataError, match="no gold answers"):
         token_f1("x", [])
+
+
+# --- the official HotpotQA answer F1 ----------------------------------------------------------------------------
+
+
+def test_hotpotqa_f1_yes_no_are_all_or_nothing():
+    assert hotpotqa_f1("yes", "no") == 0.0
+    assert hotpotqa_f1("yes", "yes") == 1.0
+    assert hotpotqa_f1("No.", "no") == 1.0  # compared after normalisation
+    # pred "no" is special and differs from "no way": 0, though SQuAD F1 gives P = 1, R = 1/2, F1 = 2/3.
+    assert hotpotqa_f1("no", "no way") == 0.0
+    assert close(token_f1("no", "no way"), 2 / 3)
+    # The rule looks at the gold too: gold "yes", pred "yes indeed" (SQuAD: P = 1/2, R = 1, F1 = 2/3).
+    assert hotpotqa_f1("yes indeed", "yes") == 0.0
+    assert close(token_f1("yes indeed", "yes"), 2 / 3)
+    assert hotpotqa_f1("noanswer", "no answer") == 0.0
+    assert close(token_f1("noanswer", "no answer"), 0.0)
+
+
+def test_hotpotqa_f1_is_squad_f1_elsewhere():
+    # pred -> [cat, sat], gold -> [cat, sat, down]: overlap 2, P = 1, R = 2/3, F1 = 2 * (2/3) / (5/3) = 0.8.
+    assert close(hotpotqa_f1("the cat sat", "cat sat down"), 0.8)
+    assert close(token_f1("the cat sat", "cat sat down"), 0.8)
+    # pred -> [big, red, dog], gold -> [red, dog]: F1 = 4/5; "yes" inside a longer answer is not special.
+    assert close(hotpotqa_f1("the big red dog", ["a red dog"]), 0.8)
+    assert close(hotpotqa_f1("yes we can", "we can"), 0.8)
+    # Best gold counts: "no" against ["no way", "no"] is 1 (exact), against ["nope", "no way"] is 0.
+    assert hotpotqa_f1("no", ["no way", "no"]) == 1.0
+    assert hotpotqa_f1("no", ["nope", "no way"]) == 0.0
+    assert close(hotpotqa_f1("red dog", ["blue cat", "big red dog"]), 0.8)
+
+
+def test_hotpotqa_f1_has_no_empty_answer_rule():
+    # The official script returns 0 whenever no token is shared, so both-empty scores 0 (SQuAD 2.0 rule: 1).
+    assert hotpotqa_f1("", "") == 0.0 and token_f1("", "") == 1.0
+    assert hotpotqa_f1("the", "a") == 0.0
+    assert hotpotqa_f1("", "x") == 0.0
+    with pytest.raises(DataError, match="no gold answers"):
+        hotpotqa_f1("x", [])
+
+
+def test_hotpotqa_f1_metric_and_bundle_option():
+    predictions = ["yes", "no", "the cat sat", "Paris"]
+    golds = [["no"], ["no way"], ["cat sat down"], ["Paris, France", "paris"]]
+    metric = HotpotQAF1()
+    metric.update(predictions[:1], golds[:1])
+    metric.update(predictions[1:], golds[1:])
+    assert close(metric.compute(), (0 + 0 + 0.8 + 1) / 4)
+    bundle = QAMetrics(ks=3, hotpotqa_f1=True)
+    bundle.update(predictions, golds)
+    result = bundle.compute()
+    assert list(result) == ["exact_match", "f1", "hotpotqa_f1", "rouge_l"]
+    assert close(result["hotpotqa_f1"], (0 + 0 + 0.8 + 1) / 4)
+    assert close(result["f1"], (0 + 2 / 3 + 0.8 + 1) / 4)  # "f1" stays the SQuAD token F1
+    bundle.reset()
+    assert bundle.compute() == {}
+    plain = QAMetrics(ks=3)  # off by default: the existing tables keep their columns
+    plain.update(predictions, golds)
+    assert list(plain.compute()) == ["exact_match", "f1", "rouge_l"]
 
 
 # --- ROUGE-L --------------------------------------------------------------------------------------------------

@@ -13,7 +13,9 @@ import yaml
 
 from latentlab.configs import load_config, merge_pairs, parse_pairs
 from latentlab.errors import ConfigError, DataError
-from latentlab.reasoning.data import CoTDataModule, latent_step_texts
+from latentlab.eval.metrics import answers_match
+from latentlab.optim import VAL_STREAM, derive_seed
+from latentlab.reasoning.data import CoTDataModule, latent_step_texts, load_cot_split
 from latentlab.reasoning.evaluate import explain, load_run, step_token_accuracy
 from latentlab.reasoning.module import extract_answer, tokens_before_answer
 from latentlab.reasoning.thoughts import next_token
@@ -62,6 +64,58 @@ def tiny(tmp_path: Path, method: str, **extra) -> dict:
         "output_dir": str(tmp_path / "runs"),
         **extra,
     }
+
+
+def validation_of_checkpoint(run_dir: Path, stage: int) -> dict[str, float]:
+    """The validation metrics of a run's saved weights, recomputed outside the Trainer: its losses on the one
+    validation batch (num_val == batch_size) with the validation step's seed, and the accuracy and token counts of
+    its greedy answers to those questions."""
+    module = load_run(run_dir)
+    data = CoTDataModule(module.config, module.vocab, module.pad_id)
+    data.setup("fit")
+    data.stage_override = stage
+    (batch,) = list(data.val_dataloader())
+    generator = torch.Generator().manual_seed(derive_seed(module.config.seed, VAL_STREAM, 0))
+    with torch.no_grad():
+        metrics = {f"val/{k}": float(v) for k, v in module.compute_losses(batch, generator).items()}
+    answers = module.generate_answers(batch.questions, stage)
+    n = len(batch.questions)
+    metrics["val/accuracy"] = sum(answers_match(p, g) for p, g in zip(answers.predictions, batch.answers)) / n
+    metrics["val/latent_tokens"] = sum(answers.n_latent) / n
+    metrics["val/language_tokens"] = sum(answers.n_language) / n
+    metrics["val/stage"] = float(stage)
+    return metrics
+
+
+def fit_step_decoder(module, z: torch.Tensor, texts: list[str], steps: int = 300) -> None:
+    """Train the CVAE's step decoder alone (Adam, in place) to rebuild ``texts`` from the thought latents z [N, c, Z]."""
+    eos = module.vocab.eos_id
+    ids = [module.vocab.encode(text) for text in texts]
+    width = max(len(row) for row in ids)
+    step_ids = torch.tensor([row + [eos] * (width - len(row)) for row in ids])
+    lengths = torch.tensor([len(row) for row in ids])
+    decoder = module.cvae.decoder
+    optimizer = torch.optim.Adam(decoder.parameters(), lr=3e-2)
+    with torch.enable_grad():
+        for _ in range(steps):
+            optimizer.zero_grad()
+            decoder.nll(z.detach(), step_ids, lengths, eos).sum().backward()
+            optimizer.step()
+
+
+class ScriptedStop(torch.nn.Module):
+    """Stands in for the stop head: row b says "stop" from its ``stops[b]``-th step start on (a new instance for each
+    generation: it counts its calls), so the thoughts each question must use are known."""
+
+    def __init__(self, stops: list[int]):
+        super().__init__()
+        self.stops, self.calls = torch.tensor(stops), 0
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        logits = torch.zeros(z.shape[0], 2)
+        logits[:, 1] = (self.calls >= self.stops).float()  # argmax 1 = stop; a tie (0, 0) continues
+        self.calls += 1
+        return logits
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -147,10 +201,26 @@ def test_two_step_fit_of_every_method(tmp_path, method):
     assert result.metrics["global_step"] == 2
     assert (result.run_dir / "last.ckpt").exists() and (result.run_dir / "metrics.json").exists()
     after = result.metrics["val_after"]
-    assert {"val/loss", "val/accuracy", "val/latent_tokens"} <= set(after)
-    assert torch.isfinite(torch.tensor(after["val/loss"]))
-    if method == "atp_latent":
-        assert {"val/recon", "val/kl", "val/elbo"} <= set(after)
+    # 8 questions at batch 4: the 2 steps are epoch 0, so the last validation runs at epoch 1: stage 1 (c = 1 thought
+    # a latent step) for the latent methods, stage 0 for cot / no_cot.
+    latent = method in ("coconut", "atp_latent")
+    assert after["val/stage"] == (1.0 if latent else 0.0) and after["val/latent_tokens"] == after["val/stage"]
+    losses = {"val/answer_ce", "val/loss"} | (
+        {"val/recon", "val/kl", "val/beta", "val/elbo"} if method == "atp_latent" else set()
+    )
+    generated = {"val/accuracy", "val/latent_tokens", "val/language_tokens", "val/stage"}
+    assert set(after) == losses | generated
+    # What fit logged is what the saved weights give on the validation batch.
+    recomputed = validation_of_checkpoint(result.run_dir, int(after["val/stage"]))
+    assert set(recomputed) == set(after)
+    for name, value in recomputed.items():
+        assert after[name] == pytest.approx(value, abs=1e-5, rel=0), name
+    if method == "atp_latent":  # the ELBO of the step sums, and the loss: answer CE + elbo_weight (1) x ELBO
+        assert after["val/beta"] == 1.0  # cvae.beta 1, no warm-up
+        assert after["val/elbo"] == pytest.approx(after["val/recon"] + after["val/kl"], abs=1e-4, rel=0)
+        assert after["val/loss"] == pytest.approx(after["val/answer_ce"] + after["val/elbo"], abs=1e-4, rel=0)
+    else:
+        assert after["val/loss"] == after["val/answer_ce"]
 
 
 def test_atp_stop_head_trains_and_ends_thoughts_per_question(tmp_path):
@@ -177,12 +247,26 @@ def test_atp_stop_head_trains_and_ends_thoughts_per_question(tmp_path):
     initial = {k: v.clone() for k, v in build_task(config).module.cvae.stop.state_dict().items()}
     result = fit(config, run_name="r")
     after = result.metrics["val_after"]
-    assert {"val/stop", "val/stop_accuracy"} <= set(after) and math.isfinite(after["val/stop"])
+    recomputed = validation_of_checkpoint(result.run_dir, 5)
+    for name in ("val/stop", "val/stop_accuracy", "val/loss"):
+        assert after[name] == pytest.approx(recomputed[name], abs=1e-5, rel=0), name
     module = load_run(result.run_dir)
     for key, value in module.cvae.stop.state_dict().items():
         assert not torch.equal(value, initial[key]), f"stop head weight {key} got no update"
-    answers = module.generate_answers(["a=1, b=2. Compute a+b.", "a=3, b=1, c=2. Compute (a-b)+c."], stage=5)
-    assert all(0 <= n <= 4 for n in answers.n_latent)
+    questions = ["a=1, b=2. Compute a+b.", "a=3, b=1, c=2. Compute (a-b)+c."]
+    answers = module.generate_answers(questions, stage=5)
+    # The trained head: each row's thoughts end at the first step start (c = 1: every slot) where the head, on the
+    # z chosen there, says stop; 4 (= M * c) if it never does.
+    says_stop = (module.cvae.stop(answers.latents[:, :, 0]).argmax(dim=-1) == 1).tolist()
+    assert answers.n_latent == [row.index(True) if True in row else 4 for row in says_stop]
+    # A scripted head: rows that stop at step start 1 and 3 use 1 and 3 of the 4 thoughts; explain decodes as many
+    # groups as the question used (c = 1: one per thought): none, 2, or all 4 when the stop (9) never comes.
+    module.cvae.stop = ScriptedStop([1, 3])
+    assert module.generate_answers(questions, stage=5).n_latent == [1, 3]
+    for stops, question in ((0, questions[0]), (2, questions[1]), (9, questions[1])):
+        module.cvae.stop = ScriptedStop([stops])
+        explanation = explain(module, question)
+        assert explanation.n_thoughts == len(explanation.decoded_steps) == min(stops, 4), stops
 
 
 class StageProbe(L.Callback):
@@ -264,9 +348,16 @@ def test_evaluate_cot_writes_predictions_summary_and_table(atp_run, tmp_path):
     assert len(records) == 4 and all(r["samples"] == 3 and 0 <= r["samples_correct"] <= 3 for r in records)
     assert all(r["latent_tokens"] == 2 for r in records)  # final stage: M * c = 2 thoughts
     row = result.rows[0]
-    assert row["method"] == "ATP-Latent" and 0.0 <= row["pass@1"] <= row["pass@2"] <= 1.0
+    assert row["method"] == "ATP-Latent"
+    # pass@k of 3 samples with c correct (unbiased estimator): pass@1 = c / 3, pass@2 = 1 - C(3 - c, 2) / C(3, 2)
+    correct = [r["samples_correct"] for r in records]
+    assert row["pass@1"] == pytest.approx(sum(c / 3 for c in correct) / 4, abs=1e-6, rel=0)
+    assert row["pass@2"] == pytest.approx(sum(1 - math.comb(3 - c, 2) / 3 for c in correct) / 4, abs=1e-6, rel=0)
+    assert row["accuracy"] == pytest.approx(sum(r["correct"] for r in records) / 4, abs=1e-6, rel=0)
     assert row["reasoning_tokens_mean"] >= row["latent_tokens_mean"] == 2.0
-    assert 0.0 <= row["step_token_accuracy"] <= 1.0
+    examples = load_cot_split(config, "test")
+    expected = step_token_accuracy(run_dir, examples, config.eval.batch_size).token_accuracy
+    assert row["step_token_accuracy"] == pytest.approx(expected, abs=1e-6, rel=0)
     assert all(isinstance(r["correct_with_shuffled_thoughts"], bool) for r in records)
     shuffled = sum(r["correct_with_shuffled_thoughts"] for r in records) / len(records)
     assert row["shuffled_thought_accuracy"] == pytest.approx(shuffled)
@@ -276,23 +367,56 @@ def test_evaluate_cot_writes_predictions_summary_and_table(atp_run, tmp_path):
 
 
 def test_explain_decodes_every_thought_group(atp_run):
+    """explain decodes each thought group of the question with the CVAE's decoder: once the decoder is fitted to
+    rebuild two known steps from this question's own thoughts, explain gives back exactly those steps."""
     _, run_dir = atp_run
-    explanation = explain(run_dir, "a=3, b=4, c=2. Compute (a+b)-c.")
-    assert explanation.n_thoughts == 2 and len(explanation.decoded_steps) == 2  # c = 1: one group per thought
-    assert all(isinstance(step, str) for step in explanation.decoded_steps)
-    assert isinstance(explanation.answer, str)
+    module = load_run(run_dir)
+    curriculum = module.config.reasoning.curriculum
+    question = "a=3, b=4, c=2. Compute (a+b)-c."
+    # The final stage feeds M groups of c thoughts: M = 2, c = 1.
+    groups, n_thoughts = curriculum.max_latent_stage, curriculum.max_latent_stage * curriculum.thoughts_per_step
+    assert (groups, n_thoughts) == (2, 2)
+    untrained = explain(module, question)
+    assert untrained.n_thoughts == n_thoughts and len(untrained.decoded_steps) == groups
+    answers = module.generate_answers([question], module.config.reasoning.final_stage)
+    assert answers.latents.shape[:3] == (1, groups, curriculum.thoughts_per_step)
+    steps = ["<<3+4=7>>", "<<7-2=5>>"]
+    fit_step_decoder(module, answers.latents[0], steps)
+    explanation = explain(module, question)
+    assert explanation.decoded_steps == steps and explanation.n_thoughts == n_thoughts
+    # The decoder is not part of answering: the answer and its text are the ones generated before the fit.
+    assert (explanation.text, explanation.answer) == (answers.texts[0], answers.predictions[0])
+    assert explanation.answer == extract_answer(explanation.text)
 
 
 def test_step_token_accuracy_counts_only_real_steps(atp_run):
     config, run_dir = atp_run
-    module = load_run(run_dir)
-    from latentlab.reasoning.data import load_cot_split
-
     examples = load_cot_split(config, "test")
+    # Final stage: M = 2 groups (c = 1). Every test example has >= 3 steps, so group 1 rebuilds step 1 and group 2
+    # the remaining steps joined by spaces; each gold is its byte-level tokens (one a character) and an EOS.
+    golds = [text for ex in examples for text in (ex.steps[0], " ".join(ex.steps[1:]))]
+    assert all(len(ex.steps) >= 3 for ex in examples)
+    module = load_run(run_dir)
+    assert all(len(module.vocab.encode(text)) == len(text) for text in golds)
+    # A decoder whose logits ignore its input, highest on "<": every group decodes to 48 (max_step_tokens) "<", so
+    # the gold tokens matched are its "<" characters, and no step is exact.
+    with torch.no_grad():
+        module.cvae.decoder.out.weight.zero_()
+        module.cvae.decoder.out.bias.zero_()
+        module.cvae.decoder.out.bias[module.vocab.encode("<")[0]] = 1.0
     score = step_token_accuracy(module, examples, batch_size=2)
-    assert score.n_steps == len(examples) * 2  # every test example has >= 3 steps; 2 groups, the last one merged
-    assert score.n_tokens > score.n_steps and 0.0 <= score.token_accuracy <= 1.0
-    assert 0.0 <= score.step_exact_match <= 1.0
+    assert score.n_steps == len(golds) == 2 * len(examples)
+    assert score.n_tokens == sum(len(text) + 1 for text in golds)
+    assert score.token_accuracy == pytest.approx(sum(t.count("<") for t in golds) / score.n_tokens, abs=1e-12)
+    assert score.step_exact_match == 0.0
+    # A decoder fitted to rebuild a question's two gold groups from its own two thoughts matches every token and
+    # step. (One question: after 2 training steps, different questions' thoughts are still nearly the same vectors.)
+    module = load_run(run_dir)
+    latents = module.generate_answers([examples[0].question], module.config.reasoning.final_stage).latents
+    fit_step_decoder(module, latents[0], golds[:2])
+    score = step_token_accuracy(module, examples[:1], batch_size=1)
+    assert (score.token_accuracy, score.step_exact_match, score.n_steps) == (1.0, 1.0, 2)
+    assert score.n_tokens == len(golds[0]) + len(golds[1]) + 2
 
 
 def test_explain_refuses_a_run_without_a_cvae(tmp_path):
@@ -354,7 +478,12 @@ def test_sweep_fits_and_scores_each_variant(tmp_path):
     variants = [{"optim.lr": 1e-3}, {"optim.lr": 1e-2, "trainer.max_steps": 1}]
     rows = sweep_mod.sweep(TINY_COT, "lr", variants, common, tmp_path / "sweeps")
     assert [r["variant"] for r in rows] == ["lr=0.001", "lr=0.01 max_steps=1"]
-    assert all(0.0 <= r["accuracy"] <= 1.0 and r["run_dir"].endswith(f"lr-{i}") for i, r in enumerate(rows, 1))
+    for i, row in enumerate(rows, 1):  # each row scores its own run: evaluate_cot's predictions in run_dir/eval
+        assert row["run_dir"].endswith(f"lr-{i}") and row["questions"] == 4
+        records = [
+            json.loads(line) for line in (Path(row["run_dir"]) / "eval/predictions.jsonl").read_text().splitlines()
+        ]
+        assert row["accuracy"] == pytest.approx(sum(r["correct"] for r in records) / len(records), abs=1e-6, rel=0)
     table = (tmp_path / "sweeps" / "lr.md").read_text()
     assert "lr=0.01 max_steps=1" in table and (tmp_path / "sweeps" / "lr.csv").exists()
     with pytest.raises(ConfigError, match="trainer.max_stepz|max_stepz"):

@@ -17,13 +17,14 @@ from torch import Tensor, nn
 
 from latentlab.backbones import DTYPES, load_causal_lm
 from latentlab.configs import BackboneConfig, ExperimentConfig
-from latentlab.errors import ConfigError, LatentLabError
+from latentlab.errors import ConfigError
 from latentlab.eval.metrics import answers_match
 from latentlab.optim import TRAIN_STREAM, VAL_STREAM, adamw_warmup_cosine, derive_seed
 from latentlab.reasoning.curriculum import DEFAULT_FORMAT, CoTTextFormat, LayoutVocab, build_prompt
 from latentlab.reasoning.cvae import LatentStepCVAE, LatentTrace, beta_schedule, elbo_loss, stop_loss, stop_targets
 from latentlab.reasoning.data import CoTBatch
 from latentlab.reasoning.thoughts import ThoughtFn, add_thought_tokens, generate_from_ids, thought_forward
+from latentlab.weights import check_state_dict, load_lightning_checkpoint, strip_prefixes
 
 
 def extract_answer(text: str, fmt: CoTTextFormat = DEFAULT_FORMAT) -> str:
@@ -132,32 +133,28 @@ class LatentCoTModule(L.LightningModule):
         ckpt = path / "last.ckpt" if path.is_dir() else path
         if not ckpt.exists():
             raise ConfigError(f"key 'reasoning.init_from': no checkpoint at {ckpt} (expected a run dir or a .ckpt)")
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
-        reasoner = {k.removeprefix("reasoner."): v for k, v in state.items() if k.startswith("reasoner.")}
-        own = self.reasoner.state_dict()
-        missing, unexpected = sorted(set(own) - set(reasoner)), sorted(set(reasoner) - set(own))
-        mismatched = [k for k in own.keys() & reasoner.keys() if own[k].shape != reasoner[k].shape]
-        if missing or unexpected or mismatched:
-            raise LatentLabError(
-                f"reasoning.init_from {ckpt}: reasoner weights do not match this reasoner "
-                f"(missing {missing[:3]}, unexpected {unexpected[:3]}, mis-shaped {mismatched[:3]}); "
-                "it must come from a run with the same reasoning.reasoner"
-            )
+        state = load_lightning_checkpoint(ckpt)["state_dict"]
+        reasoner = strip_prefixes(state, ("reasoner.",))
+        check_state_dict(
+            self.reasoner.state_dict(),
+            reasoner,
+            f"reasoning.init_from {ckpt}",
+            "this reasoner",
+            hint="it must come from a run with the same reasoning.reasoner",
+        )
         self.reasoner.load_state_dict(reasoner)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["latent_cot"] = {"last_reset_epoch": self.last_reset_epoch, "vocab_size": len(self.tokenizer)}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        state, own = checkpoint.get("state_dict", {}), self.state_dict()
-        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-        mismatched = [k for k in own.keys() & state.keys() if own[k].shape != state[k].shape]
-        if missing or unexpected or mismatched:
-            detail = ", ".join(f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in mismatched[:3])
-            raise LatentLabError(
-                f"checkpoint does not match this latent_cot module: missing {missing[:3]}, unexpected {unexpected[:3]}"
-                f", mis-shaped [{detail}] (was it trained with another reasoning.method or reasoner?)"
-            )
+        check_state_dict(
+            self.state_dict(),
+            checkpoint.get("state_dict", {}),
+            "checkpoint",
+            "this latent_cot module",
+            hint="was it trained with another reasoning.method or reasoner?",
+        )
         self.last_reset_epoch = checkpoint.get("latent_cot", {}).get("last_reset_epoch", 0)
 
     # ----------------------------------------------------------------- losses
