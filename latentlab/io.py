@@ -103,7 +103,11 @@ def staged_dir(target: str | os.PathLike, overwrite: bool = False, flag: str = "
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    refuse_existing(target, overwrite, flag)  # another writer may have made it meanwhile
+    try:
+        refuse_existing(target, overwrite, flag)  # another writer may have made it meanwhile
+    except ResultsExistError:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     if target.exists():
         retired = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".replaced"))
         os.replace(target, retired / target.name)

@@ -334,7 +334,7 @@ def test_registry_names_and_errors():
         get_converter("hotpot")
     assert "unknown dataset 'hotpot'" in str(err.value)
     assert "gsm8k, gsm8k_aug, hotpotqa, prontoqa, prosqa" in str(err.value)
-    with pytest.raises(ConfigError, match="already registered"):
+    with pytest.raises(ConfigError, match="registered twice"):
         register_converter("gsm8k", convert_gsm8k)
 
 

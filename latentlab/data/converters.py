@@ -27,7 +27,8 @@ from latentlab.data.schema import (
     refuse_lone_surrogates,
     refuse_undecodable,
 )
-from latentlab.errors import ConfigError, DataError
+from latentlab.errors import DataError
+from latentlab.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -390,28 +391,25 @@ def convert_prontoqa(path: str | os.PathLike, split: str | None = None) -> list[
 # ---------------------------------------------------------------------------------------------------------------------
 # Registry
 
-CONVERTERS: dict[str, Callable[[str | os.PathLike], list[QAExample] | list[CoTExample]]] = {
-    "hotpotqa": convert_hotpotqa,
-    "gsm8k": convert_gsm8k,
-    "gsm8k_aug": convert_gsm8k_aug,
-    "prosqa": convert_prosqa,
-    "prontoqa": convert_prontoqa,
-}
+Converter = Callable[[str | os.PathLike], list[QAExample] | list[CoTExample]]
+
+CONVERTERS: Registry[Converter] = Registry("dataset")
+"""Converters by dataset name, registered in alphabetical order (the order an unknown name's error lists them)."""
+CONVERTERS.register("gsm8k", convert_gsm8k)
+CONVERTERS.register("gsm8k_aug", convert_gsm8k_aug)
+CONVERTERS.register("hotpotqa", convert_hotpotqa)
+CONVERTERS.register("prontoqa", convert_prontoqa)
+CONVERTERS.register("prosqa", convert_prosqa)
 
 
-def get_converter(name: str) -> Callable[[str | os.PathLike], list[QAExample] | list[CoTExample]]:
-    """The converter registered under ``name``; an unknown name raises and lists the known ones."""
-    try:
-        return CONVERTERS[name]
-    except KeyError:
-        raise ConfigError(f"unknown dataset '{name}' (known: {', '.join(sorted(CONVERTERS))})") from None
+def get_converter(name: str) -> Converter:
+    """The converter registered under ``name``; an unknown name raises ``RegistryError`` listing the known ones."""
+    return CONVERTERS.get(name)
 
 
 def register_converter(name: str, converter: Callable[[str | os.PathLike], list]) -> None:
-    """Add a converter; a name already taken raises and lists the known ones."""
-    if name in CONVERTERS:
-        raise ConfigError(f"a converter named '{name}' is already registered (known: {', '.join(sorted(CONVERTERS))})")
-    CONVERTERS[name] = converter
+    """Add a converter; a name already taken raises ``RegistryError`` listing the known ones."""
+    CONVERTERS.register(name, converter)
 
 
 def convert(name: str, path: str | os.PathLike) -> list[QAExample] | list[CoTExample]:

@@ -8,12 +8,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from latentlab import io as atomic_io
 from latentlab.errors import DataError
 
 
@@ -377,17 +377,5 @@ def to_record(item: Evidence | QAExample | CoTExample) -> dict:
 
 
 def write_jsonl(path: str | os.PathLike, items: Iterable[Evidence | QAExample | CoTExample | dict]) -> Path:
-    """Write records atomically: a crash mid-write leaves any earlier file untouched."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            for item in items:
-                record = item if isinstance(item, dict) else to_record(item)
-                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write records atomically (through ``latentlab.io``): a crash mid-write leaves any earlier file untouched."""
+    return atomic_io.write_jsonl(path, (item if isinstance(item, dict) else to_record(item) for item in items))

@@ -13,6 +13,7 @@ from pathlib import Path
 from latentlab.data.converters import equation_step
 from latentlab.data.schema import CoTExample, write_jsonl
 from latentlab.errors import ConfigError
+from latentlab.registry import Registry
 
 _VARIABLES = "abcdefghijklmnopqrstuvwxyz"
 _OPERATIONS: dict[str, Callable[[int, int], int | None]] = {
@@ -213,10 +214,10 @@ def prosqa_like(
 # ---------------------------------------------------------------------------------------------------------------------
 # Splits
 
-SYNTHETIC_TASKS: dict[str, Callable[..., list[CoTExample]]] = {
-    "arithmetic": arithmetic_chains,
-    "prosqa_like": prosqa_like,
-}
+SYNTHETIC_TASKS: Registry[Callable[..., list[CoTExample]]] = Registry("synthetic task")
+"""Generators ``(n, seed, **options) -> list[CoTExample]`` by task name."""
+SYNTHETIC_TASKS.register("arithmetic", arithmetic_chains)
+SYNTHETIC_TASKS.register("prosqa_like", prosqa_like)
 
 
 def synthetic_splits(
@@ -228,14 +229,13 @@ def synthetic_splits(
     held-out splits are drawn first (test, then valid), so they do not depend on ``n_train``: runs trained on more
     or fewer questions are scored on the same test questions.
     """
-    if task not in SYNTHETIC_TASKS:
-        raise ConfigError(f"unknown synthetic task '{task}' (known: {', '.join(sorted(SYNTHETIC_TASKS))})")
+    generate = SYNTHETIC_TASKS.get(task)
     sizes = {"train": n_train, "valid": n_valid, "test": n_test}
     for split, size in sizes.items():
         if size < 0:
             raise ConfigError(f"n_{split}={size} must be >= 0")
     # One generator call, so every question is distinct across the three splits; held-out splits come first.
-    examples = SYNTHETIC_TASKS[task](sum(sizes.values()), seed, **options)
+    examples = generate(sum(sizes.values()), seed, **options)
     splits: dict[str, list[CoTExample]] = {}
     start = 0
     for split in ("test", "valid", "train"):

@@ -1,6 +1,6 @@
 """Result tables: rows of run results -> Markdown (with title and command), CSV and an optional matplotlib plot.
 
-Every file is written atomically (temp file in the same directory, then ``os.replace``), so a reader never sees half.
+Every file is written atomically through ``latentlab.io`` (temp file beside it, then ``os.replace``): no reader sees half.
 """
 
 from __future__ import annotations
@@ -9,14 +9,13 @@ import csv
 import io
 import math
 import numbers
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from latentlab.errors import ConfigError
+from latentlab.io import write_bytes
 
 __all__ = ["PlotSpec", "TableFiles", "format_markdown_table", "format_value", "write_table"]
 
@@ -107,19 +106,6 @@ def format_markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[s
     return "\n".join([header, rule, *body]) + "\n"
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(tmp_name, 0o644)  # mkstemp makes 0600; results are meant to be shared
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-
-
 def _csv_text(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
     # Full precision here (repr of floats), so the CSV can be read back without loss; Markdown is for people.
     buffer = io.StringIO()
@@ -184,7 +170,7 @@ def _plot_png(rows: Sequence[Mapping[str, Any]], spec: PlotSpec, title: str) -> 
 def write_csv(rows: Sequence[Mapping[str, Any]], path: Path, columns: Sequence[str]) -> Path:
     """Write ``rows`` as one CSV file with these ``columns`` (full precision, "" for missing values), atomically."""
     path = Path(path)
-    _atomic_write_bytes(path, _csv_text(rows, columns).encode("utf-8"))
+    write_bytes(path, _csv_text(rows, columns).encode("utf-8"))
     return path
 
 
@@ -215,8 +201,8 @@ def write_table(
     if command:
         header += f"Produced by: `{command}`\n\n"
     markdown = header + format_markdown_table(rows, columns)
-    _atomic_write_bytes(paths.markdown, markdown.encode("utf-8"))
+    write_bytes(paths.markdown, markdown.encode("utf-8"))
     write_csv(rows, paths.csv, columns)
     if png_bytes is not None and paths.png is not None:
-        _atomic_write_bytes(paths.png, png_bytes)
+        write_bytes(paths.png, png_bytes)
     return paths

@@ -22,7 +22,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Any
 import faiss
 import numpy as np
 
+from latentlab import io as atomic_io
 from latentlab.configs.memory import IndexConfig, training_keys_needed
 from latentlab.data.schema import Evidence, iter_jsonl, to_record
 from latentlab.errors import ConfigError, DataError, IndexError_
@@ -91,22 +91,8 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """Write ``path`` through a temp file in its directory, fsync it, then ``os.replace`` it into place."""
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        with tmp.open("rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _fsync_dir(path: Path) -> None:
+    """fsync a directory, so the renames into it (each file's own data is fsynced by ``latentlab.io``) are durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -115,13 +101,13 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    _write_atomic(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8"))
+    """The manifest's (and build progress') writer: ``latentlab.io.write_json``, kept as a name tests can patch."""
+    atomic_io.write_json(path, obj)
 
 
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    # np.save(filename) would append ".npy" to the temp name, so write through a handle.
-    with path.open("wb") as handle:
-        np.save(handle, np.ascontiguousarray(array))
+def _write_faiss(path: Path, index: faiss.Index) -> None:
+    """A FAISS index through ``latentlab.io``, streamed into the temp file's handle (no in-memory copy)."""
+    atomic_io.write_atomic(path, lambda handle: faiss.write_index(index, faiss.PyCallbackIOWriter(handle.write)))
 
 
 def _duplicate_ids(ids: Iterable[str]) -> dict[str, tuple[int, int]]:
@@ -537,19 +523,16 @@ class LatentIndex:
             return
         self.path.mkdir(parents=True, exist_ok=True)
         generation = self._generation + 1
-        writers: dict[str, Callable[[Path], None]] = {
-            "index": lambda tmp: faiss.write_index(self._faiss, str(tmp)),
-            "keys": lambda tmp: _save_npy(tmp, self._keys),
-            "latents": lambda tmp: _save_npy(tmp, self._latents),
-            "items": lambda tmp: tmp.write_text(
-                "".join(json.dumps(to_record(item), ensure_ascii=False) + "\n" for item in self._items),
-                encoding="utf-8",
-            ),
+        writers: dict[str, Callable[[Path], object]] = {
+            "index": lambda file: _write_faiss(file, self._faiss),
+            "keys": lambda file: atomic_io.write_npy(file, self._keys),
+            "latents": lambda file: atomic_io.write_npy(file, self._latents),
+            "items": lambda file: atomic_io.write_jsonl(file, (to_record(item) for item in self._items)),
         }
         files = {}
         for role, write in writers.items():
             file = self.path / f"{role}.{generation}{_SUFFIX[role]}"
-            _write_atomic(file, write)
+            write(file)
             files[role] = {"name": file.name, "sha256": _sha256(file), "bytes": file.stat().st_size}
         _fsync_dir(self.path)
         _write_json(self.path / MANIFEST_NAME, self._manifest(files, generation))

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from latentlab import io as atomic_io
 from latentlab.data.schema import Evidence, to_record
 from latentlab.errors import ConfigError, DataError, IndexError_
 from latentlab.memory.index import (
@@ -43,7 +44,6 @@ from latentlab.memory.index import (
     _check_vectors,
     _duplicate_ids,
     _sha256,
-    _write_atomic,
     _write_json,
     read_manifest,
 )
@@ -403,12 +403,7 @@ def _encode_and_assemble(
                 latents = _as_matrix(latents, len(batch), latent_dim, "encoded latents", where)
                 _check_vectors(batch, keys, latents, spec.latent_dtype)
                 shard = building / f"batch-{number:06d}.npz"
-
-                def write_shard(tmp: Path, keys: np.ndarray = keys, latents: np.ndarray = latents) -> None:
-                    with tmp.open("wb") as handle:
-                        np.savez(handle, keys=keys, latents=latents)
-
-                _write_atomic(shard, write_shard)
+                atomic_io.write_npz(shard, keys=keys, latents=latents)
                 shards[number] = {"name": shard.name, "sha256": _sha256(shard), "bytes": shard.stat().st_size}
                 _write_progress(building, plan, shards, assembling)
                 bar.update(len(batch))

