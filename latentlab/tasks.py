@@ -30,8 +30,6 @@ class Task:
 
     name: str
     """The `task:` value of its YAMLs."""
-    columns: tuple[str, ...]
-    """Table columns, in order (a row may lack some)."""
     primary_metric: str
     """The metric a sweep plots and a reader looks at first."""
     plot_kind: str
@@ -40,6 +38,11 @@ class Task:
     """x axis of a scatter plot."""
     init_from_key: str = ""
     """The config key that starts a run from another run's weights (reproduce.py chains table rows through it)."""
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """Table columns, in order (a row may lack some); defined beside the task's evaluation."""
+        raise NotImplementedError
 
     def build(self, config: ExperimentConfig) -> Any:
         """The ``FitParts`` (module, datamodule, callbacks, Trainer settings) that `fit` trains."""
@@ -73,6 +76,12 @@ class Task:
 class LatentMemoryTask(Task):
     """The compressor, memory and generator of latent memory; scored against raw-text RAG."""
 
+    @property
+    def columns(self):
+        from latentlab.memory.evaluate import TABLE_COLUMNS
+
+        return TABLE_COLUMNS
+
     def build(self, config):
         from latentlab.memory.module import build_task
 
@@ -92,6 +101,12 @@ class LatentMemoryTask(Task):
 
 class LatentCoTTask(Task):
     """A latent chain-of-thought reasoner (no-CoT, CoT, Coconut, ATP-Latent); scored by accuracy and tokens."""
+
+    @property
+    def columns(self):
+        from latentlab.reasoning.evaluate import TABLE_COLUMNS
+
+        return TABLE_COLUMNS
 
     def build(self, config):
         from latentlab.reasoning.task import build_task
@@ -119,19 +134,6 @@ TASKS.register(
     "latent_memory",
     LatentMemoryTask(
         name="latent_memory",
-        columns=(
-            "method",
-            "exact_match",
-            "f1",
-            "rouge_l",
-            "recall@k",
-            "precision@k",
-            "context_tokens",
-            "prompt_tokens_no_system",
-            "prompt_tokens",
-            "truncated_items",
-            "seconds",
-        ),
         primary_metric="f1",
         plot_kind="scatter",
         plot_x="context_tokens",
@@ -142,19 +144,6 @@ TASKS.register(
     "latent_cot",
     LatentCoTTask(
         name="latent_cot",
-        columns=(
-            "method",
-            "accuracy",
-            "pass@1",
-            "reasoning_tokens_mean",
-            "latent_tokens_mean",
-            "language_tokens_mean",
-            "generated_tokens_mean",
-            "shuffled_thought_accuracy",
-            "step_token_accuracy",
-            "fit_s",
-            "eval_s",
-        ),
         primary_metric="accuracy",
         plot_kind="bar",
         init_from_key="reasoning.init_from",

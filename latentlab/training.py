@@ -13,7 +13,7 @@ import dataclasses
 import shutil
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from latentlab.configs import ExperimentConfig, config_from_dict, config_root, d
 from latentlab.configs.loader import decode_utf8, safe_load_strict
 from latentlab.errors import ConfigError
 from latentlab.io import write_json, write_text
+from latentlab.parts import FitParts
 
 RESUMABLE_KEYS = (
     "trainer.max_steps",
@@ -38,16 +39,6 @@ RESUMABLE_KEYS = (
 would make the checkpoint continue a different experiment than the one its run directory records."""
 
 METRICS_ASIDE = "metrics.before_resume.csv"
-
-
-@dataclass
-class FitParts:
-    """What `fit` trains: a LightningDataModule, a LightningModule, and task-specific Trainer settings."""
-
-    datamodule: Any
-    module: Any
-    callbacks: list = field(default_factory=list)
-    trainer_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

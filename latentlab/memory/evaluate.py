@@ -22,12 +22,27 @@ from latentlab.data.modules import corpus_of, load_qa_split
 from latentlab.data.schema import Evidence, QAExample, merge_evidence
 from latentlab.errors import ConfigError
 from latentlab.eval.metrics import QAMetrics
-from latentlab.eval.report import format_markdown_table, write_table
+from latentlab.eval.report import PlotSpec, format_markdown_table, write_table
 from latentlab.io import refuse_existing, staged_dir, write_json, write_jsonl
 from latentlab.memory.checkpoint import load_model
 from latentlab.memory.model import LatentMemoryModel
 from latentlab.memory.pipeline import Answer, Hit, LatentMemory, answer_to_record, answer_with_text, build_memory
 from latentlab.registry import Registry
+
+TABLE_COLUMNS = (
+    "method",
+    "exact_match",
+    "f1",
+    "rouge_l",
+    "recall@k",
+    "precision@k",
+    "context_tokens",
+    "prompt_tokens_no_system",
+    "prompt_tokens",
+    "truncated_items",
+    "seconds",
+)
+"""Columns of a latent-memory table, in order (`f1` becomes `hotpotqa_f1` under ``eval.f1: hotpotqa``)."""
 
 F1_NAMES = {"squad": "SQuAD token F1 (SQuAD 2.0 empty-answer rule)", "hotpotqa": "official HotpotQA answer F1"}
 
@@ -196,8 +211,6 @@ def evaluate(
     An existing results folder is refused unless ``overwrite`` (default: ``eval.overwrite``); the folder is
     written whole, so a failed run leaves the earlier results as they were.
     """
-    from latentlab.tasks import TASKS
-
     ev = config.eval
     methods = list(methods or ev.methods)
     for i, method in enumerate(methods):
@@ -219,10 +232,7 @@ def evaluate(
         model = LatentMemoryModel(config).eval()
     corpus = corpus_of(config, examples) if retrieval == "global" else []
     by_id = merge_evidence(examples) | {e.id: e for e in corpus}
-    task = TASKS.get("latent_memory")
-    columns = tuple(c for c in task.columns if c != "f1") if ev.f1 == "hotpotqa" else task.columns
-    if ev.f1 == "hotpotqa":
-        columns = columns[:2] + ("hotpotqa_f1",) + columns[2:]
+    columns = tuple("hotpotqa_f1" if c == "f1" else c for c in TABLE_COLUMNS) if ev.f1 == "hotpotqa" else TABLE_COLUMNS
     rows = []
     with staged_dir(target, overwrite) as staging:
         ctx = EvalContext(config, model, examples, corpus, by_id, staging, retrieval)
@@ -255,7 +265,9 @@ def evaluate(
                 f"F1 = {F1_NAMES[ev.f1]}"
             ),
             columns=list(columns),
-            plot=task.plot("hotpotqa_f1" if ev.f1 == "hotpotqa" else "f1"),
+            plot=PlotSpec(
+                kind="scatter", metrics=(columns[2],), label_column="method", x="context_tokens"
+            ),  # F1 (by the configured rule) against what the generator read
             command=command,
         )
     return EvalResult(out_dir=target, rows=rows, columns=columns)

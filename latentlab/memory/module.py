@@ -263,7 +263,7 @@ class LatentMemoryModule(L.LightningModule):
 def build_task(config: MemoryExperimentConfig):
     """`task: latent_memory`: QA batches and the compressor module."""
     from latentlab.data.modules import QADataModule, corpus_of, load_qa_split
-    from latentlab.training import FitParts
+    from latentlab.parts import FitParts
 
     module = LatentMemoryModule(config)
     source = config.compressor.init_from

@@ -34,6 +34,21 @@ from latentlab.reasoning.cvae import decode_steps
 from latentlab.reasoning.data import latent_step_texts, load_cot_split
 from latentlab.reasoning.module import LatentCoTModule
 
+TABLE_COLUMNS = (
+    "method",
+    "accuracy",
+    "pass@1",
+    "reasoning_tokens_mean",
+    "latent_tokens_mean",
+    "language_tokens_mean",
+    "generated_tokens_mean",
+    "shuffled_thought_accuracy",
+    "step_token_accuracy",
+    "fit_s",
+    "eval_s",
+)
+"""Columns of a reasoning table, in order (fit_s and eval_s come from reproduce.py)."""
+
 METHOD_LABELS = {"no_cot": "No-CoT", "cot": "CoT", "coconut": "Coconut", "atp_latent": "ATP-Latent"}
 TOKEN_COLUMNS = ["latent_tokens_mean", "language_tokens_mean", "reasoning_tokens_mean", "generated_tokens_mean"]
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 
 from latentlab.configs import ExperimentConfig, resolve_path
-from latentlab.training import FitParts
+from latentlab.parts import FitParts
 
 log = logging.getLogger(__name__)
 
