@@ -85,13 +85,13 @@ class Generator:
         ids = torch.tensor([prefix_ids], dtype=torch.long, device=device)
         if read and self.read_adapter is not None:
             with self.weights(read=True):
-                cache = inner_model(self.lm)(input_ids=ids, use_cache=True).past_key_values
+                cache = inner_model(self.lm)(input_ids=ids, use_cache=True).cache
             layers = [(layer.keys, layer.values) for layer in cache.layers]
         else:
             key = (prefix_ids, str(device))
             if key not in self._prefix_kv:
                 with torch.no_grad(), self.frozen_base():
-                    cache = inner_model(self.lm)(input_ids=ids, use_cache=True).past_key_values
+                    cache = inner_model(self.lm)(input_ids=ids, use_cache=True).cache
                 self._prefix_kv[key] = [(layer.keys, layer.values) for layer in cache.layers]
             layers = self._prefix_kv[key]
         return DynamicCache(
@@ -114,7 +114,7 @@ class Generator:
                 inputs_embeds=packed.inputs_embeds,
                 attention_mask=mask,
                 position_ids=packed.position_ids,
-                past_key_values=past,
+                cache=past,
                 use_cache=past is not None,
             ).last_hidden_state
             return lm_head(self.lm)(hidden[packed.continuation_mask])
@@ -139,11 +139,11 @@ class Generator:
                     inputs_embeds=embeds,
                     attention_mask=mask,
                     position_ids=positions,
-                    past_key_values=past,
+                    cache=past,
                     use_cache=True,
                     logits_to_keep=1,
                 )
-                past = out.past_key_values
+                past = out.cache
                 next_ids = out.logits[:, -1].argmax(dim=-1)
                 next_ids = torch.where(finished, torch.full_like(next_ids, self.eos_ids[0]), next_ids)
                 outputs.append(next_ids)

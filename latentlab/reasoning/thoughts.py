@@ -8,12 +8,22 @@ so that its last column (``<bot>``) lines up for every row, the thought slots th
 (Coconut's ``pad_latent_to_max`` within a batch); a row with fewer thoughts either runs extra thoughts
 (``mask_unused_thoughts=False``, Coconut's behaviour) or has the unused slots masked out of attention and position ids,
 which makes its result independent of the rest of the batch.
+
+Seams for RL (the policy losses themselves live elsewhere):
+
+- generation records the log-probability of every token it chooses (and optionally the top-K log-probs), under the
+  distribution it sampled from (``GenerationResult.chosen_logprobs``);
+- a stochastic thought hook (a ``ThoughtPolicy`` run through ``recording_thoughts``) records each thought it feeds and
+  what it needs to recompute its log-density; ``replaying_thoughts`` then makes ``thought_forward`` feed exactly those
+  thoughts and recompute that log-density with gradients, and ``rollout_batch`` turns a rollout into the
+  ``ThoughtBatch`` that recomputes its token log-probs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 from torch import Tensor, nn
@@ -102,14 +112,14 @@ class CachedStepper:
         mask = mask.to(dtype=torch.long, device=embeds.device)
         self.mask = mask if self.mask is None else torch.cat([self.mask, mask], dim=1)
         positions = (self.mask.cumsum(dim=1) - 1).clamp(min=0)[:, -embeds.shape[1] :]
-        out = self.decoder(
+        out = self.decoder(  # ``cache``/``out.cache``: transformers 5.24 renamed ``past_key_values`` (gone in 5.40)
             inputs_embeds=embeds,
             attention_mask=self.mask,
             position_ids=positions,
-            past_key_values=self.cache,
+            cache=self.cache,
             use_cache=True,
         )
-        self.cache = out.past_key_values
+        self.cache = out.cache
         if self.cache is None or self.cache.get_seq_length() != self.mask.shape[1]:
             # transformers drops the cache under gradient checkpointing; later chunks would then see nothing
             raise ConfigError(
@@ -214,13 +224,19 @@ class ThoughtOutput:
     """[B, S, V] when asked for: logits[:, j] predicts suffix token j."""
 
 
-def label_logprobs(head: nn.Module, predictor_hidden: Tensor, labels: Tensor) -> Tensor:
+def label_logprobs(head: nn.Module, predictor_hidden: Tensor, labels: Tensor, temperature: float = 1.0) -> Tensor:
     """Log-probability of each labelled token; the LM head runs only on labelled positions.
 
     predictor_hidden: [B, S, H], labels: [B, S] -> logp: [B, S], 0 where the label is ``IGNORE_INDEX``.
+    ``temperature`` (> 0) scores under log_softmax(logits / T), the distribution ``generate_from_ids`` samples from
+    (so a rollout's ``chosen_logprobs`` are recomputed with the same T).
     """
+    if temperature <= 0:
+        raise ConfigError(f"label_logprobs needs temperature > 0, got {temperature}")
     has_label = labels != IGNORE_INDEX
     logits = head(predictor_hidden[has_label]).float()  # [N, V]
+    if temperature != 1.0:
+        logits = logits / temperature
     picked = logits.log_softmax(dim=-1).gather(-1, labels[has_label].unsqueeze(-1)).squeeze(-1)  # [N]
     logp = predictor_hidden.new_zeros(labels.shape, dtype=picked.dtype)
     return logp.masked_scatter(has_label, picked)
@@ -232,7 +248,8 @@ def thought_forward(
     """Training forward with continuous thoughts: 1 pass for the prefix, 1 per thought, 1 for the suffix.
 
     Gradients flow through the whole chain of thoughts (nothing is detached). Total compute is one forward over the
-    sequence; only the n thought passes are sequential.
+    sequence; only the n thought passes are sequential. To recompute a rollout, pass ``rollout_batch(...)`` and the
+    ``thought_fn`` of ``replaying_thoughts``: the recorded thoughts are fed as they were (so the chain is cut there).
     """
     stepper = CachedStepper(model)
     device = stepper.embed.weight.device
@@ -248,9 +265,147 @@ def thought_forward(
     return ThoughtOutput(loss, n_label, predictor, contexts, inputs, logits)
 
 
+# ---------------------------------------------------------------- recorded and replayed thoughts (RL)
+
+
+@dataclass
+class ThoughtDraw:
+    """What a stochastic thought policy chose at one slot, for every row."""
+
+    fed: Tensor
+    """[B, H] the thought fed at this slot."""
+    logp: Tensor
+    """[B] the log-density of this choice under the policy (of ``fed``, of a latent z, ...: the policy defines it)."""
+    sample: dict[str, Tensor] = field(default_factory=dict)
+    """Whatever else ``log_prob`` needs to recompute ``logp`` (the noise, the sampled z, ...), each [B, ...]."""
+
+
+class ThoughtPolicy(Protocol):
+    """A stochastic thought hook whose choices can be recorded at rollout time and scored again in training.
+
+    ``draw`` runs in the rollout (usually under ``torch.no_grad``); ``log_prob`` runs in the training forward on the
+    *recomputed* hidden state before the slot, with gradients, and must return ``draw``'s ``logp`` when nothing has
+    changed (same parameters, same hidden). Its gradient reaches the policy's parameters and, through ``hidden``,
+    the reasoner.
+    """
+
+    def draw(self, index: int, hidden: Tensor, generator: torch.Generator | None) -> ThoughtDraw:
+        """Slot ``index``, hidden [B, H] (the last hidden state before the slot) -> the choice and its log-density."""
+        ...
+
+    def log_prob(self, index: int, hidden: Tensor, fed: Tensor, sample: dict[str, Tensor]) -> Tensor:
+        """The log-density [B] of a recorded choice (``fed`` [B, H], ``sample`` as drawn) given hidden [B, H]."""
+        ...
+
+
+@dataclass
+class RecordedThoughts:
+    """A rollout's thoughts, stacked over slots: what ``replaying_thoughts`` feeds and scores again.
+
+    Every slot is recorded, masked ones too (``GenerationResult.thought_mask`` says which slots count).
+    """
+
+    fed: Tensor
+    """[B, n, H] the thoughts fed."""
+    logp: Tensor
+    """[B, n] their log-density at rollout time (the behaviour policy's, for importance ratios)."""
+    sample: dict[str, Tensor] = field(default_factory=dict)
+    """Each [B, n, ...]: the policy's extra record per slot (``ThoughtDraw.sample``)."""
+
+    @property
+    def n_slots(self) -> int:
+        return self.fed.shape[1]
+
+    def rows(self, index: Tensor | slice | Sequence[int]) -> RecordedThoughts:
+        """The recording of a subset of rows (a training micro-batch of rollouts)."""
+        if not isinstance(index, slice | Tensor):
+            index = torch.as_tensor(list(index), dtype=torch.long, device=self.fed.device)
+        return RecordedThoughts(self.fed[index], self.logp[index], {k: v[index] for k, v in self.sample.items()})
+
+
+class ThoughtRecorder:
+    """Collects the ``ThoughtDraw`` of each slot (detached) as ``recording_thoughts``'s hook runs."""
+
+    def __init__(self) -> None:
+        self.draws: list[ThoughtDraw] = []
+
+    def recorded(self) -> RecordedThoughts:
+        """The draws so far stacked over slots; a rollout with no thought slot cannot be recorded."""
+        if not self.draws:
+            raise ConfigError("no thought was recorded (the rollout had no thought slot)")
+        keys = self.draws[0].sample.keys()
+        return RecordedThoughts(
+            fed=torch.stack([d.fed for d in self.draws], dim=1),
+            logp=torch.stack([d.logp for d in self.draws], dim=1),
+            sample={k: torch.stack([d.sample[k] for d in self.draws], dim=1) for k in keys},
+        )
+
+
+def recording_thoughts(
+    policy: ThoughtPolicy, generator: torch.Generator | None = None
+) -> tuple[ThoughtFn, ThoughtRecorder]:
+    """A ``thought_fn`` feeding ``policy.draw``'s thoughts, and the recorder it fills (one draw per slot).
+
+    Use it as the outermost hook: a wrapper that changes what is fed (``shuffled_thoughts``, ``noisy_thoughts``)
+    would make the recording differ from ``GenerationResult.thought_inputs``.
+    """
+    recorder = ThoughtRecorder()
+
+    def thought_fn(index: int, hidden: Tensor) -> Tensor:
+        draw = policy.draw(index, hidden, generator)
+        recorder.draws.append(
+            ThoughtDraw(draw.fed.detach(), draw.logp.detach(), {k: v.detach() for k, v in draw.sample.items()})
+        )
+        return draw.fed
+
+    return thought_fn, recorder
+
+
+@dataclass
+class ReplayTrace:
+    """The log-densities ``replaying_thoughts``'s hook recomputed, one [B] tensor per slot, with gradients."""
+
+    logp: list[Tensor] = field(default_factory=list)
+
+    def stacked(self) -> Tensor:
+        """[B, n] (multiply by the thought mask before summing)."""
+        return torch.stack(self.logp, dim=1)
+
+
+def replaying_thoughts(policy: ThoughtPolicy, recorded: RecordedThoughts) -> tuple[ThoughtFn, ReplayTrace]:
+    """A ``thought_fn`` for ``thought_forward`` that feeds exactly the recorded thoughts and scores them again.
+
+    At slot t it feeds ``recorded.fed[:, t]`` (detached, as Latent-GRPO and SofT-GRPO rebuild their soft inputs) and
+    appends ``policy.log_prob(t, hidden, fed, sample)`` to the trace, computed with gradients on the hidden state the
+    training forward recomputed. Since the chain is cut at the thoughts, their effect on what follows reaches the
+    gradient only through these log-densities (a score-function estimator).
+    """
+    trace = ReplayTrace()
+
+    def thought_fn(index: int, hidden: Tensor) -> Tensor:
+        if index >= recorded.n_slots or recorded.fed.shape[0] != hidden.shape[0]:
+            raise ConfigError(
+                f"replayed thoughts are [{recorded.fed.shape[0]} rows, {recorded.n_slots} slots]; the forward asks "
+                f"for slot {index} of {hidden.shape[0]} rows"
+            )
+        fed = recorded.fed[:, index].to(device=hidden.device, dtype=hidden.dtype)
+        sample = {k: v[:, index].to(hidden.device) for k, v in recorded.sample.items()}
+        trace.logp.append(policy.log_prob(index, hidden, fed, sample))
+        return fed
+
+    return thought_fn, trace
+
+
 @dataclass
 class GenerationResult:
-    """Greedy decoding with thoughts; counts are per sample."""
+    """Decoding with thoughts; counts are per sample.
+
+    The tensors below are filled by ``generate_from_ids`` (``None`` when a result is built elsewhere). T is
+    ``max_new_tokens`` for every row; positions after a row's first EOS (and after the loop ended because every row
+    had finished) are padding: ``token_mask`` is False there, log-probs and logits are 0 and ids are ``eos_id``.
+    The log-probs are those of the distribution the token was drawn from, log_softmax(logits / T) for
+    ``temperature`` T > 0, and log_softmax(logits) (T = 1, the model's own distribution) for greedy decoding.
+    """
 
     token_ids: list[list[int]]
     """Generated language tokens, up to and excluding EOS."""
@@ -262,6 +417,22 @@ class GenerationResult:
     """Language tokens generated before EOS (EOS itself is not counted)."""
     thought_inputs: Tensor
     """[B, n, H] what was fed at each thought slot."""
+    thought_mask: Tensor | None = None
+    """[B, n] long, 1 on the thought slots each row used (``n_thoughts`` less any slots ``stop_fn`` ended)."""
+    generated_ids: Tensor | None = None
+    """[B, T] long: the token chosen at each position, EOS included; ``eos_id`` after it."""
+    token_mask: Tensor | None = None
+    """[B, T] bool: True on the positions a row generated, up to and including its first EOS (the EOS choice is an
+    action too), so ``token_mask.sum(1)`` is ``n_language_tokens`` (+ 1 where EOS was generated)."""
+    chosen_logprobs: Tensor | None = None
+    """[B, T] float32: log-probability of ``generated_ids`` under the sampled-from distribution; 0 on padding."""
+    top_logprobs: Tensor | None = None
+    """[B, T, K] float32, with ``top_k_logprobs=K > 0``: the K largest log-probs of that distribution, descending;
+    0 on padding."""
+    top_ids: Tensor | None = None
+    """[B, T, K] long: their token ids; ``eos_id`` on padding."""
+    logits: Tensor | None = None
+    """[B, T, V] float32, with ``return_logits=True``: the raw LM-head logits (before temperature); 0 on padding."""
 
 
 def next_token(logits: Tensor, temperature: float = 0.0, generator: torch.Generator | None = None) -> Tensor:
@@ -286,17 +457,24 @@ def generate_from_ids(
     temperature: float = 0.0,
     generator: torch.Generator | None = None,
     stop_fn: StopFn | None = None,
+    top_k_logprobs: int = 0,
+    return_logits: bool = False,
 ) -> GenerationResult:
     """Batched decoding over a KV cache: prefix, thoughts, ``<eot>`` (if given), then language tokens.
 
     Greedy by default; ``temperature > 0`` samples the language tokens (``next_token``) from ``generator``.
     ``n_thoughts`` per row masks the unused slots of shorter rows, so no row depends on the others; ``stop_fn``
     (see ``CachedStepper.run_thoughts``) ends a row's thoughts early, and the counts returned are the slots used.
+    Every chosen token's log-prob is recorded (``GenerationResult.chosen_logprobs``, [B, T]); ``top_k_logprobs=K``
+    adds the top-K log-probs and ids ([B, T, K]) and ``return_logits`` the raw logits ([B, T, V]). Recording changes
+    no token: greedy and sampled outputs are those of a call without it.
     """
     batch = len(prefix_ids)
     counts = [n_thoughts] * batch if isinstance(n_thoughts, int) else list(n_thoughts)
     if len(counts) != batch:
         raise ConfigError(f"n_thoughts has {len(counts)} entries for {batch} prompts")
+    if top_k_logprobs < 0:
+        raise ConfigError(f"top_k_logprobs must be >= 0, got {top_k_logprobs}")
     stepper = CachedStepper(model)
     device = stepper.embed.weight.device
     ids = _pad(prefix_ids, pad_id, left=True).to(device)
@@ -310,11 +488,28 @@ def generate_from_ids(
     if eot_id is not None:
         hidden = stepper.step(stepper.embed(ones * eot_id), ones)[:, -1]
     generated = torch.full((batch, max_new_tokens), eos_id, dtype=torch.long, device=device)
+    token_mask = torch.zeros(batch, max_new_tokens, dtype=torch.bool, device=device)
+    chosen = torch.zeros(batch, max_new_tokens, dtype=torch.float32, device=device)
+    tops: list[tuple[Tensor, Tensor]] = []
+    raw: list[Tensor] = []
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     for index in range(max_new_tokens):
-        token = next_token(stepper.head(hidden), temperature, generator)  # [B]
+        logits = stepper.head(hidden)  # [B, V]
+        token = next_token(logits, temperature, generator)  # [B]
         token = torch.where(finished, torch.full_like(token, eos_id), token)
         generated[:, index] = token
+        active = ~finished
+        token_mask[:, index] = active
+        scaled = logits.float() / temperature if temperature > 0 else logits.float()
+        logp = scaled.log_softmax(dim=-1)  # the distribution ``token`` was drawn from (T = 1 when greedy)
+        chosen[:, index] = logp.gather(-1, token.unsqueeze(-1)).squeeze(-1).masked_fill(finished, 0.0)
+        if top_k_logprobs:
+            if top_k_logprobs > logp.shape[-1]:
+                raise ConfigError(f"top_k_logprobs {top_k_logprobs} exceeds the vocabulary ({logp.shape[-1]})")
+            top_values, top_ix = logp.topk(top_k_logprobs, dim=-1)
+            tops.append((top_values.masked_fill(finished[:, None], 0.0), top_ix.masked_fill(finished[:, None], eos_id)))
+        if return_logits:
+            raw.append(logits.float().masked_fill(finished[:, None], 0.0))
         finished |= token == eos_id
         if bool(finished.all()) or index == max_new_tokens - 1:
             break
@@ -322,7 +517,21 @@ def generate_from_ids(
     token_ids = []
     for row in generated.tolist():
         token_ids.append(row[: row.index(eos_id)] if eos_id in row else row)
-    return GenerationResult(token_ids, [""] * batch, counts, [len(t) for t in token_ids], inputs)
+    result = GenerationResult(token_ids, [""] * batch, counts, [len(t) for t in token_ids], inputs)
+    result.thought_mask = used
+    result.generated_ids, result.token_mask, result.chosen_logprobs = generated, token_mask, chosen
+    if top_k_logprobs:
+        result.top_logprobs = torch.zeros(batch, max_new_tokens, top_k_logprobs, dtype=torch.float32, device=device)
+        result.top_ids = torch.full((batch, max_new_tokens, top_k_logprobs), eos_id, dtype=torch.long, device=device)
+        if tops:
+            result.top_logprobs[:, : len(tops)] = torch.stack([v for v, _ in tops], dim=1)
+            result.top_ids[:, : len(tops)] = torch.stack([i for _, i in tops], dim=1)
+    if return_logits:
+        width = raw[0].shape[-1] if raw else stepper.head(hidden).shape[-1]
+        result.logits = torch.zeros(batch, max_new_tokens, width, dtype=torch.float32, device=device)
+        if raw:
+            result.logits[:, : len(raw)] = torch.stack(raw, dim=1)
+    return result
 
 
 def generate_with_thoughts(
@@ -336,10 +545,12 @@ def generate_with_thoughts(
     markers: bool = True,
     fmt: CoTTextFormat = DEFAULT_FORMAT,
     use_bos: bool | None = None,
+    top_k_logprobs: int = 0,
 ) -> GenerationResult:
     """Greedy answers to ``questions`` formatted as in training (``curriculum.question_prompt_ids``).
 
     ``markers=False`` drops ``<bot>``/``<eot>`` (the cot / no_cot baselines; use ``n_thoughts=0`` with it).
+    ``top_k_logprobs``: see ``generate_from_ids``.
     """
     if thought_tokens is None:
         thought_tokens = _lookup_thought_tokens(tokenizer)
@@ -357,9 +568,45 @@ def generate_with_thoughts(
         eot_id=thought_tokens.eot_id if markers else None,
         pad_id=pad_id,
         thought_fn=thought_fn,
+        top_k_logprobs=top_k_logprobs,
     )
     result.texts = tokenizer.batch_decode(result.token_ids, skip_special_tokens=True)
     return result
+
+
+def rollout_batch(
+    prefix_ids: Sequence[Sequence[int]], result: GenerationResult, eot_id: int | None, pad_id: int = 0
+) -> ThoughtBatch:
+    """The ``ThoughtBatch`` whose ``thought_forward`` recomputes a rollout of ``generate_from_ids``.
+
+    ``prefix_ids``, ``eot_id`` and ``pad_id`` as given to ``generate_from_ids``. The suffix is ``<eot>`` (if any)
+    and then all T generated positions, labelled where ``result.token_mask`` is set (EOS included), so with
+    ``offset = 1 if eot_id is not None else 0`` suffix position ``offset + j`` holds generated token j: the forward's
+    ``logits[:, offset:]`` and ``label_logprobs(head, predictor_hidden, suffix_labels, T)[:, offset:]`` are [B, T] and
+    line up with ``result.logits`` and ``result.chosen_logprobs``. The thought mask is the slots the rollout used.
+    """
+    if result.generated_ids is None or result.token_mask is None or result.thought_mask is None:
+        raise ConfigError("rollout_batch needs a GenerationResult from generate_from_ids (its tensors are missing)")
+    batch, _ = result.generated_ids.shape
+    if len(prefix_ids) != batch:
+        raise ConfigError(f"{len(prefix_ids)} prefixes for a rollout of {batch} rows")
+    device = result.generated_ids.device
+    mask = result.token_mask.long()
+    ids = result.generated_ids.masked_fill(~result.token_mask, pad_id)
+    labels = result.generated_ids.masked_fill(~result.token_mask, IGNORE_INDEX)
+    if eot_id is not None:
+        column = torch.ones(batch, 1, dtype=torch.long, device=device)
+        ids = torch.cat([column * eot_id, ids], dim=1)
+        mask = torch.cat([column, mask], dim=1)
+        labels = torch.cat([column * IGNORE_INDEX, labels], dim=1)
+    return ThoughtBatch(
+        prefix_ids=_pad(prefix_ids, pad_id, left=True).to(device),
+        prefix_mask=_pad([[1] * len(p) for p in prefix_ids], 0, left=True).to(device),
+        thought_mask=result.thought_mask.long(),
+        suffix_ids=ids,
+        suffix_mask=mask,
+        suffix_labels=labels,
+    )
 
 
 def _lookup_thought_tokens(tokenizer) -> ThoughtTokens:
