@@ -15,7 +15,6 @@ from latentlab.memory.prompting import LATENT, Prompt, pack_prompts
 from latentlab.reasoning.curriculum import IGNORE_INDEX
 from latentlab.reasoning.thoughts import (
     ThoughtDraw,
-    add_thought_tokens,
     generate_from_ids,
     generate_with_thoughts,
     label_logprobs,
@@ -24,20 +23,9 @@ from latentlab.reasoning.thoughts import (
     rollout_batch,
     thought_forward,
 )
-from tests.test_thoughts import EXAMPLES, layouts_at, tiny_model, tiny_tokenizer
+from tests.test_thoughts import EXAMPLES, layouts_at, setup, tiny_model, tiny_tokenizer  # noqa: F401 - setup: the shared fixture
 
 ATOL = 1e-5
-
-
-@pytest.fixture(params=["gpt2", "llama"])
-def setup(request):
-    from latentlab.reasoning.curriculum import LayoutVocab
-
-    tokenizer = tiny_tokenizer()
-    model = tiny_model(request.param, len(tokenizer))
-    tokens = add_thought_tokens(tokenizer, model)
-    vocab = LayoutVocab.from_tokenizer(tokenizer, tokens.bot_id, tokens.thought_id, tokens.eot_id)
-    return model, tokenizer, tokens, vocab
 
 
 class GaussianThoughts(nn.Module):

@@ -74,6 +74,11 @@ def _f1_from_tokens(pred_tokens: list[str], gold_tokens: list[str]) -> float:
     if not pred_tokens or not gold_tokens:
         # SQuAD's rule: an empty side scores 1 only when both are empty (a correct "no answer").
         return float(pred_tokens == gold_tokens)
+    return _overlap_f1(pred_tokens, gold_tokens)
+
+
+def _overlap_f1(pred_tokens: list[str], gold_tokens: list[str]) -> float:
+    """Harmonic mean of token precision and recall under multiset overlap (0 without overlap, or an empty side)."""
     overlap = sum((Counter(pred_tokens) & Counter(gold_tokens)).values())
     if overlap == 0:
         return 0.0
@@ -95,13 +100,7 @@ HOTPOTQA_SPECIAL_ANSWERS = frozenset({"yes", "no", "noanswer"})
 def _hotpotqa_f1_one(pred_norm: str, gold_norm: str) -> float:
     if pred_norm != gold_norm and (pred_norm in HOTPOTQA_SPECIAL_ANSWERS or gold_norm in HOTPOTQA_SPECIAL_ANSWERS):
         return 0.0
-    pred_tokens, gold_tokens = pred_norm.split(), gold_norm.split()
-    overlap = sum((Counter(pred_tokens) & Counter(gold_tokens)).values())
-    if overlap == 0:
-        return 0.0
-    precision = overlap / len(pred_tokens)
-    recall = overlap / len(gold_tokens)
-    return 2 * precision * recall / (precision + recall)
+    return _overlap_f1(pred_norm.split(), gold_norm.split())
 
 
 def hotpotqa_f1(pred: str, golds: str | Sequence[str]) -> float:
