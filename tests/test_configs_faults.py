@@ -166,3 +166,28 @@ def test_index_section_is_the_index_spec():
 
     assert not hasattr(index, "IndexSpec") and index.IndexConfig is IndexConfig  # one class, not two
     assert load_config(TINY_MEMORY, {"index.factory": "HNSW32,Flat"}).index.factory == "HNSW32,Flat"
+
+
+def test_resolved_configs_written_before_the_configs_package_still_load():
+    """Runs and exports of earlier versions dumped every section of every task; they keep loading."""
+    import yaml
+
+    from latentlab.configs import config_from_dict, to_dict
+
+    memory = to_dict(load_config(TINY_MEMORY))
+    memory["reasoning"] = {"method": "coconut", "max_new_tokens": 64, "pass_k": [1]}
+    assert config_from_dict(memory).compressor.key_dim == 256
+    cot = to_dict(load_config(TINY_COT))
+    sampling, evaluation = cot.pop("sampling"), cot["eval"]
+    cot["reasoning"].update(
+        max_new_tokens=sampling["max_new_tokens"],
+        num_samples=4,
+        sample_temperature=0.5,
+        thought_noise=0.1,
+        pass_k=[1, 4],
+    )
+    del evaluation["pass_k"]
+    cot.update(compressor={"key_dim": 8}, index={"factory": "Flat"}, eval={**evaluation, "methods": ["latent"], "k": 5})
+    old = config_from_dict(yaml.safe_load(yaml.safe_dump(cot)))
+    assert (old.sampling.num_samples, old.sampling.temperature, old.sampling.thought_noise) == (4, 0.5, 0.1)
+    assert old.eval.pass_k == [1, 4] and not hasattr(old, "compressor")

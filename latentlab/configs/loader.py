@@ -294,9 +294,40 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ex
     return config
 
 
+MEMORY_SECTIONS = ("compressor", "generator", "loss", "data", "index")
+LEGACY_SAMPLING = {
+    "max_new_tokens": "max_new_tokens",
+    "num_samples": "num_samples",
+    "sample_temperature": "temperature",
+    "thought_noise": "thought_noise",
+}
+
+
+def migrate_resolved(data: dict) -> dict:
+    """A resolved config written before configs/ (2026-12-01) in today's layout: every section of every task was
+    dumped then, so a stored memory run carries a default `reasoning:` and a reasoning run carries memory sections;
+    neither took effect in its run. Sampling settings move from `reasoning.*` to `sampling.*` and `pass_k` to
+    `eval.*`. Only stored run and export configs go through this, never a user's YAML."""
+    data = dict(data)
+    task = data.get("task", "latent_memory")
+    if task == "latent_memory":
+        data.pop("reasoning", None)
+    elif task == "latent_cot" and "sampling" not in data:
+        for name in MEMORY_SECTIONS:
+            data.pop(name, None)
+        reasoning = dict(data.get("reasoning") or {})
+        sampling = {new: reasoning.pop(old) for old, new in LEGACY_SAMPLING.items() if old in reasoning}
+        evaluation = {k: v for k, v in dict(data.get("eval") or {}).items() if k not in ("methods", "k", "retrieval")}
+        if "pass_k" in reasoning:
+            evaluation["pass_k"] = reasoning.pop("pass_k")
+        data.update(reasoning=reasoning, sampling=sampling, eval=evaluation)
+    return data
+
+
 def config_from_dict(data: dict, source: str = "<dict>") -> ExperimentConfig:
-    """Validate a plain mapping (as written in a resolved config) into the experiment class of its task."""
-    return _experiment(dict(data), _Ctx(source))
+    """Validate a resolved config (a run's or an export's ``config.yaml``) into the experiment class of its task;
+    one written by an earlier latentlab is migrated first (``migrate_resolved``)."""
+    return _experiment(migrate_resolved(data), _Ctx(source))
 
 
 def project_root(start: Path) -> Path:
