@@ -16,6 +16,8 @@ from latentlab.memory.evaluate import METHODS
 from latentlab.memory.evidence import ENCODERS
 from latentlab.memory.retrievers import RETRIEVERS, NoRetrieval, make_retriever, register_retriever
 from latentlab.registry import Registry, RegistryError
+from latentlab.rl.policy_loss import AGGREGATIONS, POLICY_LOSSES
+from latentlab.rl.rewards import REWARDS
 from latentlab.tasks import TASKS
 
 REGISTRIES = {
@@ -26,6 +28,9 @@ REGISTRIES = {
     "methods": METHODS,
     "encoders": ENCODERS,
     "task_configs": TASK_CONFIGS,
+    "policy_losses": POLICY_LOSSES,
+    "aggregations": AGGREGATIONS,
+    "rewards": REWARDS,
 }
 
 LOOKUPS = {

@@ -109,6 +109,12 @@ class CoTLayout:
         return [IGNORE_INDEX] * (len(self.prefix_ids) + self.n_thoughts) + self.suffix_labels
 
 
+def extract_answer(text: str, fmt: CoTTextFormat = DEFAULT_FORMAT) -> str:
+    """The answer in generated text: what follows the last answer marker (``###``), else the whole text, stripped."""
+    marker = fmt.answer_prefix.strip()
+    return (text.rsplit(marker, 1)[-1] if marker and marker in text else text).strip()
+
+
 def sample_stage(example: CoTExample, scheduled_stage: int, config: CurriculumConfig, rng: random.Random) -> int:
     """The stage for one training sample: with ``uniform_prob`` a uniform draw from 0..S, else the scheduled one."""
     if config.uniform_prob > 0 and rng.random() < config.uniform_prob:

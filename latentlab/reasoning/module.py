@@ -20,17 +20,11 @@ from latentlab.configs import BackboneConfig, ExperimentConfig
 from latentlab.errors import ConfigError
 from latentlab.eval.metrics import answers_match
 from latentlab.optim import TRAIN_STREAM, VAL_STREAM, adamw_warmup_cosine, derive_seed
-from latentlab.reasoning.curriculum import DEFAULT_FORMAT, CoTTextFormat, LayoutVocab, build_prompt
+from latentlab.reasoning.curriculum import DEFAULT_FORMAT, CoTTextFormat, LayoutVocab, build_prompt, extract_answer
 from latentlab.reasoning.cvae import LatentStepCVAE, LatentTrace, beta_schedule, elbo_loss, stop_loss, stop_targets
 from latentlab.reasoning.data import CoTBatch
 from latentlab.reasoning.thoughts import ThoughtFn, add_thought_tokens, generate_from_ids, thought_forward
 from latentlab.weights import check_state_dict, load_lightning_checkpoint, strip_prefixes
-
-
-def extract_answer(text: str, fmt: CoTTextFormat = DEFAULT_FORMAT) -> str:
-    """The answer in generated text: what follows the last answer marker (``###``), else the whole text, stripped."""
-    marker = fmt.answer_prefix.strip()
-    return (text.rsplit(marker, 1)[-1] if marker and marker in text else text).strip()
 
 
 def tokens_before_answer(token_ids: Sequence[int], tokenizer, fmt: CoTTextFormat = DEFAULT_FORMAT) -> int:

@@ -1,0 +1,125 @@
+"""Config sections of RL on reasoning (the coming `latent_rl` task): policy loss, advantages and rewards.
+
+Torch-free. The loss, aggregation and reward names are checked against their registries where the RL code is built
+(``latentlab.rl``); here each section checks the values a name cannot carry (signs, ranges, thresholds).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from latentlab.configs.common import require
+
+
+@dataclass
+class PolicyLossConfig:
+    """Which policy loss, its clip or trust-region settings, how tokens are aggregated, and the KL to a reference."""
+
+    name: str = "ppo_clip"
+    """Per-token objective (``latentlab.rl.policy_loss.POLICY_LOSSES``): ppo_clip (PPO/GRPO/DAPO/Dr.GRPO/GSPO;
+    the ratio clip), dppo (DPPO's trust-region mask on the sampled token), drpo (DRPO's smooth quadratic penalty)."""
+    aggregation: str = "grpo"
+    """How per-token losses become one number (``AGGREGATIONS``): grpo (mean over sequences of token means), bnpo
+    (token mean of this micro-batch), dapo (token sum over the accumulated batch's active tokens), dr_grpo (token sum
+    over the constant B x max_completion_length)."""
+    importance_level: Literal["token", "sequence"] = "token"
+    """Ratio per token, or GSPO's one length-normalised ratio per sequence."""
+    clip_low: float = 0.2
+    """ppo_clip: lower clip range epsilon_low (the ratio is clipped at 1 - clip_low)."""
+    clip_high: float = 0.2
+    """ppo_clip: upper clip range epsilon_high (DAPO's clip-higher: 0.28)."""
+    dual_clip: float | None = None
+    """ppo_clip: dual-clip constant c > 1 for negative advantages (verl: 3); null = off."""
+    divergence: Literal["binary_tv", "binary_kl", "topk_tv", "topk_kl"] = "binary_tv"
+    """dppo: the divergence between rollout mu and policy pi at the sampled token (top-K: over mu's top-K + rest)."""
+    delta_low: float = 0.15
+    """dppo: trust-region threshold where the advantage is negative (TV 0.15, KL 0.05 in the verl example)."""
+    delta_high: float = 0.15
+    """dppo: trust-region threshold where the advantage is positive."""
+    ratio_cap: float = 10.0
+    """dppo: cap c of the detached importance weight min(pi/mu, c) (Stable-RL: 10)."""
+    drpo_delta: float = 0.15
+    """drpo: delta in probability units; the penalty's stationary point is pi - mu = sign(A) delta (the spec explains
+    why not the transcribed 12.5)."""
+    kl_beta: float = 0.0
+    """Weight of the k3 KL to a frozen reference model (0 = no reference; DeepSeek-R1: 0.001)."""
+    max_completion_length: int | None = None
+    """dr_grpo: the constant L_max of its normaliser (required there); null elsewhere."""
+
+    def __post_init__(self) -> None:
+        for key in ("clip_low", "clip_high", "delta_low", "delta_high", "drpo_delta"):
+            require(getattr(self, key) > 0, key, f"must be > 0, got {getattr(self, key)}")
+        require(
+            self.clip_low < 1, "clip_low", f"must be < 1 (the ratio is clipped at 1 - clip_low), got {self.clip_low}"
+        )
+        require(self.dual_clip is None or self.dual_clip > 1, "dual_clip", f"must be > 1 or null, got {self.dual_clip}")
+        require(self.ratio_cap > 0, "ratio_cap", f"must be > 0, got {self.ratio_cap}")
+        require(self.kl_beta >= 0, "kl_beta", f"must be >= 0, got {self.kl_beta}")
+        require(
+            self.max_completion_length is None or self.max_completion_length >= 1,
+            "max_completion_length",
+            f"must be >= 1 or null, got {self.max_completion_length}",
+        )
+        require(
+            self.aggregation != "dr_grpo" or self.max_completion_length is not None,
+            "max_completion_length",
+            "aggregation dr_grpo divides by the constant B x max_completion_length: set it",
+        )
+
+
+@dataclass
+class AdvantageConfig:
+    """Group-relative advantages over the G completions of each prompt."""
+
+    group_size: int = 8
+    """G: completions sampled per prompt."""
+    scale_rewards: Literal["group", "batch", "none"] = "group"
+    """Divide (r - group mean) by the group's std, the whole batch's std, or nothing (Dr.GRPO)."""
+    std: Literal["unbiased", "population"] = "unbiased"
+    """std convention: unbiased (n - 1; TRL, verl) or population (n; CoT2)."""
+    eps: float = 1e-4
+    """Added to the std before dividing (TRL 1e-4, verl 1e-6, ATP-Latent 1e-8)."""
+    dynamic_sampling: bool = False
+    """DAPO: drop groups whose rewards are all equal and draw more until the batch is full."""
+    max_draws: int = 4
+    """Dynamic sampling: at most this many generation batches per training batch (then train on what there is)."""
+
+    def __post_init__(self) -> None:
+        require(
+            self.group_size >= 2,
+            "group_size",
+            f"must be >= 2 (a group baseline needs two samples), got {self.group_size}",
+        )
+        require(self.eps >= 0, "eps", f"must be >= 0, got {self.eps}")
+        require(self.max_draws >= 1, "max_draws", f"must be >= 1, got {self.max_draws}")
+
+
+@dataclass
+class RewardConfig:
+    """Rewards by name (``latentlab.rl.rewards.REWARDS``) with their weights; the total is the weighted sum."""
+
+    weights: dict = field(default_factory=lambda: {"answer": 1.0})
+    """Reward name -> weight, e.g. {answer: 1.0, format: 0.5}."""
+    numeric_tolerance: float = 1e-6
+    """answer: a numeric answer within this relative tolerance of the gold counts as correct."""
+    overlong_buffer: int = 0
+    """length: DAPO's overlong shaping; the penalty grows linearly from 0 to -1 over the last this many tokens before
+    max_completion (0 = off)."""
+    max_completion: int | None = None
+    """length: the completion budget the buffer ends at (required with overlong_buffer)."""
+
+    def __post_init__(self) -> None:
+        require(bool(self.weights), "weights", "must name at least one reward")
+        for name, weight in self.weights.items():
+            require(
+                isinstance(weight, (int, float)) and not isinstance(weight, bool), f"weights.{name}", "must be a number"
+            )
+        require(self.numeric_tolerance >= 0, "numeric_tolerance", f"must be >= 0, got {self.numeric_tolerance}")
+        require(self.overlong_buffer >= 0, "overlong_buffer", f"must be >= 0, got {self.overlong_buffer}")
+        require(
+            self.overlong_buffer == 0
+            or (self.max_completion is not None and self.max_completion > self.overlong_buffer),
+            "max_completion",
+            "overlong_buffer needs max_completion > overlong_buffer",
+        )

@@ -1,0 +1,1 @@
+"""RL on reasoning: policy losses, group advantages, rewards (rollouts and the training module come next)."""
