@@ -353,6 +353,12 @@ def test_evaluate_cot_writes_predictions_summary_and_table(atp_run, tmp_path):
     correct = [r["samples_correct"] for r in records]
     assert row["pass@1"] == pytest.approx(sum(c / 3 for c in correct) / 4, abs=1e-6, rel=0)
     assert row["pass@2"] == pytest.approx(sum(1 - math.comb(3 - c, 2) / 3 for c in correct) / 4, abs=1e-6, rel=0)
+    # the 3 samples of a question are rows q * 3 + s of one batched generation; pass@1 is their mean accuracy
+    assert all(len(r["sample_predictions"]) == len(r["sample_reasoning_tokens"]) == 3 for r in records)
+    assert all(
+        r["samples_correct"] == sum(answers_match(p, r["gold"]) for p in r["sample_predictions"]) for r in records
+    )
+    assert row["sample_accuracy"] == pytest.approx(row["pass@1"], abs=1e-12, rel=0)
     assert row["accuracy"] == pytest.approx(sum(r["correct"] for r in records) / 4, abs=1e-6, rel=0)
     assert row["reasoning_tokens_mean"] >= row["latent_tokens_mean"] == 2.0
     examples = load_cot_split(config, "test")

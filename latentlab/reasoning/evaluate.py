@@ -6,7 +6,17 @@ all steps latent for coconut / atp_latent, plain text generation for cot / no_co
 pass@k sampling (documented once, here): with ``sampling.num_samples`` n > 1 each question gets n sampled answers,
 tokens drawn at ``sampling.temperature`` (Gumbel-max over the logits, the same for every method) and, for
 the latent methods, optional Gaussian noise of ``sampling.thought_noise`` x RMS on every thought; pass@k is the
-unbiased estimator 1 - C(n-c, k)/C(n, k). With n = 1, pass@1 is the greedy accuracy.
+unbiased estimator 1 - C(n-c, k)/C(n, k) (``pass_at_k``, over the [questions, n] correctness), for every k of
+``eval.pass_k``. With n = 1, pass@1 is the greedy accuracy.
+
+The n samples of a batch (``eval.batch_size`` questions) are drawn in one batched generation (``sample_answers``):
+each question is repeated n times, question-major, so row q * n + s is sample s of question q. Every random draw
+(the Gumbel noise of each token, the thought noise, atp_latent's sampled z) is made per row, so the rows are
+independent samples. One generator per batch, seeded ``derive_seed(seed, TRAIN_STREAM, batch_index)``, makes the
+result repeat exactly. When n * batch_size rows are more than ``sample_rows`` (default: the larger of
+``eval.batch_size`` and ``SAMPLE_ROWS_PER_CALL``), the rows are generated in consecutive chunks of that many, the
+chunks drawing one after another from the batch's generator: the same settings give the same samples, but another
+``sample_rows`` gives other (equally valid) draws.
 
 For the latent methods the row also has ``shuffled_thought_accuracy``: greedy accuracy when each question of a batch
 reads the next question's thoughts. Near ``accuracy`` it says the thoughts carry nothing about their own question.
@@ -22,7 +32,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from latentlab.configs import ExperimentConfig, config_from_dict, config_root
+from latentlab.configs import ExperimentConfig, SamplingConfig, config_from_dict, config_root
 from latentlab.data.schema import CoTExample
 from latentlab.errors import ConfigError
 from latentlab.eval.metrics import answers_match, pass_at_k
@@ -32,7 +42,7 @@ from latentlab.optim import TRAIN_STREAM, derive_seed
 from latentlab.reasoning.curriculum import n_latent_steps
 from latentlab.reasoning.cvae import decode_steps
 from latentlab.reasoning.data import latent_step_texts, load_cot_split
-from latentlab.reasoning.module import LatentCoTModule
+from latentlab.reasoning.module import GeneratedAnswers, LatentCoTModule
 
 TABLE_COLUMNS = (
     "method",
@@ -48,6 +58,9 @@ TABLE_COLUMNS = (
     "eval_s",
 )
 """Columns of a reasoning table, in order (fit_s and eval_s come from reproduce.py)."""
+
+SAMPLE_ROWS_PER_CALL = 256
+"""Default cap on the rows (question x sample) of one sampling generation; ``eval.batch_size`` rows always fit."""
 
 METHOD_LABELS = {"no_cot": "No-CoT", "cot": "CoT", "coconut": "Coconut", "atp_latent": "ATP-Latent"}
 TOKEN_COLUMNS = ["latent_tokens_mean", "language_tokens_mean", "reasoning_tokens_mean", "generated_tokens_mean"]
@@ -136,11 +149,15 @@ def evaluate_cot(
     out_dir: str | Path | None = None,
     command: str | None = None,
     overwrite: bool | None = None,
+    sample_rows: int | None = None,
 ) -> CoTEvalResult:
     """Evaluate a trained run on ``eval.split`` of ``config``'s reasoning data; writes predictions, summary, table.
 
     The model (method, reasoner, stage) comes from the checkpoint's run; the data and the evaluation settings
     (``eval.*`` with ``eval.pass_k``, and ``sampling.*``) from ``config``. Files: ``predictions.jsonl``, ``summary.json``, ``table.{md,csv,png}``.
+    ``sample_rows``: the most rows of one sampling generation (default: the larger of ``eval.batch_size`` and
+    ``SAMPLE_ROWS_PER_CALL``; see the module docstring). With sampling, each record also lists its samples'
+    predictions and reasoning tokens (``sample_predictions``, ``sample_reasoning_tokens``: sample s at index s).
     """
     checkpoint = checkpoint if checkpoint is not None else config.eval.checkpoint
     if checkpoint is None:
@@ -162,6 +179,11 @@ def evaluate_cot(
     records: list[dict] = []
     sampling = config.sampling
     n_samples = sampling.num_samples if sampling.num_samples > 1 else 0
+    rows_per_call = sample_rows if sample_rows is not None else max(ev.batch_size, SAMPLE_ROWS_PER_CALL)
+    if rows_per_call < 1:
+        raise ConfigError(f"evaluate_cot: sample_rows must be >= 1, got {rows_per_call}")
+    sample_correct: list[torch.Tensor] = []  # bool [B, n] per batch
+    sample_tokens: list[tuple[torch.Tensor, torch.Tensor]] = []  # reasoning and generated tokens, [B, n] per batch
     for batch_index, batch in enumerate(_batches(examples, ev.batch_size)):
         questions = [ex.question for ex in batch]
         greedy = module.generate_answers(questions, stage, max_new_tokens=sampling.max_new_tokens)
@@ -170,37 +192,43 @@ def evaluate_cot(
             if run.latent and len(batch) > 1
             else None
         )
-        sampled_correct = [0] * len(batch)
-        for sample in range(n_samples):
+        sampled = None
+        if n_samples:  # all n samples of the batch in one generation (chunked past rows_per_call rows)
             generator = torch.Generator(device=module.device).manual_seed(
-                derive_seed(config.seed, TRAIN_STREAM, batch_index * 1009 + sample)
+                derive_seed(config.seed, TRAIN_STREAM, batch_index)
             )
-            answers = module.generate_answers(
-                questions, stage, sampling.temperature, sampling.thought_noise, generator, sampling.max_new_tokens
-            )
-            for b, (pred, ex) in enumerate(zip(answers.predictions, batch)):
-                sampled_correct[b] += int(answers_match(pred, ex.answer))
+            sampled = sample_answers(module, questions, stage, sampling, n_samples, generator, rows_per_call)
+            sample_correct.append(score_samples(sampled, [ex.answer for ex in batch], n_samples))
+            sample_tokens.append(sample_token_counts(sampled, n_samples))
         for b, ex in enumerate(batch):
-            records.append(
-                {
-                    "id": ex.id,
-                    "question": ex.question,
-                    "gold": ex.answer,
-                    "prediction": greedy.predictions[b],
-                    "text": greedy.texts[b],
-                    "correct": answers_match(greedy.predictions[b], ex.answer),
-                    "correct_with_shuffled_thoughts": (
-                        answers_match(shuffled.predictions[b], ex.answer) if shuffled is not None else None
-                    ),
-                    "latent_tokens": greedy.n_latent[b],
-                    "language_tokens": greedy.n_language[b],
-                    "reasoning_language_tokens": greedy.n_reasoning_language[b],
-                    "samples": n_samples,
-                    "samples_correct": sampled_correct[b],
-                }
-            )
+            record = {
+                "id": ex.id,
+                "question": ex.question,
+                "gold": ex.answer,
+                "prediction": greedy.predictions[b],
+                "text": greedy.texts[b],
+                "correct": answers_match(greedy.predictions[b], ex.answer),
+                "correct_with_shuffled_thoughts": (
+                    answers_match(shuffled.predictions[b], ex.answer) if shuffled is not None else None
+                ),
+                "latent_tokens": greedy.n_latent[b],
+                "language_tokens": greedy.n_language[b],
+                "reasoning_language_tokens": greedy.n_reasoning_language[b],
+                "samples": n_samples,
+                "samples_correct": int(sample_correct[-1][b].sum()) if sampled is not None else 0,
+            }
+            if sampled is not None:  # sample s of this question is row b * n + s
+                record["sample_predictions"] = sampled.predictions[b * n_samples : (b + 1) * n_samples]
+                record["sample_reasoning_tokens"] = [int(t) for t in sample_tokens[-1][0][b].tolist()]
+            records.append(record)
     seconds = time.time() - started
-    row = _summary_row(METHOD_LABELS[run.method], records, ev.pass_k, n_samples)
+    row = _summary_row(
+        METHOD_LABELS[run.method],
+        records,
+        ev.pass_k,
+        torch.cat(sample_correct) if sample_correct else None,
+        (torch.cat([r for r, _ in sample_tokens]), torch.cat([g for _, g in sample_tokens])) if sample_tokens else None,
+    )
     row["seconds"] = round(seconds, 1)
     if run.latent:
         # the ablation: the same questions, each reading another question's thoughts (module.shuffled_thoughts)
@@ -222,6 +250,8 @@ def evaluate_cot(
         "thought_noise": sampling.thought_noise,
         "rows": [row],
     }
+    if n_samples:
+        summary["sample_rows_per_call"] = rows_per_call
     with staged_dir(target, overwrite) as staging:  # the folder appears whole, or not at all
         write_jsonl(staging / "predictions.jsonl", records)
         write_json(staging / "summary.json", summary)
@@ -235,16 +265,85 @@ def evaluate_cot(
     return CoTEvalResult(out_dir=target, rows=[row], summary=summary)
 
 
-def _summary_row(label: str, records: list[dict], ks: Sequence[int], n_samples: int) -> dict:
-    """Accuracy, pass@k and mean token counts per answer over the prediction records."""
+def sample_answers(
+    module: LatentCoTModule,
+    questions: Sequence[str],
+    stage: int,
+    sampling: SamplingConfig,
+    n_samples: int,
+    generator: torch.Generator | None,
+    max_rows: int | None = None,
+) -> GeneratedAnswers:
+    """``n_samples`` sampled answers to each question in one batched generation, question-major: row q * n + s.
+
+    Tokens at ``sampling.temperature``, thoughts with ``sampling.thought_noise``, every draw made per row from
+    ``generator``. More than ``max_rows`` rows are generated in consecutive chunks of ``max_rows`` rows (drawing
+    from the same generator in turn). ``latents`` is kept only when every chunk has the same thought shape.
+    """
+    rows = [q for q in questions for _ in range(n_samples)]
+    size = max_rows if max_rows else max(len(rows), 1)
+    parts = [
+        module.generate_answers(
+            rows[start : start + size],
+            stage,
+            sampling.temperature,
+            sampling.thought_noise,
+            generator,
+            sampling.max_new_tokens,
+        )
+        for start in range(0, len(rows), size)
+    ]
+    if len(parts) == 1:
+        return parts[0]
+    latents = [p.latents for p in parts]
+    same_shape = all(z is not None and z.shape[1:] == latents[0].shape[1:] for z in latents)
+    return GeneratedAnswers(
+        texts=[t for p in parts for t in p.texts],
+        predictions=[t for p in parts for t in p.predictions],
+        n_latent=[t for p in parts for t in p.n_latent],
+        n_language=[t for p in parts for t in p.n_language],
+        n_reasoning_language=[t for p in parts for t in p.n_reasoning_language],
+        latents=torch.cat(latents) if same_shape else None,
+    )
+
+
+def score_samples(answers: GeneratedAnswers, golds: Sequence[str], n_samples: int) -> torch.Tensor:
+    """Correctness of question-major samples (``sample_answers``) as a bool [B, n]: [q, s] is row q * n + s."""
+    if len(answers.predictions) != len(golds) * n_samples:
+        raise ValueError(f"{len(answers.predictions)} sampled rows for {len(golds)} questions x {n_samples} samples")
+    hits = [answers_match(pred, golds[row // n_samples]) for row, pred in enumerate(answers.predictions)]
+    return torch.tensor(hits, dtype=torch.bool).view(len(golds), n_samples)
+
+
+def sample_token_counts(answers: GeneratedAnswers, n_samples: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reasoning tokens (thoughts + language before the answer marker) and generated tokens (thoughts + language)
+    of question-major samples, each a float64 [B, n]."""
+    latent = torch.tensor(answers.n_latent, dtype=torch.float64)
+    reasoning = latent + torch.tensor(answers.n_reasoning_language, dtype=torch.float64)
+    generated = latent + torch.tensor(answers.n_language, dtype=torch.float64)
+    return reasoning.view(-1, n_samples), generated.view(-1, n_samples)
+
+
+def _summary_row(
+    label: str,
+    records: list[dict],
+    ks: Sequence[int],
+    sample_correct: torch.Tensor | None = None,
+    sample_tokens: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> dict:
+    """Accuracy, pass@k and mean token counts per answer over the prediction records.
+
+    ``sample_correct``: bool [questions, n] correctness of the samples (None: greedy only, pass@1 is the accuracy),
+    scored with the vectorised ``pass_at_k``; ``sample_tokens``: the samples' reasoning and generated token counts
+    ([questions, n] each), averaged over every sample.
+    """
     n = len(records)
     correct = torch.tensor([float(rec["correct"]) for rec in records])
     row: dict = {"method": label, "accuracy": float(correct.mean())}
     for k in ks:
-        if n_samples:
-            samples = torch.tensor([rec["samples"] for rec in records])
-            hits = torch.tensor([rec["samples_correct"] for rec in records])
-            row[f"pass@{k}"] = float(pass_at_k(samples, hits, k).mean())
+        if sample_correct is not None:
+            drawn = torch.full((sample_correct.shape[0],), sample_correct.shape[1])
+            row[f"pass@{k}"] = float(pass_at_k(drawn, sample_correct.sum(dim=1), k).mean())
         else:  # one greedy answer per question: pass@1 is the accuracy
             row[f"pass@{k}"] = float(pass_at_k(torch.ones(n), correct, k).mean())
     latent = sum(rec["latent_tokens"] for rec in records) / n
@@ -259,6 +358,11 @@ def _summary_row(label: str, records: list[dict], ks: Sequence[int], n_samples: 
             "questions": n,
         }
     )
+    if sample_correct is not None:  # over all questions x samples (pass@1 is the same number)
+        row["sample_accuracy"] = float(sample_correct.double().mean())
+    if sample_tokens is not None:
+        row["sample_reasoning_tokens_mean"] = float(sample_tokens[0].mean())
+        row["sample_generated_tokens_mean"] = float(sample_tokens[1].mean())
     return row
 
 

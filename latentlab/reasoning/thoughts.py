@@ -12,7 +12,8 @@ which makes its result independent of the rest of the batch.
 Seams for RL (the policy losses themselves live elsewhere):
 
 - generation records the log-probability of every token it chooses (and optionally the top-K log-probs), under the
-  distribution it sampled from (``GenerationResult.chosen_logprobs``);
+  distribution it sampled from (``GenerationResult.chosen_logprobs``: after temperature and any top-k / top-p
+  renormalisation), and the same token under the tempered but unfiltered distribution (``tempered_logprobs``);
 - a stochastic thought hook (a ``ThoughtPolicy`` run through ``recording_thoughts``) records each thought it feeds and
   what it needs to recompute its log-density; ``replaying_thoughts`` then makes ``thought_forward`` feed exactly those
   thoughts and recompute that log-density with gradients, and ``rollout_batch`` turns a rollout into the
@@ -22,8 +23,7 @@ Seams for RL (the policy losses themselves live elsewhere):
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Protocol
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -38,14 +38,28 @@ from latentlab.reasoning.curriculum import (
     LayoutVocab,
     question_prompt_ids,
 )
+from latentlab.reasoning.replay import (  # noqa: F401 - record/replay names stay importable from here
+    RecordedThoughts,
+    ReplayTrace,
+    ThoughtDraw,
+    ThoughtFn,
+    ThoughtPolicy,
+    ThoughtRecorder,
+    recording_thoughts,
+    replaying_thoughts,
+)
+from latentlab.reasoning.sampling import (  # noqa: F401 - sampling names stay importable from here
+    check_sampling,
+    filter_logits,
+    gumbel_max,
+    next_token,
+    sampling_logits,
+)
 
 BOT_TOKEN = "<bot>"
 THOUGHT_TOKEN = "<thought>"
 EOT_TOKEN = "<eot>"
 
-ThoughtFn = Callable[[int, Tensor], Tensor]
-"""``thought_fn(step_index, hidden [B, H]) -> [B, H]``: what is fed at thought slot ``step_index`` given the last
-hidden state before it (identity = Coconut; noise for RL exploration; a CVAE latent mapped back to H)."""
 
 StopFn = Callable[[int], Tensor]
 """``stop_fn(step_index) -> bool [B]``: rows whose thoughts end at this slot (called after ``thought_fn`` there)."""
@@ -269,134 +283,6 @@ def thought_forward(
 
 
 @dataclass
-class ThoughtDraw:
-    """What a stochastic thought policy chose at one slot, for every row."""
-
-    fed: Tensor
-    """[B, H] the thought fed at this slot."""
-    logp: Tensor
-    """[B] the log-density of this choice under the policy (of ``fed``, of a latent z, ...: the policy defines it)."""
-    sample: dict[str, Tensor] = field(default_factory=dict)
-    """Whatever else ``log_prob`` needs to recompute ``logp`` (the noise, the sampled z, ...), each [B, ...]."""
-
-
-class ThoughtPolicy(Protocol):
-    """A stochastic thought hook whose choices can be recorded at rollout time and scored again in training.
-
-    ``draw`` runs in the rollout (usually under ``torch.no_grad``); ``log_prob`` runs in the training forward on the
-    *recomputed* hidden state before the slot, with gradients, and must return ``draw``'s ``logp`` when nothing has
-    changed (same parameters, same hidden). Its gradient reaches the policy's parameters and, through ``hidden``,
-    the reasoner.
-    """
-
-    def draw(self, index: int, hidden: Tensor, generator: torch.Generator | None) -> ThoughtDraw:
-        """Slot ``index``, hidden [B, H] (the last hidden state before the slot) -> the choice and its log-density."""
-        ...
-
-    def log_prob(self, index: int, hidden: Tensor, fed: Tensor, sample: dict[str, Tensor]) -> Tensor:
-        """The log-density [B] of a recorded choice (``fed`` [B, H], ``sample`` as drawn) given hidden [B, H]."""
-        ...
-
-
-@dataclass
-class RecordedThoughts:
-    """A rollout's thoughts, stacked over slots: what ``replaying_thoughts`` feeds and scores again.
-
-    Every slot is recorded, masked ones too (``GenerationResult.thought_mask`` says which slots count).
-    """
-
-    fed: Tensor
-    """[B, n, H] the thoughts fed."""
-    logp: Tensor
-    """[B, n] their log-density at rollout time (the behaviour policy's, for importance ratios)."""
-    sample: dict[str, Tensor] = field(default_factory=dict)
-    """Each [B, n, ...]: the policy's extra record per slot (``ThoughtDraw.sample``)."""
-
-    @property
-    def n_slots(self) -> int:
-        return self.fed.shape[1]
-
-    def rows(self, index: Tensor | slice | Sequence[int]) -> RecordedThoughts:
-        """The recording of a subset of rows (a training micro-batch of rollouts)."""
-        if not isinstance(index, slice | Tensor):
-            index = torch.as_tensor(list(index), dtype=torch.long, device=self.fed.device)
-        return RecordedThoughts(self.fed[index], self.logp[index], {k: v[index] for k, v in self.sample.items()})
-
-
-class ThoughtRecorder:
-    """Collects the ``ThoughtDraw`` of each slot (detached) as ``recording_thoughts``'s hook runs."""
-
-    def __init__(self) -> None:
-        self.draws: list[ThoughtDraw] = []
-
-    def recorded(self) -> RecordedThoughts:
-        """The draws so far stacked over slots; a rollout with no thought slot cannot be recorded."""
-        if not self.draws:
-            raise ConfigError("no thought was recorded (the rollout had no thought slot)")
-        keys = self.draws[0].sample.keys()
-        return RecordedThoughts(
-            fed=torch.stack([d.fed for d in self.draws], dim=1),
-            logp=torch.stack([d.logp for d in self.draws], dim=1),
-            sample={k: torch.stack([d.sample[k] for d in self.draws], dim=1) for k in keys},
-        )
-
-
-def recording_thoughts(
-    policy: ThoughtPolicy, generator: torch.Generator | None = None
-) -> tuple[ThoughtFn, ThoughtRecorder]:
-    """A ``thought_fn`` feeding ``policy.draw``'s thoughts, and the recorder it fills (one draw per slot).
-
-    Use it as the outermost hook: a wrapper that changes what is fed (``shuffled_thoughts``, ``noisy_thoughts``)
-    would make the recording differ from ``GenerationResult.thought_inputs``.
-    """
-    recorder = ThoughtRecorder()
-
-    def thought_fn(index: int, hidden: Tensor) -> Tensor:
-        draw = policy.draw(index, hidden, generator)
-        recorder.draws.append(
-            ThoughtDraw(draw.fed.detach(), draw.logp.detach(), {k: v.detach() for k, v in draw.sample.items()})
-        )
-        return draw.fed
-
-    return thought_fn, recorder
-
-
-@dataclass
-class ReplayTrace:
-    """The log-densities ``replaying_thoughts``'s hook recomputed, one [B] tensor per slot, with gradients."""
-
-    logp: list[Tensor] = field(default_factory=list)
-
-    def stacked(self) -> Tensor:
-        """[B, n] (multiply by the thought mask before summing)."""
-        return torch.stack(self.logp, dim=1)
-
-
-def replaying_thoughts(policy: ThoughtPolicy, recorded: RecordedThoughts) -> tuple[ThoughtFn, ReplayTrace]:
-    """A ``thought_fn`` for ``thought_forward`` that feeds exactly the recorded thoughts and scores them again.
-
-    At slot t it feeds ``recorded.fed[:, t]`` (detached, as Latent-GRPO and SofT-GRPO rebuild their soft inputs) and
-    appends ``policy.log_prob(t, hidden, fed, sample)`` to the trace, computed with gradients on the hidden state the
-    training forward recomputed. Since the chain is cut at the thoughts, their effect on what follows reaches the
-    gradient only through these log-densities (a score-function estimator).
-    """
-    trace = ReplayTrace()
-
-    def thought_fn(index: int, hidden: Tensor) -> Tensor:
-        if index >= recorded.n_slots or recorded.fed.shape[0] != hidden.shape[0]:
-            raise ConfigError(
-                f"replayed thoughts are [{recorded.fed.shape[0]} rows, {recorded.n_slots} slots]; the forward asks "
-                f"for slot {index} of {hidden.shape[0]} rows"
-            )
-        fed = recorded.fed[:, index].to(device=hidden.device, dtype=hidden.dtype)
-        sample = {k: v[:, index].to(hidden.device) for k, v in recorded.sample.items()}
-        trace.logp.append(policy.log_prob(index, hidden, fed, sample))
-        return fed
-
-    return thought_fn, trace
-
-
-@dataclass
 class GenerationResult:
     """Decoding with thoughts; counts are per sample.
 
@@ -405,6 +291,12 @@ class GenerationResult:
     had finished) are padding: ``token_mask`` is False there, log-probs and logits are 0 and ids are ``eos_id``.
     The log-probs are those of the distribution the token was drawn from, log_softmax(logits / T) for
     ``temperature`` T > 0, and log_softmax(logits) (T = 1, the model's own distribution) for greedy decoding.
+    With ``top_k`` / ``top_p`` filtering (``sampling_logits``) that distribution is the filtered one, renormalised
+    over the kept tokens; ``tempered_logprobs`` keeps the same token's log-prob under log_softmax(logits / T) before
+    filtering. Which one a trainer calls mu matters once filtering is on: TRL's vLLM rollouts record vLLM's
+    ``processed_logprobs`` (after temperature and top-k/top-p: ``chosen_logprobs``), while TRL's and verl's training
+    recompute score log_softmax(logits / T) with no top-k/top-p (verl's actor: ``logits.div_(temperature)``):
+    ``tempered_logprobs``. Without filtering the two are equal.
     """
 
     token_ids: list[list[int]]
@@ -425,23 +317,18 @@ class GenerationResult:
     """[B, T] bool: True on the positions a row generated, up to and including its first EOS (the EOS choice is an
     action too), so ``token_mask.sum(1)`` is ``n_language_tokens`` (+ 1 where EOS was generated)."""
     chosen_logprobs: Tensor | None = None
-    """[B, T] float32: log-probability of ``generated_ids`` under the sampled-from distribution; 0 on padding."""
+    """[B, T] float32: log-probability of ``generated_ids`` under the sampled-from distribution (after temperature and
+    top-k / top-p renormalisation); 0 on padding."""
+    tempered_logprobs: Tensor | None = None
+    """[B, T] float32: the same tokens under log_softmax(logits / T), no top-k / top-p (T = 1 when greedy); equal to
+    ``chosen_logprobs`` unless filtering is on; 0 on padding."""
     top_logprobs: Tensor | None = None
-    """[B, T, K] float32, with ``top_k_logprobs=K > 0``: the K largest log-probs of that distribution, descending;
-    0 on padding."""
+    """[B, T, K] float32, with ``top_k_logprobs=K > 0``: the K largest log-probs of the sampled-from distribution,
+    descending (``-inf`` beyond the tokens top-k / top-p kept); 0 on padding."""
     top_ids: Tensor | None = None
     """[B, T, K] long: their token ids; ``eos_id`` on padding."""
     logits: Tensor | None = None
     """[B, T, V] float32, with ``return_logits=True``: the raw LM-head logits (before temperature); 0 on padding."""
-
-
-def next_token(logits: Tensor, temperature: float = 0.0, generator: torch.Generator | None = None) -> Tensor:
-    """argmax of ``logits`` (greedy) or, for ``temperature > 0``, a sample of softmax(logits / T) (Gumbel-max)."""
-    logits = logits.float()
-    if temperature <= 0:
-        return logits.argmax(dim=-1)
-    uniform = torch.rand(logits.shape, generator=generator, device=logits.device).clamp_(1e-10, 1.0)
-    return (logits / temperature - torch.log(-torch.log(uniform))).argmax(dim=-1)
 
 
 @torch.no_grad()
@@ -459,10 +346,15 @@ def generate_from_ids(
     stop_fn: StopFn | None = None,
     top_k_logprobs: int = 0,
     return_logits: bool = False,
+    top_k: int = 0,
+    top_p: float = 1.0,
 ) -> GenerationResult:
     """Batched decoding over a KV cache: prefix, thoughts, ``<eot>`` (if given), then language tokens.
 
-    Greedy by default; ``temperature > 0`` samples the language tokens (``next_token``) from ``generator``.
+    Greedy by default; ``temperature > 0`` samples the language tokens (``next_token``) from ``generator``, with
+    optional ``top_k`` (0 = off) and ``top_p`` (1 = off) filtering after the temperature; the defaults draw exactly
+    the tokens of plain temperature sampling. ``chosen_logprobs`` are of the filtered, renormalised distribution,
+    ``tempered_logprobs`` of the unfiltered tempered one (see ``GenerationResult``).
     ``n_thoughts`` per row masks the unused slots of shorter rows, so no row depends on the others; ``stop_fn``
     (see ``CachedStepper.run_thoughts``) ends a row's thoughts early, and the counts returned are the slots used.
     Every chosen token's log-prob is recorded (``GenerationResult.chosen_logprobs``, [B, T]); ``top_k_logprobs=K``
@@ -475,6 +367,8 @@ def generate_from_ids(
         raise ConfigError(f"n_thoughts has {len(counts)} entries for {batch} prompts")
     if top_k_logprobs < 0:
         raise ConfigError(f"top_k_logprobs must be >= 0, got {top_k_logprobs}")
+    check_sampling(temperature, top_k, top_p)
+    filtering = temperature > 0 and (top_k > 0 or top_p < 1.0)
     stepper = CachedStepper(model)
     device = stepper.embed.weight.device
     ids = _pad(prefix_ids, pad_id, left=True).to(device)
@@ -490,19 +384,25 @@ def generate_from_ids(
     generated = torch.full((batch, max_new_tokens), eos_id, dtype=torch.long, device=device)
     token_mask = torch.zeros(batch, max_new_tokens, dtype=torch.bool, device=device)
     chosen = torch.zeros(batch, max_new_tokens, dtype=torch.float32, device=device)
+    tempered = torch.zeros(batch, max_new_tokens, dtype=torch.float32, device=device) if filtering else chosen
     tops: list[tuple[Tensor, Tensor]] = []
     raw: list[Tensor] = []
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     for index in range(max_new_tokens):
         logits = stepper.head(hidden)  # [B, V]
-        token = next_token(logits, temperature, generator)  # [B]
+        scaled = logits.float() / temperature if temperature > 0 else logits.float()
+        sampled_from = filter_logits(scaled, top_k, top_p) if filtering else scaled
+        # ``next_token``'s draw, on the scores already computed (plain T sampling when ``filtering`` is off)
+        token = gumbel_max(sampled_from, generator) if temperature > 0 else scaled.argmax(dim=-1)  # [B]
         token = torch.where(finished, torch.full_like(token, eos_id), token)
         generated[:, index] = token
         active = ~finished
         token_mask[:, index] = active
-        scaled = logits.float() / temperature if temperature > 0 else logits.float()
-        logp = scaled.log_softmax(dim=-1)  # the distribution ``token`` was drawn from (T = 1 when greedy)
+        logp = sampled_from.log_softmax(dim=-1)  # the distribution ``token`` was drawn from (T = 1 when greedy)
         chosen[:, index] = logp.gather(-1, token.unsqueeze(-1)).squeeze(-1).masked_fill(finished, 0.0)
+        if filtering:
+            unfiltered = scaled.log_softmax(dim=-1).gather(-1, token.unsqueeze(-1)).squeeze(-1)
+            tempered[:, index] = unfiltered.masked_fill(finished, 0.0)
         if top_k_logprobs:
             if top_k_logprobs > logp.shape[-1]:
                 raise ConfigError(f"top_k_logprobs {top_k_logprobs} exceeds the vocabulary ({logp.shape[-1]})")
@@ -520,6 +420,7 @@ def generate_from_ids(
     result = GenerationResult(token_ids, [""] * batch, counts, [len(t) for t in token_ids], inputs)
     result.thought_mask = used
     result.generated_ids, result.token_mask, result.chosen_logprobs = generated, token_mask, chosen
+    result.tempered_logprobs = tempered if filtering else chosen.clone()
     if top_k_logprobs:
         result.top_logprobs = torch.zeros(batch, max_new_tokens, top_k_logprobs, dtype=torch.float32, device=device)
         result.top_ids = torch.full((batch, max_new_tokens, top_k_logprobs), eos_id, dtype=torch.long, device=device)

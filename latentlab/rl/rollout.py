@@ -1,0 +1,213 @@
+"""Group rollouts for RL on language tokens: G samples per prompt in one batched KV-cached generation, the rollout
+log-probs mu they were drawn with, their teacher-forced recompute pi, and the mu/pi mismatch (spec §3, §5.1/§5.3).
+
+Rows are prompt-major, as ``latentlab.rl.advantages`` expects: rows ``p*G .. p*G + G - 1`` are the G samples of
+prompt p. T is ``max_new_tokens`` for every row; a row's positions after its first EOS are padding (mask False).
+Generation is ``latentlab.reasoning.thoughts.generate_from_ids`` with no thought slot (the one KV-cached stepper), so
+mu is recorded by the engine that sampled, under the distribution it sampled from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from latentlab.errors import ConfigError, DataError
+from latentlab.reasoning.thoughts import _causal_lm, _pad, check_sampling, filter_logits, generate_from_ids
+
+__all__ = ["Rollouts", "mismatch", "recompute_logprobs", "rollout"]
+
+
+@dataclass
+class Rollouts:
+    """N = num_prompts * G completions, prompt-major, each over T = ``max_new_tokens`` positions."""
+
+    completion_ids: Tensor
+    """[N, T] long: the token chosen at each position, EOS included; ``pad_id`` after it."""
+    token_ids: list[list[int]]
+    """The completions as lists, up to and excluding EOS (for decoding and rewards)."""
+    mask: Tensor
+    """[N, T] bool: True on generated positions, up to and including the first EOS (the EOS choice is an action)."""
+    lengths: Tensor
+    """[N] long: ``mask.sum(1)``, the positions generated (EOS included; T for a truncated row)."""
+    truncated: Tensor
+    """[N] bool: no EOS within the T positions (the budget ran out)."""
+    logprobs: Tensor
+    """[N, T] float32: mu, the log-prob of each chosen token under the distribution it was sampled from (after
+    temperature and the top-k / top-p renormalisation; T = 1 log_softmax when greedy); 0 on padding."""
+    tempered_logprobs: Tensor
+    """[N, T] float32: the same tokens under log_softmax(logits / temperature) before top-k / top-p (what
+    ``recompute_logprobs`` with no filter gives); equal to ``logprobs`` when no filter is on; 0 on padding."""
+    top_logprobs: Tensor | None
+    """[N, T, K] float32 with ``top_k_logprobs=K``: mu's K largest log-probs, descending (``-inf`` beyond the tokens
+    the filter kept); 0 on padding. None otherwise."""
+    top_ids: Tensor | None
+    """[N, T, K] long: their ids; ``pad_id`` on padding. None otherwise."""
+    group_size: int
+    temperature: float
+    top_k: int
+    top_p: float
+    eos_id: int
+    pad_id: int
+
+    @property
+    def num_prompts(self) -> int:
+        return self.completion_ids.shape[0] // self.group_size
+
+    @property
+    def completion_lengths(self) -> list[int]:
+        """Generated tokens per row, EOS included (the unit of ``length_reward``'s ``completion_lengths``)."""
+        return self.lengths.tolist()
+
+
+def _check_prompts(prompt_ids: Sequence[Sequence[int]]) -> None:
+    if not prompt_ids:
+        raise DataError("rollout needs at least one prompt")
+    empty = [index for index, prompt in enumerate(prompt_ids) if len(prompt) == 0]
+    if empty:
+        raise DataError(f"prompt {empty[0]} has no tokens; every prompt needs at least one (e.g. a BOS)")
+
+
+def _repeat(prompt_ids: Sequence[Sequence[int]], group_size: int) -> list[list[int]]:
+    """Each prompt G times in a row (prompt-major)."""
+    return [list(prompt) for prompt in prompt_ids for _ in range(group_size)]
+
+
+@torch.no_grad()
+def rollout(
+    model: nn.Module,
+    prompt_ids: Sequence[Sequence[int]],
+    group_size: int,
+    *,
+    max_new_tokens: int,
+    eos_id: int,
+    pad_id: int = 0,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    generator: torch.Generator | None = None,
+    top_k_logprobs: int = 0,
+) -> Rollouts:
+    """G samples of every prompt in one batched generation; see ``Rollouts`` for what is recorded.
+
+    ``temperature`` 0 is greedy (G identical rows); ``top_k`` 0 and ``top_p`` 1 are off (then the draws are plain
+    temperature sampling). ``generator`` seeds the draws: the same seed gives the same rollouts.
+    """
+    if group_size < 1:
+        raise ConfigError(f"group_size must be >= 1, got {group_size}")
+    if max_new_tokens < 1:
+        raise ConfigError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    check_sampling(temperature, top_k, top_p)
+    _check_prompts(prompt_ids)
+    result = generate_from_ids(
+        model,
+        _repeat(prompt_ids, group_size),
+        0,
+        max_new_tokens,
+        eos_id=eos_id,
+        eot_id=None,
+        pad_id=pad_id,
+        temperature=temperature,
+        generator=generator,
+        top_k_logprobs=top_k_logprobs,
+        top_k=top_k,
+        top_p=top_p,
+    )
+    mask = result.token_mask
+    ended = ((result.generated_ids == eos_id) & mask).any(dim=1)
+    top_ids = None if result.top_ids is None else result.top_ids.masked_fill(~mask[..., None], pad_id)
+    return Rollouts(
+        completion_ids=result.generated_ids.masked_fill(~mask, pad_id),
+        token_ids=result.token_ids,
+        mask=mask,
+        lengths=mask.sum(dim=1),
+        truncated=~ended,
+        logprobs=result.chosen_logprobs,
+        tempered_logprobs=result.tempered_logprobs,
+        top_logprobs=result.top_logprobs,
+        top_ids=top_ids,
+        group_size=group_size,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        eos_id=eos_id,
+        pad_id=pad_id,
+    )
+
+
+def recompute_logprobs(
+    model: nn.Module,
+    rollouts: Rollouts,
+    prompt_ids: Sequence[Sequence[int]],
+    temperature: float,
+    *,
+    top_k: int = 0,
+    top_p: float = 1.0,
+) -> Tensor:
+    """pi [N, T]: the log-prob of each completion token under ``model``, by ONE teacher-forced forward over the
+    left-padded prompt + completion (no cache, gradients kept); 0 on padding.
+
+    Scored under log_softmax(logits / ``temperature``) with no top-k / top-p by default (TRL's and verl's recompute),
+    which matches ``rollouts.tempered_logprobs``, and ``rollouts.logprobs`` when the rollout used no filter. Pass the
+    rollout's ``top_k`` / ``top_p`` to score the filtered distribution instead (a token outside the recomputed
+    nucleus then gets ``-inf``). Spec §5.3: use the rollout's temperature, or the first ratio is not 1.
+    """
+    if temperature <= 0:
+        raise ConfigError(f"recompute_logprobs needs temperature > 0, got {temperature}")
+    check_sampling(temperature, top_k, top_p)
+    _check_prompts(prompt_ids)
+    n, t = rollouts.completion_ids.shape
+    if len(prompt_ids) * rollouts.group_size != n:
+        raise DataError(
+            f"{len(prompt_ids)} prompts x group_size {rollouts.group_size} != {n} rollout rows; pass the prompts the "
+            "rollout was generated from"
+        )
+    lm = _causal_lm(model)
+    device = lm.get_input_embeddings().weight.device
+    rows = _repeat(prompt_ids, rollouts.group_size)
+    prefix = _pad(rows, rollouts.pad_id, left=True).to(device)
+    prefix_mask = _pad([[1] * len(row) for row in rows], 0, left=True).to(device)
+    mask = rollouts.mask.to(device)
+    ids = torch.cat([prefix, rollouts.completion_ids.to(device)], dim=1)
+    attention = torch.cat([prefix_mask, mask.long()], dim=1)
+    positions = (attention.cumsum(dim=1) - 1).clamp(min=0)  # as the stepper derives them: left pads do not count
+    hidden = lm.base_model(
+        input_ids=ids, attention_mask=attention, position_ids=positions, use_cache=False
+    ).last_hidden_state
+    start = prefix.shape[1] - 1  # the column that predicts completion token 0
+    predictor = hidden[:, start : start + t]  # [N, T, H]
+    scores = filter_logits(lm.get_output_embeddings()(predictor[mask]).float() / temperature, top_k, top_p)
+    picked = scores.log_softmax(dim=-1).gather(-1, rollouts.completion_ids.to(device)[mask].unsqueeze(-1))
+    logp = torch.zeros(n, t, dtype=picked.dtype, device=device)
+    return logp.masked_scatter(mask, picked.squeeze(-1))
+
+
+@torch.no_grad()
+def mismatch(mu: Tensor, pi: Tensor, mask: Tensor) -> dict[str, Tensor]:
+    """Training-inference mismatch of the sampled tokens (Precision-RL's metrics), detached.
+
+    mu, pi: [N, T] log-probs, mask: [N, T]. Returns ``mean_abs_prob_diff`` (masked mean of |exp(pi) - exp(mu)|),
+    ``max_abs_prob_diff``, ``log_ratio`` [N] (per sequence, sum_t M (pi - mu) = log pi(y)/mu(y)) and its
+    ``log_ratio_mean`` / ``log_ratio_std`` over sequences (unbiased; 0 for one sequence), plus ``token_log_ratio_mean``
+    (masked mean of pi - mu; ~0 before any update, spec §5.3).
+    """
+    if mu.shape != pi.shape or mu.shape != mask.shape or mu.dim() != 2:
+        raise DataError(f"mu {tuple(mu.shape)}, pi {tuple(pi.shape)} and mask {tuple(mask.shape)} must be equal [N, T]")
+    m = mask.to(device=mu.device, dtype=torch.bool)
+    mu, pi = mu.detach().float(), pi.detach().float()
+    diff = torch.where(m, pi - mu, torch.zeros_like(mu))
+    gap = torch.where(m, (pi.exp() - mu.exp()).abs(), torch.zeros_like(mu))
+    count = m.sum().clamp(min=1)
+    log_ratio = diff.sum(dim=1)
+    std = log_ratio.std() if log_ratio.numel() > 1 else log_ratio.new_zeros(())
+    return {
+        "mean_abs_prob_diff": gap.sum() / count,
+        "max_abs_prob_diff": gap.max() if gap.numel() else gap.new_zeros(()),
+        "token_log_ratio_mean": diff.sum() / count,
+        "log_ratio": log_ratio,
+        "log_ratio_mean": log_ratio.mean(),
+        "log_ratio_std": std,
+    }
