@@ -1,4 +1,4 @@
-"""The task registry: each task (`latent_memory`, `latent_cot`, next `latent_rl`) is one object that builds its
+"""The task registry: each task (`latent_memory`, `latent_cot`, `latent_rl`) is one object that builds its
 training parts, evaluates a run into table rows, and knows its table's columns and plot.
 
 `fit`, `evaluate`, ``experiments/sweep.py`` and ``experiments/reproduce.py`` go through ``TASKS``; nothing else
@@ -129,6 +129,41 @@ class LatentCoTTask(Task):
         return self.evaluate(config, run_dir, run_dir / "eval", command, overwrite=True).rows
 
 
+class LatentRLTask(Task):
+    """GRPO on a CoT / no-CoT reasoner from a latent_cot run; its policy is scored as latent_cot scores a reasoner."""
+
+    @property
+    def columns(self):
+        from latentlab.reasoning.evaluate import TABLE_COLUMNS
+
+        return TABLE_COLUMNS
+
+    def build(self, config):
+        from latentlab.rl.task import build_task
+
+        return build_task(config)
+
+    def evaluate(self, config, checkpoint=None, out_dir=None, command=None, overwrite=False):
+        from latentlab.configs import config_root
+        from latentlab.errors import ConfigError
+        from latentlab.reasoning.evaluate import evaluate_cot
+        from latentlab.rl.task import load_policy
+
+        checkpoint = checkpoint or config.eval.checkpoint
+        if checkpoint is None:
+            raise ConfigError(
+                f"{config.source_file}: key 'eval.checkpoint': evaluate needs a trained run "
+                "(--checkpoint RUN_DIR or eval.checkpoint in the YAML)"
+            )
+        if not Path(checkpoint).is_absolute():
+            checkpoint = config_root(config) / checkpoint
+        policy = load_policy(checkpoint)
+        return evaluate_cot(config, checkpoint=policy, out_dir=out_dir, command=command, overwrite=overwrite)
+
+    def evaluate_run(self, config, run_dir, command):
+        return self.evaluate(config, run_dir, run_dir / "eval", command, overwrite=True).rows
+
+
 TASKS: Registry[Task] = Registry("task")
 TASKS.register(
     "latent_memory",
@@ -144,6 +179,16 @@ TASKS.register(
     "latent_cot",
     LatentCoTTask(
         name="latent_cot",
+        primary_metric="accuracy",
+        plot_kind="bar",
+        init_from_key="reasoning.init_from",
+    ),
+)
+
+TASKS.register(
+    "latent_rl",
+    LatentRLTask(
+        name="latent_rl",
         primary_metric="accuracy",
         plot_kind="bar",
         init_from_key="reasoning.init_from",

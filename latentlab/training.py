@@ -255,7 +255,7 @@ def _train(config: ExperimentConfig, parts: FitParts, run_dir: Path, ckpt_path: 
         auto_insert_metric_name=False,
     )
     tc = config.trainer
-    trainer = L.Trainer(
+    settings = dict(
         default_root_dir=run_dir,
         max_steps=tc.max_steps,
         max_epochs=tc.max_epochs if tc.max_steps == -1 else -1,
@@ -273,8 +273,9 @@ def _train(config: ExperimentConfig, parts: FitParts, run_dir: Path, ckpt_path: 
         num_sanity_val_steps=0,
         enable_model_summary=False,
         deterministic=False,
-        **parts.trainer_kwargs,
     )
+    # A task's own settings win (latent_rl clips gradients itself: manual optimisation refuses the Trainer's clip).
+    trainer = L.Trainer(**{**settings, **parts.trainer_kwargs})
     started = time.time()
     has_val = getattr(data, "val_set", None) is not None
     before: dict[str, float] = {}

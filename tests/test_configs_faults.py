@@ -46,7 +46,8 @@ def test_each_task_has_its_own_experiment_class():
     cot = load_config(TINY_COT)
     assert isinstance(cot, ReasoningExperimentConfig)
     assert not hasattr(cot, "compressor") and not hasattr(load_config(TINY_MEMORY), "reasoning")
-    assert TASK_CONFIGS.names() == ["latent_memory", "latent_cot"]
+    assert TASK_CONFIGS.names() == ["latent_memory", "latent_cot", "latent_rl"]
+    assert TASK_CONFIGS.get("latent_rl").__name__ == "RLExperimentConfig"
 
 
 def test_reasoning_section_in_a_memory_yaml_is_an_unknown_key(tmp_path):

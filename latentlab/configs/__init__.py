@@ -1,4 +1,4 @@
-"""Experiment configs, torch-free: one module per concern (common, memory, reasoning), the experiment classes per
+"""Experiment configs, torch-free: one module per concern (common, memory, reasoning, rl), the experiment classes per
 task (experiment) and the strict YAML loader (loader). Import names from here."""
 
 from latentlab.configs.common import (
@@ -16,6 +16,7 @@ from latentlab.configs.experiment import (
     ExperimentConfig,
     MemoryExperimentConfig,
     ReasoningExperimentConfig,
+    RLExperimentConfig,
 )
 from latentlab.configs.loader import (
     config_from_dict,
@@ -69,6 +70,7 @@ __all__ = [
     "ReasoningDataConfig",
     "ReasoningEvalConfig",
     "ReasoningExperimentConfig",
+    "RLExperimentConfig",
     "SamplingConfig",
     "SyntheticQAConfig",
     "TASK_CONFIGS",

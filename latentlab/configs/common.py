@@ -168,9 +168,15 @@ class SamplingConfig:
     thought_noise: float = 0.0
     """Std of Gaussian noise added to every continuous thought of a sample, relative to the thought's RMS (latent
     methods only; 0 = none). atp_latent with cvae.inference: sample also samples z itself."""
+    top_k: int = 0
+    """Sample only among the k most likely tokens (0 = off). Used by RL rollouts (`latent_rl`)."""
+    top_p: float = 1.0
+    """Nucleus sampling: the smallest set of tokens whose probability reaches top_p (1 = off). Used by RL rollouts."""
 
     def __post_init__(self) -> None:
         require(self.max_new_tokens >= 1, "max_new_tokens", f"must be >= 1, got {self.max_new_tokens}")
         require(self.num_samples >= 1, "num_samples", f"must be >= 1, got {self.num_samples}")
         require(self.temperature >= 0, "temperature", f"must be >= 0, got {self.temperature}")
         require(self.thought_noise >= 0, "thought_noise", f"must be >= 0, got {self.thought_noise}")
+        require(self.top_k >= 0, "top_k", f"must be >= 0 (0 = off), got {self.top_k}")
+        require(0 < self.top_p <= 1, "top_p", f"must be in (0, 1] (1 = off), got {self.top_p}")

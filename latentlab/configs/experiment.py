@@ -20,6 +20,7 @@ from latentlab.configs.memory import (
     MemoryEvalConfig,
 )
 from latentlab.configs.reasoning import ReasoningConfig, ReasoningEvalConfig
+from latentlab.configs.rl import AdvantageConfig, PolicyLossConfig, RewardConfig, RLConfig
 from latentlab.registry import Registry
 
 Fail = Callable[[str, str], NoReturn]
@@ -33,8 +34,8 @@ class ExperimentConfig:
     name: str = "experiment"
     """Run family name: outputs go to `<output_dir>/<name>/<run>/`."""
     task: str = "latent_memory"
-    """What `latentlab fit` trains: `latent_memory` (the compressor) or `latent_cot` (a latent chain-of-thought
-    reasoner). It chooses which sections the YAML may hold."""
+    """What `latentlab fit` trains: `latent_memory` (the compressor), `latent_cot` (a latent chain-of-thought
+    reasoner) or `latent_rl` (GRPO on a latent_cot reasoner). It chooses which sections the YAML may hold."""
     seed: int = 0
     """Global seed (python, numpy, torch)."""
     output_dir: str = "checkpoints"
@@ -101,6 +102,81 @@ class ReasoningExperimentConfig(ExperimentConfig):
             )
 
 
+RL_METHODS = ("cot", "no_cot")
+"""Reasoning methods whose completions are discrete tokens, which GRPO on language tokens trains."""
+
+
+@dataclass
+class RLExperimentConfig(ExperimentConfig):
+    """`task: latent_rl`: GRPO on a reasoner trained by `latent_cot` (its run in ``reasoning.init_from``).
+
+    Loss, aggregation and reward names are checked against their registries when the task is built (they live in
+    torch code); everything else is checked here.
+    """
+
+    task: str = "latent_rl"
+    """Always `latent_rl` for this class."""
+    reasoning: ReasoningConfig = field(default_factory=lambda: ReasoningConfig(method="cot"))
+    """The reasoner spec, its data, and ``init_from``: the SFT run GRPO starts from (method cot or no_cot)."""
+    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(temperature=1.0))
+    """Rollout sampling (max_new_tokens, temperature, top_k, top_p), and evaluation's."""
+    policy_loss: PolicyLossConfig = field(default_factory=PolicyLossConfig)
+    """Per-token objective, clip / trust region, aggregation, KL to the reference."""
+    advantage: AdvantageConfig = field(default_factory=AdvantageConfig)
+    """Group size G and the normalisation of group-relative advantages."""
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    """Rewards by name and weight."""
+    rl: RLConfig = field(default_factory=RLConfig)
+    """The GRPO loop: prompts per step, update epochs, minibatches, reference, precisions, completion logs."""
+    eval: ReasoningEvalConfig = field(default_factory=ReasoningEvalConfig)
+    """Evaluation (`latentlab evaluate`): run, split, limit, pass@k."""
+
+    def validate(self, fail: Fail) -> None:
+        if self.reasoning.method not in RL_METHODS:
+            fail(
+                "reasoning.method",
+                f"{self.reasoning.method!r} feeds continuous thoughts; GRPO on discrete tokens needs one of "
+                f"{', '.join(RL_METHODS)} (latent rollouts are not wired into latent_rl yet)",
+            )
+        if self.policy_loss.kl_beta > 0 and not self.rl.reference:
+            fail(
+                "rl.reference",
+                f"policy_loss.kl_beta is {self.policy_loss.kl_beta}, which needs the frozen reference: set "
+                "rl.reference: true (or kl_beta: 0)",
+            )
+        group, rows = self.advantage.group_size, self.rl.prompts_per_step * self.advantage.group_size
+        size = self.rl.minibatch_size
+        if size is not None and (size % group or rows % size):
+            fail(
+                "rl.minibatch_size",
+                f"{size} must be a multiple of advantage.group_size={group} (whole groups per minibatch) that "
+                f"divides the {rows} rows of a batch (rl.prompts_per_step={self.rl.prompts_per_step} x {group}); "
+                f"e.g. {group} or {rows}",
+            )
+        if self.sampling.temperature <= 0:
+            fail("sampling.temperature", "must be > 0 for rollouts (greedy gives G identical completions)")
+        if self.advantage.dynamic_sampling:
+            fail("advantage.dynamic_sampling", "is not wired into latent_rl yet; set it to false")
+        if self.trainer.accumulate_grad_batches != 1:
+            fail(
+                "trainer.accumulate_grad_batches",
+                "must be 1: latent_rl steps its optimizer itself, once per minibatch (set rl.minibatch_size)",
+            )
+        if self.trainer.precision != "32-true":
+            fail(
+                "trainer.precision",
+                f"{self.trainer.precision!r}: latent_rl sets precision per phase; keep 32-true and set "
+                "rl.rollout_precision / rl.train_precision",
+            )
+        if self.sampling.num_samples < max(self.eval.pass_k):
+            fail(
+                "sampling.num_samples",
+                f"{self.sampling.num_samples} samples cannot give pass@{max(self.eval.pass_k)}; "
+                f"set sampling.num_samples >= {max(self.eval.pass_k)} or lower eval.pass_k",
+            )
+
+
 TASK_CONFIGS: Registry[type[ExperimentConfig]] = Registry("task")
 TASK_CONFIGS.register("latent_memory", MemoryExperimentConfig)
 TASK_CONFIGS.register("latent_cot", ReasoningExperimentConfig)
+TASK_CONFIGS.register("latent_rl", RLExperimentConfig)

@@ -1,4 +1,4 @@
-"""Config sections of RL on reasoning (the coming `latent_rl` task): policy loss, advantages and rewards.
+"""Config sections of RL on reasoning (`task: latent_rl`): the GRPO loop, policy loss, advantages and rewards.
 
 Torch-free. The loss, aggregation and reward names are checked against their registries where the RL code is built
 (``latentlab.rl``); here each section checks the values a name cannot carry (signs, ranges, thresholds).
@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from latentlab.configs.common import require
+from latentlab.configs.common import Precision, require
 
 
 @dataclass
@@ -122,4 +122,50 @@ class RewardConfig:
             or (self.max_completion is not None and self.max_completion > self.overlong_buffer),
             "max_completion",
             "overlong_buffer needs max_completion > overlong_buffer",
+        )
+
+
+@dataclass
+class RLConfig:
+    """The GRPO loop of `latent_rl`: prompts per rollout, update passes, minibatches, reference and precisions.
+
+    One training batch = ``prompts_per_step`` prompts x ``advantage.group_size`` completions (N rows); it gives
+    ``update_epochs * N / minibatch_size`` optimizer steps, which is what ``trainer.max_steps`` counts. Completions are
+    at most ``sampling.max_new_tokens`` tokens, drawn at ``sampling.temperature`` / ``top_k`` / ``top_p``.
+    """
+
+    prompts_per_step: int = 8
+    """Prompts (questions) rolled out per training batch (Latent-GRPO GSM8K: 64; SofT-GRPO: 64)."""
+    update_epochs: int = 1
+    """Passes over the batch's shuffled minibatches (Latent-GRPO: 10 on GSM8K; SofT-GRPO: 1)."""
+    minibatch_size: int | None = None
+    """Rows (completions) per optimizer step; a multiple of advantage.group_size (whole groups) that divides
+    prompts_per_step x group_size; null = all rows, one optimizer step per update epoch."""
+    reference: bool = False
+    """Keep a frozen copy of the starting reasoner for the k3 KL (required when policy_loss.kl_beta > 0)."""
+    rollout_precision: Precision = "fp32"
+    """Autocast dtype of the rollouts (mu): fp32 (no autocast), bf16 or fp16."""
+    train_precision: Precision = "fp32"
+    """Autocast dtype of the recomputed log-probs (pi_old, pi, the reference's) and the update; fp16 adds dynamic
+    loss scaling (Precision-RL)."""
+    loss_scale_init: float = 65536.0
+    """fp16 training: the initial loss scale (torch GradScaler: 2^16)."""
+    loss_scale_growth_interval: int = 400
+    """fp16 training: double the loss scale after this many finite steps in a row (Precision-RL: 400); a step whose
+    gradient norm is not finite is skipped, counted, and halves the scale."""
+    log_completions_every: int = 0
+    """Write the rollouts, with their rewards, to `<run_dir>/completions.jsonl` every this many training batches
+    (0 = never)."""
+
+    def __post_init__(self) -> None:
+        for key in ("prompts_per_step", "update_epochs", "loss_scale_growth_interval"):
+            require(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
+        require(
+            self.minibatch_size is None or self.minibatch_size >= 1,
+            "minibatch_size",
+            f"must be >= 1 or null (null = all rows), got {self.minibatch_size}",
+        )
+        require(self.loss_scale_init > 0, "loss_scale_init", f"must be > 0, got {self.loss_scale_init}")
+        require(
+            self.log_completions_every >= 0, "log_completions_every", f"must be >= 0, got {self.log_completions_every}"
         )
