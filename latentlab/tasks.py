@@ -99,6 +99,19 @@ class LatentMemoryTask(Task):
         return self.evaluate(config, run_dir / "export", run_dir / "eval", command, overwrite=True).rows
 
 
+def _trained_run(config: ExperimentConfig, checkpoint: str | Path | None) -> str | Path:
+    """``checkpoint``, else ``eval.checkpoint``; neither is an error naming the key."""
+    from latentlab.errors import ConfigError
+
+    checkpoint = checkpoint or config.eval.checkpoint
+    if checkpoint is None:
+        raise ConfigError(
+            f"{config.source_file}: key 'eval.checkpoint': evaluate needs a trained run "
+            "(--checkpoint RUN_DIR or eval.checkpoint in the YAML)"
+        )
+    return checkpoint
+
+
 class LatentCoTTask(Task):
     """A latent chain-of-thought reasoner (no-CoT, CoT, Coconut, ATP-Latent); scored by accuracy and tokens."""
 
@@ -114,15 +127,9 @@ class LatentCoTTask(Task):
         return build_task(config)
 
     def evaluate(self, config, checkpoint=None, out_dir=None, command=None, overwrite=False):
-        from latentlab.errors import ConfigError
         from latentlab.reasoning.evaluate import evaluate_cot
 
-        checkpoint = checkpoint or config.eval.checkpoint
-        if checkpoint is None:
-            raise ConfigError(
-                f"{config.source_file}: key 'eval.checkpoint': evaluate needs a trained run "
-                "(--checkpoint RUN_DIR or eval.checkpoint in the YAML)"
-            )
+        checkpoint = _trained_run(config, checkpoint)
         return evaluate_cot(config, checkpoint=checkpoint, out_dir=out_dir, command=command, overwrite=overwrite)
 
     def evaluate_run(self, config, run_dir, command):
@@ -145,16 +152,10 @@ class LatentRLTask(Task):
 
     def evaluate(self, config, checkpoint=None, out_dir=None, command=None, overwrite=False):
         from latentlab.configs import config_root
-        from latentlab.errors import ConfigError
         from latentlab.reasoning.evaluate import evaluate_cot
         from latentlab.rl.task import load_policy
 
-        checkpoint = checkpoint or config.eval.checkpoint
-        if checkpoint is None:
-            raise ConfigError(
-                f"{config.source_file}: key 'eval.checkpoint': evaluate needs a trained run "
-                "(--checkpoint RUN_DIR or eval.checkpoint in the YAML)"
-            )
+        checkpoint = _trained_run(config, checkpoint)
         if not Path(checkpoint).is_absolute():
             checkpoint = config_root(config) / checkpoint
         policy = load_policy(checkpoint)

@@ -113,16 +113,23 @@ def _checkpoint_file(checkpoint: str | Path) -> Path:
     return ckpt
 
 
-def load_run(checkpoint: str | Path) -> LatentCoTModule:
-    """A trained module from a run directory (config.yaml + last.ckpt) or a .ckpt beside its config.yaml."""
+def read_run(checkpoint: str | Path, task: str) -> tuple[Path, ExperimentConfig]:
+    """(the .ckpt file, the run's resolved config) of a run directory or a .ckpt beside its config.yaml, which must
+    be a run of ``task``; the config's init_from is cleared, since the checkpoint holds every weight."""
     ckpt = _checkpoint_file(checkpoint)
     config_path = ckpt.parent / "config.yaml"
     if not config_path.exists():
         raise ConfigError(f"checkpoint {ckpt}: no config.yaml beside it (expected the run directory `fit` wrote)")
     run_config = config_from_dict(yaml.safe_load(config_path.read_text(encoding="utf-8")), source=str(config_path))
-    if run_config.task != "latent_cot":
-        raise ConfigError(f"{config_path}: key 'task' is {run_config.task!r}; this checkpoint is not a latent_cot run")
-    run_config.reasoning.init_from = None  # the checkpoint holds every weight
+    if run_config.task != task:
+        raise ConfigError(f"{config_path}: key 'task' is {run_config.task!r}; this checkpoint is not a {task} run")
+    run_config.reasoning.init_from = None
+    return ckpt, run_config
+
+
+def load_run(checkpoint: str | Path) -> LatentCoTModule:
+    """A trained module from a run directory (config.yaml + last.ckpt) or a .ckpt beside its config.yaml."""
+    ckpt, run_config = read_run(checkpoint, "latent_cot")
     module = LatentCoTModule(run_config)
     state = torch.load(ckpt, map_location="cpu", weights_only=False)
     module.on_load_checkpoint(state)

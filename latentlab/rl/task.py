@@ -9,10 +9,9 @@ from pathlib import Path
 
 import lightning as L
 import torch
-import yaml
 from torch.utils.data import DataLoader
 
-from latentlab.configs import ExperimentConfig, config_from_dict, resolve_path
+from latentlab.configs import ExperimentConfig, resolve_path
 from latentlab.data.schema import CoTExample
 from latentlab.errors import ConfigError, DataError
 from latentlab.optim import TRAIN_STREAM, derive_seed
@@ -99,17 +98,9 @@ def build_task(config: ExperimentConfig) -> FitParts:
 
 def load_policy(checkpoint: str | Path) -> LatentCoTModule:
     """The policy of a latent_rl run (its directory, or a .ckpt beside its config.yaml) as a ``LatentCoTModule``."""
-    path = Path(checkpoint).expanduser()
-    ckpt = path / "last.ckpt" if path.is_dir() else path
-    if not ckpt.exists():
-        raise ConfigError(f"checkpoint {checkpoint}: no {ckpt.name} found (expected a run directory or a .ckpt file)")
-    config_path = ckpt.parent / "config.yaml"
-    if not config_path.exists():
-        raise ConfigError(f"checkpoint {ckpt}: no config.yaml beside it (expected the run directory `fit` wrote)")
-    run_config = config_from_dict(yaml.safe_load(config_path.read_text(encoding="utf-8")), source=str(config_path))
-    if run_config.task != "latent_rl":
-        raise ConfigError(f"{config_path}: key 'task' is {run_config.task!r}; this checkpoint is not a latent_rl run")
-    run_config.reasoning.init_from = None  # the checkpoint holds every weight
+    from latentlab.reasoning.evaluate import read_run
+
+    ckpt, run_config = read_run(Path(checkpoint).expanduser(), "latent_rl")
     module = LatentCoTModule(run_config)
     state = load_lightning_checkpoint(ckpt)["state_dict"]
     module.load_state_dict(strip_prefixes(state, (POLICY_PREFIX,)))
