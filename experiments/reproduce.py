@@ -18,7 +18,7 @@ from pathlib import Path
 
 from latentlab.configs import load_config, merge_pairs, project_root
 from latentlab.errors import ConfigError, LatentLabError
-from latentlab.eval.report import PlotSpec, write_table
+from latentlab.eval.report import write_table
 from latentlab.tasks import task_of
 from latentlab.training import fit, new_run_dir
 
@@ -40,8 +40,6 @@ class Row:
 class Table:
     title: str
     rows: tuple[Row, ...]
-    plot_x: str = "reasoning_tokens_mean"
-    """x axis of the table's plot (its y is the rows' task's primary metric)."""
 
 
 TABLES: dict[str, Table] = {
@@ -183,7 +181,7 @@ def reproduce(
         out / stem,
         f"{spec.title} [{scale}]",
         columns=columns + ["run_dir"],
-        plot=PlotSpec(kind="scatter", metrics=(task.primary_metric,), label_column="method", x=spec.plot_x),
+        plot=task.plot(),
         command=command,
     )
     return results

@@ -32,10 +32,6 @@ class Task:
     """The `task:` value of its YAMLs."""
     primary_metric: str
     """The metric a sweep plots and a reader looks at first."""
-    plot_kind: str
-    """`bar` (one bar a row) or `scatter` (``primary_metric`` against ``plot_x``)."""
-    plot_x: str | None = None
-    """x axis of a scatter plot."""
     init_from_key: str = ""
     """The config key that starts a run from another run's weights (reproduce.py chains table rows through it)."""
 
@@ -64,13 +60,9 @@ class Task:
         raise NotImplementedError
 
     def plot(self, metric: str | None = None):
-        """The ``PlotSpec`` of this task's tables."""
-        from latentlab.eval.report import PlotSpec
-
-        metrics = (metric or self.primary_metric,)
-        if self.plot_kind == "scatter":
-            return PlotSpec(kind="scatter", metrics=metrics, label_column="method", x=self.plot_x)
-        return PlotSpec(kind="bar", metrics=metrics, label_column="method")
+        """The ``PlotSpec`` of this task's tables (``metric`` defaults to the primary one); defined beside its
+        evaluation, like ``columns``."""
+        raise NotImplementedError
 
 
 class LatentMemoryTask(Task):
@@ -81,6 +73,11 @@ class LatentMemoryTask(Task):
         from latentlab.memory.evaluate import TABLE_COLUMNS
 
         return TABLE_COLUMNS
+
+    def plot(self, metric=None):
+        from latentlab.memory.evaluate import table_plot
+
+        return table_plot(metric or self.primary_metric)
 
     def build(self, config):
         from latentlab.memory.module import build_task
@@ -121,6 +118,11 @@ class LatentCoTTask(Task):
 
         return TABLE_COLUMNS
 
+    def plot(self, metric=None):
+        from latentlab.reasoning.evaluate import table_plot
+
+        return table_plot(metric or self.primary_metric)
+
     def build(self, config):
         from latentlab.reasoning.task import build_task
 
@@ -136,14 +138,9 @@ class LatentCoTTask(Task):
         return self.evaluate(config, run_dir, run_dir / "eval", command, overwrite=True).rows
 
 
-class LatentRLTask(Task):
-    """GRPO on a CoT / no-CoT reasoner from a latent_cot run; its policy is scored as latent_cot scores a reasoner."""
-
-    @property
-    def columns(self):
-        from latentlab.reasoning.evaluate import TABLE_COLUMNS
-
-        return TABLE_COLUMNS
+class LatentRLTask(LatentCoTTask):
+    """GRPO on a CoT / no-CoT reasoner from a latent_cot run; its policy is scored as latent_cot scores a reasoner
+    (columns, plot and evaluate_run are latent_cot's)."""
 
     def build(self, config):
         from latentlab.rl.task import build_task
@@ -161,9 +158,6 @@ class LatentRLTask(Task):
         policy = load_policy(checkpoint)
         return evaluate_cot(config, checkpoint=policy, out_dir=out_dir, command=command, overwrite=overwrite)
 
-    def evaluate_run(self, config, run_dir, command):
-        return self.evaluate(config, run_dir, run_dir / "eval", command, overwrite=True).rows
-
 
 TASKS: Registry[Task] = Registry("task")
 TASKS.register(
@@ -171,8 +165,6 @@ TASKS.register(
     LatentMemoryTask(
         name="latent_memory",
         primary_metric="f1",
-        plot_kind="scatter",
-        plot_x="context_tokens",
         init_from_key="compressor.init_from",
     ),
 )
@@ -181,7 +173,6 @@ TASKS.register(
     LatentCoTTask(
         name="latent_cot",
         primary_metric="accuracy",
-        plot_kind="bar",
         init_from_key="reasoning.init_from",
     ),
 )
@@ -191,7 +182,6 @@ TASKS.register(
     LatentRLTask(
         name="latent_rl",
         primary_metric="accuracy",
-        plot_kind="bar",
         init_from_key="reasoning.init_from",
     ),
 )

@@ -9,7 +9,6 @@ the run's logs, and a fit that fails before its first checkpoint leaves no direc
 from __future__ import annotations
 
 import csv
-import dataclasses
 import shutil
 import subprocess
 import time
@@ -18,8 +17,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from latentlab.configs import ExperimentConfig, config_from_dict, config_root, dump_yaml, to_dict
-from latentlab.configs.loader import decode_utf8, safe_load_strict
+from latentlab.configs import ExperimentConfig, config_root, dump_yaml, to_dict
+from latentlab.configs.loader import read_resolved
 from latentlab.errors import ConfigError
 from latentlab.io import write_json, write_text
 from latentlab.parts import FitParts
@@ -106,8 +105,7 @@ def check_resume(config: ExperimentConfig, run_dir: Path) -> Path:
         raise ConfigError(f"--resume {run_dir}: no last.ckpt in {run_dir} (the run wrote no checkpoint yet)")
     stored_path = run_dir / "config.yaml"
     if stored_path.exists():
-        data = safe_load_strict(decode_utf8(stored_path.read_bytes(), stored_path), str(stored_path))
-        stored = config_from_dict(data, source=str(stored_path))
+        stored = read_resolved(stored_path)
         given, kept = _flat(to_dict(config)), _flat(to_dict(stored))
         differ = sorted(
             k
@@ -292,8 +290,3 @@ def _train(config: ExperimentConfig, parts: FitParts, run_dir: Path, ckpt_path: 
         "val_after": after,
         "train_last": train_last,
     }
-
-
-def replace_config(config: ExperimentConfig, **changes: Any) -> ExperimentConfig:
-    """A copy of ``config`` with top-level fields replaced (a notebook's convenience)."""
-    return dataclasses.replace(config, **changes)

@@ -56,7 +56,9 @@ def load_lightning_checkpoint(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise WeightsError(f"{path}: no such checkpoint file")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        # mmap: tensors are read when used, so checking a resume's checkpoint does not read it all before Lightning
+        # loads it again; a cut file still fails here (its zip directory is at the end).
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
     except Exception as err:  # torch raises RuntimeError, EOFError, UnpicklingError... for a damaged file
         raise WeightsError(
             f"{path}: cannot be read as a checkpoint ({type(err).__name__}: {str(err).splitlines()[0][:120]}); "

@@ -330,6 +330,19 @@ def config_from_dict(data: dict, source: str = "<dict>") -> ExperimentConfig:
     return _experiment(migrate_resolved(data), _Ctx(source))
 
 
+def read_resolved(path: str | Path) -> ExperimentConfig:
+    """A resolved config as `fit` or an export wrote it (``config.yaml``), strictly read and validated; errors name
+    the file. Unlike ``load_config`` it follows no ``base:`` and leaves ``source_file`` unset."""
+    path = Path(path)
+    try:
+        data = safe_load_strict(decode_utf8(path.read_bytes(), path), str(path))
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping, got {type(data).__name__}")
+    return config_from_dict(data, source=str(path))
+
+
 def project_root(start: Path) -> Path:
     """The nearest ancestor holding pyproject.toml (relative data paths in YAMLs resolve against it)."""
     for candidate in [start, *start.parents]:

@@ -10,13 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import yaml
+from safetensors.torch import save as save_safetensors
 
 from latentlab.backbones import fingerprint, spec_name
-from latentlab.configs import MemoryExperimentConfig, config_from_dict, to_dict
-from latentlab.configs.loader import decode_utf8, safe_load_strict
+from latentlab.configs import MemoryExperimentConfig, dump_yaml
+from latentlab.configs.loader import read_resolved
 from latentlab.errors import ConfigError, LatentLabError
-from latentlab.io import write_atomic, write_text
+from latentlab.io import write_bytes, write_text
 from latentlab.memory.model import LatentMemoryModel
 from latentlab.weights import check_state_dict, load_lightning_checkpoint, load_safetensors, strip_prefixes
 
@@ -61,21 +61,11 @@ def export_compressor(
         for k, v in model.compressor.trainable_state_dict().items()
         if include_decoder or not _is_decoder(k)
     }
-
-    def save(handle) -> None:
-        handle.write(_safetensors_bytes(state))
-
-    write_atomic(out_dir / WEIGHTS, save)
-    write_text(out_dir / "config.yaml", yaml.safe_dump(to_dict(model.config), sort_keys=False))
+    write_bytes(out_dir / WEIGHTS, save_safetensors(state))
+    write_text(out_dir / "config.yaml", dump_yaml(model.config))
     stored = state_fingerprint(model.config, state)
     write_text(out_dir / "fingerprint.txt", stored + "\n")
     return stored
-
-
-def _safetensors_bytes(state: dict[str, torch.Tensor]) -> bytes:
-    from safetensors.torch import save
-
-    return save(state)
 
 
 def config_beside(path: Path) -> MemoryExperimentConfig:
@@ -83,13 +73,7 @@ def config_beside(path: Path) -> MemoryExperimentConfig:
     config_path = path / "config.yaml"
     if not config_path.exists():
         raise LatentLabError(f"{path}: no config.yaml beside the compressor weights (expected a run or export dir)")
-    try:
-        data = safe_load_strict(decode_utf8(config_path.read_bytes(), config_path), str(config_path))
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{config_path}: not valid YAML: {err}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{config_path}: expected a mapping, got {type(data).__name__}")
-    config = config_from_dict(data, source=str(config_path))
+    config = read_resolved(config_path)
     if not isinstance(config, MemoryExperimentConfig):
         raise ConfigError(f"{config_path}: key 'task' is {config.task!r}; this is not a latent-memory compressor")
     config.source_file = str(config_path)

@@ -100,7 +100,6 @@ class Compressor(nn.Module):
 
     def encode_ids(self, ids: torch.Tensor, mask: torch.Tensor, adapter: str) -> torch.Tensor:
         """ids, mask: [N, T] right-padded -> latents [N, H] (fp32), through ``adapter``."""
-        use_adapter(self.lm, adapter)
         return self.encode_embeds(input_embeddings(self.lm)(ids), mask, adapter)
 
     def encode_embeds(self, embeds: torch.Tensor, mask: torch.Tensor, adapter: str) -> torch.Tensor:

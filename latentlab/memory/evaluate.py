@@ -44,6 +44,12 @@ TABLE_COLUMNS = (
 )
 """Columns of a latent-memory table, in order (`f1` becomes `hotpotqa_f1` under ``eval.f1: hotpotqa``)."""
 
+
+def table_plot(metric: str = "f1") -> PlotSpec:
+    """A memory table's plot: ``metric`` (an F1) of each method against the context tokens the generator read."""
+    return PlotSpec(kind="scatter", metrics=(metric,), label_column="method", x="context_tokens")
+
+
 F1_NAMES = {"squad": "SQuAD token F1 (SQuAD 2.0 empty-answer rule)", "hotpotqa": "official HotpotQA answer F1"}
 
 
@@ -265,9 +271,7 @@ def evaluate(
                 f"F1 = {F1_NAMES[ev.f1]}"
             ),
             columns=list(columns),
-            plot=PlotSpec(
-                kind="scatter", metrics=(columns[2],), label_column="method", x="context_tokens"
-            ),  # F1 (by the configured rule) against what the generator read
+            plot=table_plot("hotpotqa_f1" if ev.f1 == "hotpotqa" else "f1"),
             command=command,
         )
     return EvalResult(out_dir=target, rows=rows, columns=columns)

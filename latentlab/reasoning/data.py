@@ -32,6 +32,14 @@ from latentlab.reasoning.thoughts import ThoughtBatch, collate_layouts
 Split = Literal["train", "val", "test"]
 
 
+def load_train_val(config: ExperimentConfig) -> tuple[list[CoTExample], list[CoTExample] | None]:
+    """The training split (empty is an error) and the validation split (None when it is empty)."""
+    train = load_cot_split(config, "train")
+    if not train:
+        raise DataError(f"{config.source_file or '<config>'}: reasoning.data gives no training examples")
+    return train, load_cot_split(config, "val") or None
+
+
 def load_cot_split(config: ExperimentConfig, split: Split) -> list[CoTExample]:
     """Examples of one split from ``reasoning.data``: generated, latentlab JSONL, or an official format."""
     data = config.reasoning.data
@@ -172,10 +180,7 @@ class CoTDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is None:
-            self.train_set = load_cot_split(self.config, "train")
-            if not self.train_set:
-                raise DataError(f"{self.config.source_file or '<config>'}: reasoning.data gives no training examples")
-            self.val_set = load_cot_split(self.config, "val") or None
+            self.train_set, self.val_set = load_train_val(self.config)
 
     def current_stage(self) -> int:
         """The scheduled stage: the override, else the stage of the trainer's epoch (``start_stage`` without one)."""

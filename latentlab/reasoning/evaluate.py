@@ -30,9 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import yaml
 
-from latentlab.configs import ExperimentConfig, SamplingConfig, config_from_dict, config_root
+from latentlab.configs import ExperimentConfig, SamplingConfig, config_root
+from latentlab.configs.loader import read_resolved
 from latentlab.data.schema import CoTExample
 from latentlab.errors import ConfigError
 from latentlab.eval.metrics import answers_match, pass_at_k
@@ -61,6 +61,12 @@ TABLE_COLUMNS = (
 
 SAMPLE_ROWS_PER_CALL = 256
 """Default cap on the rows (question x sample) of one sampling generation; ``eval.batch_size`` rows always fit."""
+
+
+def table_plot(metric: str = "accuracy") -> PlotSpec:
+    """A reasoning table's plot: ``metric`` of each method against its mean reasoning tokens."""
+    return PlotSpec(kind="scatter", metrics=(metric,), label_column="method", x="reasoning_tokens_mean")
+
 
 METHOD_LABELS = {"no_cot": "No-CoT", "cot": "CoT", "coconut": "Coconut", "atp_latent": "ATP-Latent"}
 TOKEN_COLUMNS = ["latent_tokens_mean", "language_tokens_mean", "reasoning_tokens_mean", "generated_tokens_mean"]
@@ -120,7 +126,7 @@ def read_run(checkpoint: str | Path, task: str) -> tuple[Path, ExperimentConfig]
     config_path = ckpt.parent / "config.yaml"
     if not config_path.exists():
         raise ConfigError(f"checkpoint {ckpt}: no config.yaml beside it (expected the run directory `fit` wrote)")
-    run_config = config_from_dict(yaml.safe_load(config_path.read_text(encoding="utf-8")), source=str(config_path))
+    run_config = read_resolved(config_path)
     if run_config.task != task:
         raise ConfigError(f"{config_path}: key 'task' is {run_config.task!r}; this checkpoint is not a {task} run")
     run_config.reasoning.init_from = None
@@ -266,7 +272,7 @@ def evaluate_cot(
             [row],
             staging / "table",
             f"{config.name}: {METHOD_LABELS[run.method]} on {ev.split}",
-            plot=PlotSpec(kind="scatter", metrics=("accuracy",), label_column="method", x="reasoning_tokens_mean"),
+            plot=table_plot(),
             command=command,
         )
     return CoTEvalResult(out_dir=target, rows=[row], summary=summary)

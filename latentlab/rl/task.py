@@ -13,10 +13,10 @@ from torch.utils.data import DataLoader
 
 from latentlab.configs import ExperimentConfig, resolve_path
 from latentlab.data.schema import CoTExample
-from latentlab.errors import ConfigError, DataError
+from latentlab.errors import ConfigError
 from latentlab.optim import TRAIN_STREAM, derive_seed
 from latentlab.parts import FitParts
-from latentlab.reasoning.data import load_cot_split
+from latentlab.reasoning.data import load_train_val
 from latentlab.reasoning.module import LatentCoTModule
 from latentlab.weights import load_lightning_checkpoint, strip_prefixes
 
@@ -46,10 +46,7 @@ class PromptDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is None:
-            self.train_set = load_cot_split(self.config, "train")
-            if not self.train_set:
-                raise DataError(f"{self.config.source_file or '<config>'}: reasoning.data gives no training examples")
-            self.val_set = load_cot_split(self.config, "val") or None
+            self.train_set, self.val_set = load_train_val(self.config)
 
     def train_dataloader(self) -> DataLoader:
         size = self.config.rl.prompts_per_step
