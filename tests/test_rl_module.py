@@ -1,5 +1,6 @@
 """latent_rl end to end on a 2-layer GPT-2: a 2-step CoT run, then GRPO from it through ``fit``; resume, records,
-logged metrics, config errors, and fp16 loss scaling that skips a non-finite step."""
+logged metrics, config errors, fp16 loss scaling that skips a non-finite step, DPPO's top-K divergences and DAPO's
+dynamic sampling."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import torch
 
 from latentlab.configs import load_config
 from latentlab.errors import ConfigError
+from latentlab.rl import module as rl_module
 from latentlab.rl.rewards import REWARDS
 from latentlab.rl.task import build_task, load_policy
 from latentlab.tasks import TASKS
@@ -59,13 +61,42 @@ def distinct_characters(prompts, completions, **columns):
     return [float(len(set(text))) for text in completions]
 
 
+def text_checksum(text: str) -> float:
+    return float(sum(map(ord, text)) % 101)
+
+
+def checksum(prompts, completions, **columns):
+    """A reward that differs between almost any two completions: every group is informative."""
+    return [text_checksum(text) for text in completions]
+
+
+def first_question_constant(prompts, completions, **columns):
+    """Constant on the first question of each call (one draw): that group is uninformative, the others are not."""
+    return [0.0 if prompt == prompts[0] else text_checksum(text) for prompt, text in zip(prompts, completions)]
+
+
+def constant(prompts, completions, **columns):
+    """No group is informative."""
+    return [1.0] * len(completions)
+
+
+TEST_REWARDS = {
+    "test_distinct": distinct_characters,
+    "test_checksum": checksum,
+    "test_first_constant": first_question_constant,
+    "test_constant": constant,
+}
+
+
 @pytest.fixture(autouse=True)
 def test_reward():
-    REWARDS.register("test_distinct", distinct_characters)
+    for name, fn in TEST_REWARDS.items():
+        REWARDS.register(name, fn)
     try:
         yield
     finally:
-        del REWARDS._items["test_distinct"]
+        for name in TEST_REWARDS:
+            del REWARDS._items[name]
 
 
 @pytest.fixture(scope="module")
@@ -170,6 +201,9 @@ def test_unknown_loss_and_reward_names_list_the_known_ones(tmp_path, cot_run):
         ({"sampling.top_p": 0.0}, "sampling.top_p"),
         ({"sampling.top_k": -1}, "sampling.top_k"),
         ({"rl.train_precision": "fp8"}, "rl.train_precision"),
+        ({"policy_loss.topk_logprobs": 0}, "policy_loss.topk_logprobs"),
+        ({"policy_loss.topk_logprobs": 5}, "policy_loss.topk_logprobs"),  # ppo_clip does not read it: not ignored
+        ({"advantage.max_draws": 0}, "advantage.max_draws"),
     ],
 )
 def test_bad_rl_configs_name_the_key(tmp_path, cot_run, extra, key):
@@ -202,3 +236,123 @@ def test_fp16_training_skips_a_non_finite_step_and_counts_it(tmp_path, cot_run):
     assert logged_values(result.run_dir, "train/loss_scale") == [512.0, 512.0, 512.0]  # halved once
     ckpt = torch.load(result.run_dir / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["latent_rl"]["skipped_steps"] == 1 and ckpt["latent_rl"]["scaler"]["scale"] == 512.0
+
+
+def test_dppo_topk_divergence_gets_k_wide_log_probs_and_survives_a_top_k_filter(tmp_path, cot_run, monkeypatch):
+    """policy_loss sees mu's and pi's top-K log-probs [rows, T, K]; with sampling.top_k 3 < K mu's list holds -inf."""
+    seen = []
+    original = rl_module.policy_loss
+
+    def spy(*args, **kwargs):
+        seen.append({key: kwargs[key] for key in ("mu_topk_logp", "pi_topk_logp")})
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(rl_module, "policy_loss", spy)
+    extra = {
+        "policy_loss.name": "dppo",
+        "policy_loss.divergence": "topk_kl",
+        "policy_loss.topk_logprobs": 5,
+        "sampling.top_k": 3,
+    }
+    result = fit(load_config(TINY_RL, rl_overrides(tmp_path, cot_run, **extra)), run_name="topk")
+    assert result.metrics["global_step"] == 2 and len(seen) == 2
+    for tensors in seen:
+        mu_topk, pi_topk = tensors["mu_topk_logp"], tensors["pi_topk_logp"]
+        assert mu_topk.shape == pi_topk.shape == (8, 8, 5)  # minibatch 8 rows, T = max_new_tokens 8, K 5
+        assert torch.isinf(mu_topk[..., 3:]).any() and torch.isfinite(pi_topk).all() and not pi_topk.requires_grad
+    for name in ("train/mask_fraction", "train/divergence_mean", "train/loss"):
+        values = logged_values(result.run_dir, name)
+        assert len(values) == 2 and all(math.isfinite(v) for v in values), name
+
+
+def test_other_losses_record_no_top_k(tmp_path, cot_run):
+    config = load_config(TINY_RL, rl_overrides(tmp_path, cot_run, **{"policy_loss.divergence": "topk_kl"}))
+    assert build_task(config).module.topk_logprobs == 0  # ppo_clip: the divergence key is not read
+
+
+def completions_by_step(run: Path) -> dict[int, list[dict]]:
+    steps: dict[int, list[dict]] = {}
+    for line in (run / "completions.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        steps.setdefault(record["rollout_step"], []).append(record)
+    return steps
+
+
+def test_dynamic_sampling_keeps_prompts_per_step_informative_groups(tmp_path, cot_run):
+    extra = {
+        "advantage.dynamic_sampling": True,
+        "advantage.max_draws": 4,
+        "reward.weights": {"test_first_constant": 1.0},  # one of the 2 groups of every draw is uninformative
+    }
+    result = fit(load_config(TINY_RL, rl_overrides(tmp_path, cot_run, **extra)), run_name="ds")
+    run = result.run_dir
+    assert result.metrics["global_step"] == 2  # 2 kept groups x 4 = 8 rows = one minibatch: one step a batch
+    assert logged_values(run, "train/ds_draws") == [2.0, 2.0]  # 1 informative group a draw: 2 draws fill 2
+    assert logged_values(run, "train/ds_groups_kept") == [2.0, 2.0]
+    assert logged_values(run, "train/ds_informative_fraction") == [0.5, 0.5]
+    steps = completions_by_step(run)
+    assert sorted(steps) == [0, 1]
+    for records in steps.values():
+        assert len(records) == 2 * 4
+        for prompt in (0, 1):
+            group = [r for r in records if r["prompt"] == prompt]
+            assert len(group) == 4 and len({r["reward"] for r in group}) > 1  # informative
+            assert len({r["question"] for r in group}) == 1
+            # text, reward and question stayed aligned through the draws' concatenation and selection
+            assert all(r["reward"] == text_checksum(r["completion"]) for r in group)
+        assert len({r["question"] for r in records}) == 2  # the kept groups come from different draws
+
+
+def test_dynamic_sampling_skips_a_batch_with_no_informative_group(tmp_path, cot_run):
+    extra = {
+        "advantage.dynamic_sampling": True,
+        "advantage.max_draws": 1,
+        "reward.weights": {"test_constant": 1.0},
+        "trainer.max_steps": -1,
+        "trainer.max_epochs": 1,  # 8 questions / 2 a batch: 4 rollout batches, none with an informative group
+    }
+    result = fit(load_config(TINY_RL, rl_overrides(tmp_path, cot_run, **extra)), run_name="empty")
+    run = result.run_dir
+    assert result.metrics["global_step"] == 0
+    assert logged_values(run, "train/ds_groups_kept") == [0.0] * 4
+    assert logged_values(run, "train/ds_draws") == [1.0] * 4
+    assert logged_values(run, "train/steps_taken") == [0.0] * 4
+    assert not (run / "completions.jsonl").exists()
+
+
+def test_dynamic_sampling_trains_on_a_short_batch_when_the_draws_run_out(tmp_path, cot_run):
+    extra = {
+        "advantage.dynamic_sampling": True,
+        "advantage.max_draws": 1,
+        "reward.weights": {"test_first_constant": 1.0},  # 1 informative group of the 2 wanted
+    }
+    result = fit(load_config(TINY_RL, rl_overrides(tmp_path, cot_run, **extra)), run_name="short")
+    run = result.run_dir
+    assert result.metrics["global_step"] == 2  # the 4 rows of the one kept group are one (short) minibatch
+    assert logged_values(run, "train/ds_groups_kept") == [1.0, 1.0]
+    assert all(math.isfinite(v) for v in logged_values(run, "train/loss"))
+    assert [len(records) for records in completions_by_step(run).values()] == [4, 4]
+
+
+def test_dynamic_sampling_with_every_group_informative_is_the_plain_path(tmp_path, cot_run):
+    """The first draw is the plain path's rollout (same seed, same prompts), so one draw that keeps every group
+    trains exactly as dynamic sampling off does."""
+    base = {"reward.weights": {"test_checksum": 1.0}}
+    plain = fit(load_config(TINY_RL, rl_overrides(tmp_path / "off", cot_run, **base)), run_name="off").run_dir
+    extra = {**base, "advantage.dynamic_sampling": True, "advantage.max_draws": 1}
+    ds = fit(load_config(TINY_RL, rl_overrides(tmp_path / "on", cot_run, **extra)), run_name="on").run_dir
+    assert logged_values(ds, "train/ds_groups_kept") == [2.0, 2.0]
+    for name in ("train/loss", "train/grad_norm", "train/reward_mean", "train/kl_ref"):
+        assert logged_values(ds, name) == logged_values(plain, name), name
+    assert (ds / "completions.jsonl").read_text() == (plain / "completions.jsonl").read_text()
+
+
+def test_a_short_batch_splits_into_minibatches_of_whole_groups(tmp_path, cot_run):
+    module = build_task(load_config(TINY_RL, rl_overrides(tmp_path, cot_run))).module  # G 4, minibatch 8
+    for rows, sizes in ((12, [8, 4]), (4, [4]), (8, [8])):
+        batches = module._minibatches(rows)
+        assert [len(b) for b in batches] == sizes
+        for b in batches:
+            groups = b.view(-1, 4)
+            assert (groups == groups[:, :1] + torch.arange(4)).all() and (groups[:, 0] % 4 == 0).all()
+        assert sorted(torch.cat(batches).tolist()) == list(range(rows))

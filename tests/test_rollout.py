@@ -7,9 +7,18 @@ import math
 import pytest
 import torch
 
+from latentlab.configs.rl import PolicyLossConfig
 from latentlab.errors import ConfigError, DataError
 from latentlab.reasoning.thoughts import filter_logits, generate_from_ids, next_token
-from latentlab.rl.rollout import mismatch, recompute_logprobs, rollout
+from latentlab.rl.policy_loss import dppo_divergence, policy_loss
+from latentlab.rl.rollout import (
+    concat_rollouts,
+    mismatch,
+    recompute_logprobs,
+    recompute_with_topk,
+    rollout,
+    select_rows,
+)
 from tests.test_thoughts import tiny_model, tiny_tokenizer
 
 ATOL = 1e-5
@@ -171,6 +180,72 @@ def test_recompute_has_gradients(model):
     (pi * rolled.mask).sum().backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert grads and any(float(g.abs().sum()) > 0 for g in grads)
+
+
+def test_recompute_at_topk_ids_is_the_tempered_log_softmax_there(model):
+    eos = sample(model, seed=6).completion_ids[0, 1].item()  # some rows stop early: padding is exercised
+    rolled = sample(model, seed=6, eos_id=eos, temperature=0.7, top_k_logprobs=4)
+    assert not rolled.mask.all()
+    vocab = len(tiny_tokenizer())
+    ids = torch.randint(0, vocab, rolled.top_ids.shape, generator=torch.Generator().manual_seed(0))  # any ids
+    out = recompute_with_topk(model, rolled, PROMPTS, 0.7, topk_ids=ids)
+    assert out.topk_logp.shape == ids.shape and out.topk_logp.requires_grad
+    torch.testing.assert_close(out.logp, recompute_logprobs(model, rolled, PROMPTS, 0.7), atol=0, rtol=0)
+    with torch.no_grad():  # by hand: each row alone, unpadded, through the plain forward
+        for i in range(rolled.completion_ids.shape[0]):
+            prompt, length = PROMPTS[i // G], int(rolled.lengths[i])
+            full = torch.tensor([prompt + rolled.completion_ids[i, :length].tolist()])
+            logits = model(full).logits[0, len(prompt) - 1 : len(prompt) - 1 + length]  # the columns predicting y
+            expected = (logits / 0.7).log_softmax(-1).gather(-1, ids[i, :length])
+            torch.testing.assert_close(out.topk_logp[i, :length], expected, atol=ATOL, rtol=0)
+    assert (out.topk_logp[~rolled.mask] == 0).all()
+    assert recompute_with_topk(model, rolled, PROMPTS, 0.7).topk_logp is None
+    # at mu's own top-K ids and with no filter, pi before any update is mu
+    at_mu = recompute_with_topk(model, rolled, PROMPTS, 0.7, topk_ids=rolled.top_ids).topk_logp
+    torch.testing.assert_close(at_mu, rolled.top_logprobs, atol=ATOL, rtol=0)
+    with pytest.raises(DataError, match="topk_ids"):
+        recompute_with_topk(model, rolled, PROMPTS, 0.7, topk_ids=ids[:, :, 0])
+
+
+def test_topk_divergence_of_a_filtered_rollout_is_finite(model):
+    """mu's top-K list after a top-k filter holds -inf; the divergences and DPPO's loss must stay finite."""
+    rolled = sample(model, seed=3, temperature=0.7, top_k=3, top_k_logprobs=6)
+    m = rolled.mask
+    assert torch.isinf(rolled.top_logprobs[m][:, 3:]).all()
+    for divergence in ("topk_tv", "topk_kl"):
+        pi = recompute_with_topk(model, rolled, PROMPTS, 0.7, topk_ids=rolled.top_ids)
+        assert torch.isfinite(pi.topk_logp).all()  # pi is the unfiltered recompute
+        value = dppo_divergence(pi.logp, rolled.tempered_logprobs, divergence, rolled.top_logprobs, pi.topk_logp)
+        assert torch.isfinite(value).all() and (value >= -1e-12).all(), divergence
+        assert (value[m] > 1e-3).any(), divergence  # the filtered mu is not the unfiltered pi
+        config = PolicyLossConfig(name="dppo", divergence=divergence)
+        advantages = torch.linspace(-1, 1, m.shape[0])
+        mu = rolled.tempered_logprobs
+        out = policy_loss(
+            pi.logp, mu, advantages, m, config, mu_topk_logp=rolled.top_logprobs, pi_topk_logp=pi.topk_logp
+        )
+        out.loss.backward()
+        assert math.isfinite(float(out.loss)) and math.isfinite(float(out.diagnostics["mask_fraction"]))
+        grads = [param.grad for param in model.parameters() if param.grad is not None]
+        assert grads and all(torch.isfinite(g).all() for g in grads)
+        model.zero_grad()
+
+
+def test_concat_and_select_rows_keep_every_field_in_order(model):
+    first, second = sample(model, seed=1, top_k_logprobs=2), sample(model, seed=2, top_k_logprobs=2)
+    joined = concat_rollouts([first, second])
+    n = first.completion_ids.shape[0]
+    assert joined.completion_ids.shape == (2 * n, T) and joined.token_ids == first.token_ids + second.token_ids
+    rows = torch.arange(n, 2 * n)
+    back = select_rows(joined, rows)
+    for name in ("completion_ids", "mask", "lengths", "truncated", "logprobs", "tempered_logprobs", "top_logprobs"):
+        assert torch.equal(getattr(back, name), getattr(second, name)), name
+    assert torch.equal(back.top_ids, second.top_ids) and back.token_ids == second.token_ids
+    assert concat_rollouts([first]) is first
+    with pytest.raises(DataError, match="temperature"):
+        concat_rollouts([first, sample(model, seed=2, temperature=0.5, top_k_logprobs=2)])
+    with pytest.raises(DataError, match="top-K"):
+        concat_rollouts([first, sample(model, seed=2)])
 
 
 def test_mismatch_by_hand():

@@ -155,8 +155,6 @@ class RLExperimentConfig(ExperimentConfig):
             )
         if self.sampling.temperature <= 0:
             fail("sampling.temperature", "must be > 0 for rollouts (greedy gives G identical completions)")
-        if self.advantage.dynamic_sampling:
-            fail("advantage.dynamic_sampling", "is not wired into latent_rl yet; set it to false")
         if self.trainer.accumulate_grad_batches != 1:
             fail(
                 "trainer.accumulate_grad_batches",

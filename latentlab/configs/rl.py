@@ -11,6 +11,9 @@ from typing import Literal
 
 from latentlab.configs.common import Precision, require
 
+DEFAULT_TOPK_LOGPROBS = 20
+"""K of mu's top-K list for DPPO's top-K divergences when ``policy_loss.topk_logprobs`` is null (vLLM's logprobs=20)."""
+
 
 @dataclass
 class PolicyLossConfig:
@@ -37,6 +40,11 @@ class PolicyLossConfig:
     """dppo: trust-region threshold where the advantage is negative (TV 0.15, KL 0.05 in the verl example)."""
     delta_high: float = 0.15
     """dppo: trust-region threshold where the advantage is positive."""
+    topk_logprobs: int | None = None
+    """dppo with divergence topk_tv / topk_kl only (an error elsewhere): K, the length of mu's top-K list that the
+    rollout records and pi is recomputed at (Stable-RL's compute_topk_kl takes the rollout engine's top-K ids); null
+    = ``DEFAULT_TOPK_LOGPROBS``. With sampling.top_k / top_p on, the list is of the filtered distribution mu sampled
+    from (-inf beyond the kept tokens, which count 0 in the divergence)."""
     ratio_cap: float = 10.0
     """dppo: cap c of the detached importance weight min(pi/mu, c) (Stable-RL: 10)."""
     drpo_delta: float = 0.15
@@ -55,6 +63,17 @@ class PolicyLossConfig:
         )
         require(self.dual_clip is None or self.dual_clip > 1, "dual_clip", f"must be > 1 or null, got {self.dual_clip}")
         require(self.ratio_cap > 0, "ratio_cap", f"must be > 0, got {self.ratio_cap}")
+        require(
+            self.topk_logprobs is None or self.topk_logprobs >= 1,
+            "topk_logprobs",
+            f"must be >= 1 or null, got {self.topk_logprobs}",
+        )
+        require(
+            self.topk_logprobs is None or self.uses_topk,
+            "topk_logprobs",
+            f"only name dppo with divergence topk_tv / topk_kl reads it (this is {self.name} / {self.divergence}); "
+            "remove it",
+        )
         require(self.kl_beta >= 0, "kl_beta", f"must be >= 0, got {self.kl_beta}")
         require(
             self.max_completion_length is None or self.max_completion_length >= 1,
@@ -66,6 +85,16 @@ class PolicyLossConfig:
             "max_completion_length",
             "aggregation dr_grpo divides by the constant B x max_completion_length: set it",
         )
+
+    @property
+    def uses_topk(self) -> bool:
+        """Whether this loss reads mu's top-K list (dppo with topk_tv / topk_kl)."""
+        return self.name == "dppo" and self.divergence.startswith("topk")
+
+    @property
+    def topk(self) -> int:
+        """K of the rollout's top-K list: ``topk_logprobs`` (or its default) for top-K DPPO, else 0 (none)."""
+        return (self.topk_logprobs or DEFAULT_TOPK_LOGPROBS) if self.uses_topk else 0
 
 
 @dataclass
@@ -81,9 +110,11 @@ class AdvantageConfig:
     eps: float = 1e-4
     """Added to the std before dividing (TRL 1e-4, verl 1e-6, ATP-Latent 1e-8)."""
     dynamic_sampling: bool = False
-    """DAPO: drop groups whose rewards are all equal and draw more until the batch is full."""
+    """DAPO: drop groups whose rewards are all equal and draw more until the batch is full (latent_rl: each data
+    batch then holds rl.prompts_per_step x max_draws prompts, rolled out prompts_per_step at a time)."""
     max_draws: int = 4
-    """Dynamic sampling: at most this many generation batches per training batch (then train on what there is)."""
+    """Dynamic sampling: at most this many generation batches per training batch (then train on what there is: a
+    short batch takes fewer optimizer steps, an empty one none)."""
 
     def __post_init__(self) -> None:
         require(

@@ -3,17 +3,25 @@
 It wires the pure pieces together (manual optimisation): one training batch = ``rl.prompts_per_step`` questions,
 
 1. roll out G = ``advantage.group_size`` completions each (``rollout.rollout``, no grad, ``rl.rollout_precision``),
-   recording mu; score them (``rewards.score``, gold answers column ``answer``); advantages
-   (``advantages.group_advantages`` with the scorable mask);
+   recording mu; score them (``rewards.score``, gold answers column ``answer``). With ``advantage.dynamic_sampling``
+   (DAPO) the data batch holds ``max_draws`` chunks of questions and ``advantages.fill_batch`` rolls them out one
+   chunk at a time, keeping the informative groups until ``prompts_per_step`` are kept or the chunks run out (a
+   short batch trains on what it has, an empty one skips its update); off, it draws the one chunk and keeps all.
+   Advantages (``advantages.group_advantages`` with the scorable mask) are of the kept groups;
 2. recompute pi_old (no grad, ``rl.train_precision``) and, with ``rl.reference``, the frozen reference's log-probs;
 3. ``rl.update_epochs`` passes over shuffled minibatches of whole groups: recompute pi with gradient,
    ``policy_loss(pi, mu, A, mask, old_logp=pi_old)``, backward, clip to ``trainer.gradient_clip_val``, step.
 
 mu is the rollout's ``tempered_logprobs`` (log_softmax(logits / T) of the chosen token, no top-k / top-p), which is
 what the teacher-forced recompute scores (TRL's and verl's convention; equal to the sampling density when top_k and
-top_p are off). Every optimizer step whose gradient norm is not finite is skipped and counted; with fp16 training the
-loss is scaled dynamically (GradScaler's rule: halve on a skip, double after ``rl.loss_scale_growth_interval`` finite
-steps) and the scaler's state is saved in checkpoints. ``trainer.max_steps`` counts optimizer steps taken.
+top_p are off). DPPO's top-K divergences (``policy_loss.divergence`` topk_tv / topk_kl) compare the rollout's
+recorded top-``policy_loss.topk_logprobs`` list with pi at the same ids; that list is of the distribution mu sampled
+from, so with top_k / top_p on it holds ``-inf`` beyond the kept tokens (probability 0 in the divergence) while pi
+is the unfiltered tempered recompute.
+
+Every optimizer step whose gradient norm is not finite is skipped and counted; with fp16 training the loss is scaled
+dynamically (GradScaler's rule: halve on a skip, double after ``rl.loss_scale_growth_interval`` finite steps) and the
+scaler's state is saved in checkpoints. ``trainer.max_steps`` counts optimizer steps taken.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -35,10 +44,20 @@ from latentlab.io import write_jsonl
 from latentlab.optim import TRAIN_STREAM, VAL_STREAM, adamw_warmup_cosine, derive_seed
 from latentlab.reasoning.curriculum import build_prompt
 from latentlab.reasoning.module import LatentCoTModule
-from latentlab.rl.advantages import group_advantages
+from latentlab.rl.advantages import FillInfo, GenerationBatch, fill_batch, group_advantages
 from latentlab.rl.policy_loss import check_policy_loss_config, policy_loss
-from latentlab.rl.rewards import REWARDS, score
-from latentlab.rl.rollout import Rollouts, mismatch, recompute_logprobs, rollout
+from latentlab.rl.rewards import REWARDS, Scores, score
+from latentlab.rl.rollout import (
+    Recomputed,
+    Rollouts,
+    concat_rollouts,
+    mismatch,
+    recompute_with_topk,
+    rollout,
+    select_rows,
+)
+
+log = logging.getLogger(__name__)
 
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 COMPLETIONS_FILE = "completions.jsonl"
@@ -94,6 +113,8 @@ class GRPOModule(L.LightningModule):
         """Optimizer steps skipped because the gradient norm was not finite (saved in checkpoints)."""
         self.rollout_steps = 0
         """Training batches rolled out so far (saved in checkpoints; sets the completion-log cadence)."""
+        self.topk_logprobs = config.policy_loss.topk
+        """K of mu's top-K list the rollouts record for DPPO's top-K divergences; 0 = none (every other loss)."""
 
     # ----------------------------------------------------------------- weights
 
@@ -132,9 +153,14 @@ class GRPOModule(L.LightningModule):
         p = self.policy
         return [build_prompt(q, 0, self.config.reasoning.curriculum, p.vocab, p.fmt)[0] for q in questions]
 
-    def _recompute(self, model: torch.nn.Module, rollouts: Rollouts, prompts, precision: str) -> Tensor:
+    def _recompute(
+        self, model: torch.nn.Module, rollouts: Rollouts, prompts, precision: str, with_topk: bool = False
+    ) -> Recomputed:
+        """log pi of the chosen tokens and, ``with_topk``, at the rollout's top-K ids (one forward for both)."""
+        topk_ids = rollouts.top_ids if with_topk else None
         with autocast(self.device, precision):
-            return recompute_logprobs(model, rollouts, prompts, self.config.sampling.temperature).float()
+            out = recompute_with_topk(model, rollouts, prompts, self.config.sampling.temperature, topk_ids=topk_ids)
+        return Recomputed(out.logp.float(), None if out.topk_logp is None else out.topk_logp.float())
 
     def _recompute_all(self, model: torch.nn.Module, rolled: Rollouts, prompts, precision: str) -> Tensor:
         """Log-probs of every row, no grad, in minibatch-sized chunks of whole groups (as the update sees them)."""
@@ -144,20 +170,16 @@ class GRPOModule(L.LightningModule):
         with torch.no_grad():
             for rows in torch.arange(n).split(size):
                 groups = prompts[int(rows[0]) // G : int(rows[-1]) // G + 1]
-                chunks.append(self._recompute(model, _select(rolled, rows), groups, precision))
+                chunks.append(self._recompute(model, select_rows(rolled, rows), groups, precision).logp)
         return torch.cat(chunks)
 
-    def _rollout(self, questions: list[str], answers: list[str]) -> dict[str, Any]:
-        """Roll out, score and compute advantages for ``questions``; everything the update needs, detached."""
+    def _draw(self, questions: list[str], answers: list[str], generator: torch.Generator) -> dict[str, Any]:
+        """Roll out and score one chunk of ``questions`` (one draw of dynamic sampling), detached."""
         cfg, G = self.config, self.config.advantage.group_size
         prompts = self.prompt_ids(questions)
-        generator = torch.Generator(device=self.device).manual_seed(
-            derive_seed(cfg.seed, TRAIN_STREAM, self.rollout_steps)
-        )
-        reasoner = self.policy.reasoner
         with torch.no_grad(), autocast(self.device, cfg.rl.rollout_precision):
             rolled = rollout(
-                reasoner,
+                self.policy.reasoner,
                 prompts,
                 G,
                 max_new_tokens=cfg.sampling.max_new_tokens,
@@ -167,16 +189,12 @@ class GRPOModule(L.LightningModule):
                 top_k=cfg.sampling.top_k,
                 top_p=cfg.sampling.top_p,
                 generator=generator,
+                top_k_logprobs=self.topk_logprobs,
             )
         texts = self.policy.tokenizer.batch_decode(rolled.token_ids, skip_special_tokens=True)
         row_questions = [q for q in questions for _ in range(G)]
         golds = [str(a) for a in answers for _ in range(G)]
         scores = score(row_questions, texts, cfg.reward, answer=golds, completion_lengths=rolled.completion_lengths)
-        advantages = group_advantages(scores.total, cfg.advantage, scores.valid).to(self.device)
-        old_logp = self._recompute_all(reasoner, rolled, prompts, cfg.rl.train_precision)
-        ref_logp = None
-        if self.reference is not None:
-            ref_logp = self._recompute_all(self.reference, rolled, prompts, cfg.rl.train_precision)
         return {
             "rollouts": rolled,
             "prompts": prompts,
@@ -184,10 +202,43 @@ class GRPOModule(L.LightningModule):
             "golds": golds,
             "texts": texts,
             "scores": scores,
-            "advantages": advantages,
-            "old_logp": old_logp,
-            "ref_logp": ref_logp,
         }
+
+    def _rollout(self, questions: list[str], answers: list[str]) -> tuple[dict[str, Any] | None, FillInfo]:
+        """Roll out chunks of ``rl.prompts_per_step`` questions through ``fill_batch`` (dynamic sampling, or one draw
+        kept whole), then advantages and pi_old (and the reference's log-probs) of the kept groups; None when no
+        group is kept.
+
+        One generator, seeded by the rollout step, serves the draws in turn: the first draw is the same with dynamic
+        sampling on or off, and each later draw continues the stream, so every draw differs and a rerun repeats it.
+        """
+        cfg, k, G = self.config, self.config.rl.prompts_per_step, self.config.advantage.group_size
+        generator = torch.Generator(device=self.device).manual_seed(
+            derive_seed(cfg.seed, TRAIN_STREAM, self.rollout_steps)
+        )
+        chunks = [slice(start, start + k) for start in range(0, len(questions), k)]
+        draws: list[dict[str, Any]] = []
+
+        def draw() -> GenerationBatch:
+            part = chunks[len(draws)]
+            first = sum(d["rollouts"].num_prompts for d in draws)  # group ids run on across the draws
+            drawn = self._draw(questions[part], answers[part], generator)
+            draws.append(drawn)
+            scores = drawn["scores"]
+            return GenerationBatch(scores.total, range(first, first + drawn["rollouts"].num_prompts), scores.valid)
+
+        advantage = dataclasses.replace(cfg.advantage, max_draws=min(cfg.advantage.max_draws, len(chunks)))
+        filled, info = fill_batch(draw, k, advantage)
+        if not filled.payload:
+            return None, info
+        data = _keep_groups(draws, torch.tensor(filled.payload), G)
+        scores, rolled, prompts = data["scores"], data["rollouts"], data["prompts"]
+        data["advantages"] = group_advantages(scores.total, cfg.advantage, scores.valid).to(self.device)
+        data["old_logp"] = self._recompute_all(self.policy.reasoner, rolled, prompts, cfg.rl.train_precision)
+        data["ref_logp"] = None
+        if self.reference is not None:
+            data["ref_logp"] = self._recompute_all(self.reference, rolled, prompts, cfg.rl.train_precision)
+        return data, info
 
     # ----------------------------------------------------------------- the update
 
@@ -227,19 +278,26 @@ class GRPOModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, list[str]], batch_idx: int) -> None:
         """One rollout batch (``PromptDataModule``: questions and answers) and its update epochs."""
-        cfg, k = self.config, self.config.rl.prompts_per_step
+        cfg = self.config
         self.policy.eval()  # no dropout: the rollout, pi_old and the update score the same function
-        data = self._rollout(batch["questions"][:k], batch["answers"][:k])
+        data, fill = self._rollout(batch["questions"], batch["answers"])
+        if data is None:  # dynamic sampling found no informative group in any draw: nothing to learn from
+            log.info("rollout batch %d: no informative group in %d draws, no update", self.rollout_steps, fill.draws)
+            self._log_fill(fill, {"steps_taken": 0.0, "skipped_steps": float(self.skipped_steps)})
+            self.rollout_steps += 1
+            return
         rolled: Rollouts = data["rollouts"]
         mask = rolled.mask.to(self.device)
         mu = rolled.tempered_logprobs.to(self.device)
+        with_topk = self.topk_logprobs > 0
+        mu_topk = rolled.top_logprobs.to(self.device) if with_topk else None
         stats: dict[str, list[float]] = {}
         for _ in range(cfg.rl.update_epochs):
             for rows in self._minibatches(mask.shape[0]):
                 rows_d = rows.to(self.device)
-                sub = _select(rolled, rows)
+                sub = select_rows(rolled, rows)
                 prompts = [data["prompts"][int(r) // rolled.group_size] for r in rows[:: rolled.group_size]]
-                logp = self._recompute(self.policy.reasoner, sub, prompts, cfg.rl.train_precision)
+                logp, pi_topk = self._recompute(self.policy.reasoner, sub, prompts, cfg.rl.train_precision, with_topk)
                 ref = data["ref_logp"]
                 out = policy_loss(
                     logp,
@@ -249,6 +307,8 @@ class GRPOModule(L.LightningModule):
                     cfg.policy_loss,
                     old_logp=data["old_logp"][rows_d],
                     ref_logp=None if ref is None else ref[rows_d],
+                    mu_topk_logp=None if mu_topk is None else mu_topk[rows_d],
+                    pi_topk_logp=None if pi_topk is None else pi_topk.detach(),  # the divergence only reads it
                 )
                 step = self._optimizer_step(out.loss)
                 values = {"loss": float(out.loss.detach()), **step}
@@ -259,6 +319,8 @@ class GRPOModule(L.LightningModule):
                 for name, value in values.items():
                     stats.setdefault(name, []).append(value)
         self._log_step(data, mu, mask, stats)
+        if cfg.advantage.dynamic_sampling:
+            self._log_fill(fill, {})
         if cfg.rl.log_completions_every and self.rollout_steps % cfg.rl.log_completions_every == 0:
             self._write_completions(data)
         self.rollout_steps += 1
@@ -293,6 +355,17 @@ class GRPOModule(L.LightningModule):
         logged.pop("stepped", None)
         for name, value in logged.items():
             self.log(f"train/{name}", value, prog_bar=name in ("reward_mean", "accuracy"), batch_size=n)
+
+    def _log_fill(self, fill: FillInfo, extra: dict[str, float]) -> None:
+        """Dynamic sampling's draws, kept groups and the share of drawn groups that were informative."""
+        logged = {
+            "ds_draws": float(fill.draws),
+            "ds_groups_kept": float(fill.groups_kept),
+            "ds_informative_fraction": fill.informative_groups / max(1, fill.groups_drawn),
+            **extra,
+        }
+        for name, value in logged.items():
+            self.log(f"train/{name}", value, batch_size=max(1, fill.groups_kept))
 
     def _write_completions(self, data: dict) -> None:
         """Append this batch's rollouts to ``<run_dir>/completions.jsonl``, rewriting the file atomically."""
@@ -338,7 +411,8 @@ class GRPOModule(L.LightningModule):
         return adamw_warmup_cosine(self.policy.parameters(), self.config.optim, self.total_optimizer_steps())
 
     def total_optimizer_steps(self) -> int:
-        """``trainer.max_steps``, or the rollout batches of the run x optimizer steps per batch."""
+        """``trainer.max_steps``, or the rollout batches of the run x optimizer steps per batch (with dynamic
+        sampling an upper bound: a short batch takes fewer steps, so the schedule may not reach its end)."""
         if self.config.trainer.max_steps > 0:
             return self.config.trainer.max_steps
         rl, G = self.config.rl, self.config.advantage.group_size
@@ -352,17 +426,20 @@ def _finite_or_none(value: Tensor) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _select(rolled: Rollouts, rows: Tensor) -> Rollouts:
-    """The rollouts of ``rows`` (whole groups, in group order) as a ``Rollouts`` for ``recompute_logprobs``."""
-    return dataclasses.replace(
-        rolled,
-        completion_ids=rolled.completion_ids[rows],
-        token_ids=[rolled.token_ids[i] for i in rows.tolist()],
-        mask=rolled.mask[rows],
-        lengths=rolled.lengths[rows],
-        truncated=rolled.truncated[rows],
-        logprobs=rolled.logprobs[rows],
-        tempered_logprobs=rolled.tempered_logprobs[rows],
-        top_logprobs=None,
-        top_ids=None,
-    )
+def _keep_groups(draws: list[dict[str, Any]], groups: Tensor, group_size: int) -> dict[str, Any]:
+    """The rows of ``groups`` (ids running on across the draws, in order) of the draws' rollouts, prompts, texts and
+    scores, as one batch; prompt-major again."""
+    rows = (groups[:, None] * group_size + torch.arange(group_size)).flatten()  # [K] groups -> [K * G] rows
+    picked = rows.tolist()
+    joined = {key: [value for d in draws for value in d[key]] for key in ("prompts", "questions", "golds", "texts")}
+    scores = [d["scores"] for d in draws]
+    return {
+        "rollouts": select_rows(concat_rollouts([d["rollouts"] for d in draws]), rows),
+        "prompts": [joined["prompts"][g] for g in groups.tolist()],
+        **{key: [joined[key][i] for i in picked] for key in ("questions", "golds", "texts")},
+        "scores": Scores(
+            total=torch.cat([s.total for s in scores])[rows],
+            per_reward={name: torch.cat([s.per_reward[name] for s in scores])[rows] for name in scores[0].per_reward},
+            valid=torch.cat([s.valid for s in scores])[rows],
+        ),
+    }

@@ -9,8 +9,10 @@ mu is recorded by the engine that sampled, under the distribution it sampled fro
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -18,7 +20,16 @@ from torch import Tensor, nn
 from latentlab.errors import ConfigError, DataError
 from latentlab.reasoning.thoughts import _causal_lm, _pad, check_sampling, filter_logits, generate_from_ids
 
-__all__ = ["Rollouts", "mismatch", "recompute_logprobs", "rollout"]
+__all__ = [
+    "Recomputed",
+    "Rollouts",
+    "concat_rollouts",
+    "mismatch",
+    "recompute_logprobs",
+    "recompute_with_topk",
+    "rollout",
+    "select_rows",
+]
 
 
 @dataclass
@@ -138,6 +149,15 @@ def rollout(
     )
 
 
+class Recomputed(NamedTuple):
+    """What ``recompute_with_topk`` returns: pi at the chosen tokens and, when asked, at other ids."""
+
+    logp: Tensor
+    """[N, T] log pi of each completion token (``recompute_logprobs``); 0 on padding."""
+    topk_logp: Tensor | None
+    """[N, T, K] log pi at ``topk_ids`` under the same scores; 0 on padding. None without ``topk_ids``."""
+
+
 def recompute_logprobs(
     model: nn.Module,
     rollouts: Rollouts,
@@ -155,6 +175,25 @@ def recompute_logprobs(
     rollout's ``top_k`` / ``top_p`` to score the filtered distribution instead (a token outside the recomputed
     nucleus then gets ``-inf``). Spec §5.3: use the rollout's temperature, or the first ratio is not 1.
     """
+    return recompute_with_topk(model, rollouts, prompt_ids, temperature, top_k=top_k, top_p=top_p).logp
+
+
+def recompute_with_topk(
+    model: nn.Module,
+    rollouts: Rollouts,
+    prompt_ids: Sequence[Sequence[int]],
+    temperature: float,
+    *,
+    topk_ids: Tensor | None = None,
+    top_k: int = 0,
+    top_p: float = 1.0,
+) -> Recomputed:
+    """``recompute_logprobs`` plus, from the same forward, log pi at ``topk_ids`` [N, T, K] (e.g. the rollout's
+    ``top_ids``, for DPPO's top-K divergences); see ``Recomputed``.
+
+    The ids are scored under the same log_softmax as the chosen tokens, so an id outside a recomputed top-k / top-p
+    nucleus gets ``-inf``; with the filters off (the default) every value is finite. Gradients are kept on both.
+    """
     if temperature <= 0:
         raise ConfigError(f"recompute_logprobs needs temperature > 0, got {temperature}")
     check_sampling(temperature, top_k, top_p)
@@ -165,6 +204,8 @@ def recompute_logprobs(
             f"{len(prompt_ids)} prompts x group_size {rollouts.group_size} != {n} rollout rows; pass the prompts the "
             "rollout was generated from"
         )
+    if topk_ids is not None and (topk_ids.dim() != 3 or tuple(topk_ids.shape[:2]) != (n, t)):
+        raise DataError(f"topk_ids has shape {tuple(topk_ids.shape)}; expected [N, T, K] with [N, T] = {(n, t)}")
     lm = _causal_lm(model)
     device = lm.get_input_embeddings().weight.device
     rows = _repeat(prompt_ids, rollouts.group_size)
@@ -180,9 +221,59 @@ def recompute_logprobs(
     start = prefix.shape[1] - 1  # the column that predicts completion token 0
     predictor = hidden[:, start : start + t]  # [N, T, H]
     scores = filter_logits(lm.get_output_embeddings()(predictor[mask]).float() / temperature, top_k, top_p)
-    picked = scores.log_softmax(dim=-1).gather(-1, rollouts.completion_ids.to(device)[mask].unsqueeze(-1))
-    logp = torch.zeros(n, t, dtype=picked.dtype, device=device)
-    return logp.masked_scatter(mask, picked.squeeze(-1))
+    log_probs = scores.log_softmax(dim=-1)  # [M, V], M = active positions
+    picked = log_probs.gather(-1, rollouts.completion_ids.to(device)[mask].unsqueeze(-1))
+    logp = torch.zeros(n, t, dtype=picked.dtype, device=device).masked_scatter(mask, picked.squeeze(-1))
+    if topk_ids is None:
+        return Recomputed(logp, None)
+    at_ids = log_probs.gather(-1, topk_ids.to(device)[mask])  # [M, K]
+    topk_logp = at_ids.new_zeros(n, t, at_ids.shape[-1]).masked_scatter(mask[..., None], at_ids)
+    return Recomputed(logp, topk_logp)
+
+
+def concat_rollouts(parts: Sequence[Rollouts]) -> Rollouts:
+    """Several rollouts of the same sampler (e.g. DAPO's draws) as one, rows in order; the prompts of the result
+    are the parts' prompts in the same order. All parts share T (``max_new_tokens``) and the sampling settings."""
+    if not parts:
+        raise DataError("concat_rollouts needs at least one Rollouts")
+    first = parts[0]
+    if len(parts) == 1:
+        return first
+    settings = ("group_size", "temperature", "top_k", "top_p", "eos_id", "pad_id")
+    for index, part in enumerate(parts[1:], start=1):
+        differ = [key for key in settings if getattr(part, key) != getattr(first, key)]
+        if differ or part.completion_ids.shape[1] != first.completion_ids.shape[1]:
+            raise DataError(
+                f"rollouts {index} differs from rollouts 0 in {differ or ['T (max_new_tokens)']}; concat_rollouts "
+                "joins rollouts of one sampler"
+            )
+        if (part.top_ids is None) != (first.top_ids is None):
+            raise DataError(f"rollouts {index} and rollouts 0 disagree on whether top-K log-probs were recorded")
+
+    def cat(name: str) -> Tensor | None:
+        values = [getattr(part, name) for part in parts]
+        return None if values[0] is None else torch.cat(values)
+
+    tensors = ("completion_ids", "mask", "lengths", "truncated", "logprobs", "tempered_logprobs")
+    return dataclasses.replace(
+        first,
+        **{name: cat(name) for name in (*tensors, "top_logprobs", "top_ids")},
+        token_ids=[row for part in parts for row in part.token_ids],
+    )
+
+
+def select_rows(rolled: Rollouts, rows: Tensor) -> Rollouts:
+    """The rollouts of ``rows`` (whole groups, in group order, so the result is prompt-major again)."""
+
+    def take(value: Tensor | None) -> Tensor | None:
+        return None if value is None else value[rows]
+
+    tensors = ("completion_ids", "mask", "lengths", "truncated", "logprobs", "tempered_logprobs", "top_logprobs")
+    return dataclasses.replace(
+        rolled,
+        **{name: take(getattr(rolled, name)) for name in (*tensors, "top_ids")},
+        token_ids=[rolled.token_ids[i] for i in rows.tolist()],
+    )
 
 
 @torch.no_grad()

@@ -36,7 +36,8 @@ def _examples(batch: list[CoTExample]) -> dict[str, list[str]]:
 
 class PromptDataModule(L.LightningDataModule):
     """Batches of ``rl.prompts_per_step`` training examples (the module builds the stage-0 prompts with its
-    tokenizer); validation batches of ``reasoning.data.batch_size`` for greedy val/accuracy."""
+    tokenizer), times ``advantage.max_draws`` with dynamic sampling (the module's draws come from one batch);
+    validation batches of ``reasoning.data.batch_size`` for greedy val/accuracy."""
 
     def __init__(self, config: ExperimentConfig):
         super().__init__()
@@ -49,7 +50,8 @@ class PromptDataModule(L.LightningDataModule):
             self.train_set, self.val_set = load_train_val(self.config)
 
     def train_dataloader(self) -> DataLoader:
-        size = self.config.rl.prompts_per_step
+        advantage = self.config.advantage
+        size = self.config.rl.prompts_per_step * (advantage.max_draws if advantage.dynamic_sampling else 1)
         epoch = self.trainer.current_epoch if self.trainer is not None else 0
         generator = torch.Generator().manual_seed(derive_seed(self.config.seed, TRAIN_STREAM, epoch))
         return DataLoader(
