@@ -1,0 +1,493 @@
+"""Issue 14's tables on the tiny arithmetic task: GRPO against its SFT start, the policy-loss family, and precision.
+
+Usage: python experiments/rl_tables.py [--tables headroom losses precision] [--seeds 0 1 2] [--rows grpo dapo ...]
+           [--init RUN_DIR] [--results-dir results] [--reward-target 0.5] [--overwrite]
+
+1. The SFT start: the CoT reasoner of ``paper_configs/tiny/coconut_arithmetic_cot.yaml`` (the Coconut table's CoT
+   row: greedy accuracy ~0.98, but ~0.75 of its T = 1 samples are right), fitted once as
+   ``checkpoints/coconut_arithmetic_cot_tiny/reproduce`` unless it exists or ``--init`` names a run.
+2. Every row x seed is one ``latentlab fit`` of the row's tiny config with ``seed`` and ``reasoning.init_from`` set,
+   as ``checkpoints/<config name>/seed<N>``. A finished run is reused, a run that has a ``last.ckpt`` but did not
+   finish is resumed, so an interrupted table continues where it stopped.
+3. Every run, and the SFT start under each seed's sampling stream, is evaluated on the same 500 held-out questions
+   with the row config's ``eval`` and ``sampling`` (8 samples a question at the rollout temperature: pass@1 and pass@8;
+   plus greedy accuracy) into ``<results>/rl_tables/evals/<name>/seed<N>``.
+4. Tables (Markdown + CSV + PNG) in ``<results>/``: ``rl_headroom`` (init vs GRPO, mean +- sd over seeds and each
+   seed's gain), ``rl_policy_losses`` (final pass@1, pass@8, rollout batches until the 5-batch mean training reward
+   first reaches ``--reward-target``, mean clip / mask fraction, collapsed runs) and ``rl_precision`` (final pass@1,
+   the mu / pi_old mismatch logged on every batch, skipped fp16 steps, and the mismatch distribution of the SFT start
+   under each precision, measured here on 64 training prompts x 8 rollouts).
+
+"Collapsed" (documented here, the table repeats it): the run's final sampled pass@1 is more than 0.05 below its
+initialisation's under the same seed, or its last-5-batch training reward is below half its best 5-batch mean.
+Nothing in latentlab imports this file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from latentlab.configs import load_config, project_root
+from latentlab.errors import ConfigError, LatentLabError
+from latentlab.eval.report import write_table
+from latentlab.io import refuse_existing, write_bytes, write_json
+from latentlab.tasks import task_of
+from latentlab.training import fit
+
+REPO = project_root(Path(__file__).resolve().parent)
+SFT_CONFIG = "paper_configs/tiny/coconut_arithmetic_cot.yaml"
+SFT_RUN = "reproduce"
+SMOOTH = 5
+"""Batches in the moving mean of the training reward (steps to target, collapse)."""
+COLLAPSE_DROP = 0.05
+"""A final pass@1 this far below the initialisation's counts as collapsed."""
+
+
+@dataclass(frozen=True)
+class Row:
+    key: str
+    label: str
+    config: str
+    diagnostic: str
+    """The logged fraction this row's loss reports: clip_fraction, mask_fraction or beyond_delta_fraction."""
+
+
+ROWS: dict[str, Row] = {
+    row.key: row
+    for row in (
+        Row("grpo", "GRPO", "paper_configs/tiny/grpo_arithmetic.yaml", "clip_fraction"),
+        Row("dapo", "DAPO", "paper_configs/tiny/grpo_arithmetic_dapo.yaml", "clip_fraction"),
+        Row("dr_grpo", "Dr.GRPO", "paper_configs/tiny/grpo_arithmetic_dr_grpo.yaml", "clip_fraction"),
+        Row("gspo", "GSPO", "paper_configs/tiny/grpo_arithmetic_gspo.yaml", "clip_fraction"),
+        Row("dppo_tv", "DPPO binary-TV", "paper_configs/tiny/grpo_arithmetic_dppo_tv.yaml", "mask_fraction"),
+        Row("dppo_topk_kl", "DPPO top-K KL", "paper_configs/tiny/grpo_arithmetic_dppo_topk_kl.yaml", "mask_fraction"),
+        Row("drpo", "DRPO", "paper_configs/tiny/grpo_arithmetic_drpo.yaml", "beyond_delta_fraction"),
+        Row("bf16", "bf16 rollout + train", "paper_configs/tiny/grpo_arithmetic_bf16.yaml", "clip_fraction"),
+        Row("fp16", "fp16 rollout + train", "paper_configs/tiny/grpo_arithmetic_fp16.yaml", "clip_fraction"),
+    )
+}
+TABLE_ROWS = {
+    "headroom": ("grpo",),
+    "losses": ("grpo", "dapo", "dr_grpo", "gspo", "dppo_tv", "dppo_topk_kl", "drpo"),
+    "precision": ("grpo", "bf16", "fp16"),
+}
+PRECISION_LABEL = {"grpo": "fp32 rollout + train"}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Runs and their evaluations
+
+
+def _finished(run_dir: Path) -> bool:
+    return (run_dir / "last.ckpt").is_file() and (run_dir / "metrics.json").is_file()
+
+
+def sft_start(init: str | None) -> Path:
+    """The SFT run GRPO starts from: ``init``, else the SFT config's ``reproduce`` run (fitted when missing)."""
+    if init is not None:
+        path = Path(init) if Path(init).is_absolute() else REPO / init
+        if not _finished(path):
+            raise ConfigError(f"--init {init}: not a finished run (no last.ckpt and metrics.json in {path})")
+        return path
+    config = load_config(REPO / SFT_CONFIG)
+    run_dir = REPO / config.output_dir / config.name / SFT_RUN
+    if _finished(run_dir):
+        return run_dir
+    print(f"fitting the SFT start {SFT_CONFIG} -> {run_dir}", flush=True)
+    return fit(config, run_name=SFT_RUN, resume=run_dir if (run_dir / "last.ckpt").is_file() else None).run_dir
+
+
+def row_config(row: Row, seed: int, init_dir: Path, **overrides):
+    return load_config(REPO / row.config, {"seed": seed, "reasoning.init_from": str(init_dir), **overrides})
+
+
+def train(row: Row, seed: int, init_dir: Path) -> tuple[Path, float]:
+    """Fit (or resume, or reuse) one row x seed; returns its run directory and fit seconds."""
+    config = row_config(row, seed, init_dir)
+    run_dir = REPO / config.output_dir / config.name / f"seed{seed}"
+    if not _finished(run_dir):
+        resume = run_dir if (run_dir / "last.ckpt").is_file() else None
+        print(f"{row.label} seed {seed}: {'resuming' if resume else 'fitting'} {run_dir}", flush=True)
+        fit(config, run_name=None if resume else run_dir.name, resume=resume)
+    seconds = float(json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))["wall_time_s"])
+    return run_dir, seconds
+
+
+def evaluate(row: Row, seed: int, init_dir: Path, checkpoint: Path | None, out_dir: Path) -> dict:
+    """One summary row: the run at ``checkpoint`` (None: the SFT start) on the row config's held-out questions."""
+    summary = out_dir / "summary.json"
+    if summary.is_file():
+        return json.loads(summary.read_text(encoding="utf-8"))["rows"][0]
+    config = row_config(row, seed, init_dir)
+    if checkpoint is None:
+        from latentlab.reasoning.evaluate import evaluate_cot
+
+        return evaluate_cot(config, checkpoint=init_dir, out_dir=out_dir, overwrite=False).rows[0]
+    return task_of(config).evaluate(config, checkpoint=checkpoint, out_dir=out_dir, overwrite=False).rows[0]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Curves and summaries
+
+
+def train_curve(run_dir: Path) -> list[dict[str, float]]:
+    """The logged rows of a run (Lightning's CSVLogger), numeric values only, in step order."""
+    with (run_dir / "logs" / "metrics.csv").open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    out = []
+    for row in rows:
+        values = {k: float(v) for k, v in row.items() if v not in ("", None)}
+        if values:
+            out.append(values)
+    return out
+
+
+def series(curve: list[dict[str, float]], key: str) -> tuple[list[float], list[float]]:
+    points = [(row["step"], row[key]) for row in curve if key in row and "step" in row]
+    return [p[0] for p in points], [p[1] for p in points]
+
+
+def moving_mean(values: list[float], window: int = SMOOTH) -> list[float]:
+    return [statistics.fmean(values[max(0, i - window + 1) : i + 1]) for i in range(len(values))]
+
+
+def batches_to_target(rewards: list[float], target: float) -> int | None:
+    """Rollout batches until the moving mean of the training reward first reaches ``target`` (None: never)."""
+    for index, value in enumerate(moving_mean(rewards)):
+        if value >= target:
+            return index + 1
+    return None
+
+
+def collapsed(final_pass1: float, init_pass1: float, rewards: list[float]) -> bool:
+    smooth = moving_mean(rewards)
+    return final_pass1 < init_pass1 - COLLAPSE_DROP or (bool(smooth) and smooth[-1] < 0.5 * max(smooth))
+
+
+def mean_sd(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def fmt(values: list[float], digits: int = 3) -> str:
+    mean, sd = mean_sd(values)
+    return f"{mean:.{digits}f} ± {sd:.{digits}f}"
+
+
+def logged_mean(curve: list[dict[str, float]], key: str) -> float:
+    values = [v for v in series(curve, key)[1] if math.isfinite(v)]
+    return statistics.fmean(values) if values else float("nan")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The mismatch distribution of one model under a precision (the FP16 paper's figure)
+
+
+def measure_mismatch(init_dir: Path, row: Row, prompts: int = 64, group: int = 8) -> dict:
+    """Roll out the SFT start under the row's rollout precision and score it again under its training precision.
+
+    Returns per-token (mu, pi) probabilities of the sampled tokens and per-sequence log pi(y) / mu(y).
+    """
+    import torch
+
+    from latentlab.reasoning.data import load_train_val
+    from latentlab.rl.module import GRPOModule
+    from latentlab.rl.rollout import mismatch
+
+    config = row_config(row, 0, init_dir, **{"advantage.group_size": group})  # more samples than a training batch
+    module = GRPOModule(config)
+    module.load_reasoner_from(init_dir)
+    module.policy.eval()
+    train_set, _ = load_train_val(config)
+    batch = train_set[:prompts]
+    with torch.no_grad():
+        data = module._rollout([ex.question for ex in batch], [ex.answer for ex in batch])
+    rolled = data["rollouts"]
+    mask = rolled.mask
+    mu, pi = rolled.tempered_logprobs, data["old_logp"]
+    gap = mismatch(mu, pi, mask)
+    return {
+        "mu": mu[mask].exp().tolist(),
+        "pi": pi[mask].exp().tolist(),
+        "log_ratio": gap["log_ratio"].tolist(),
+        "mean_abs_prob_diff": float(gap["mean_abs_prob_diff"]),
+        "max_abs_prob_diff": float(gap["max_abs_prob_diff"]),
+        "log_ratio_std": float(gap["log_ratio_std"]),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Plots
+
+
+def _png(figure) -> bytes:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(figure)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def curves_png(runs: dict[str, list[list[dict[str, float]]]], title: str, init_pass1: float | None = None) -> bytes:
+    """Training reward (5-batch mean) and greedy val accuracy against optimizer steps, one colour per row."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(11, 4))
+    left, right = figure.subplots(1, 2)
+    colours = {}
+    for index, (label, curves) in enumerate(runs.items()):
+        colour = colours.setdefault(label, f"C{index % 10}")
+        for seed, curve in enumerate(curves):
+            steps, rewards = series(curve, "train/reward_mean")
+            left.plot(steps, moving_mean(rewards), color=colour, alpha=0.8, label=label if seed == 0 else None)
+            steps, accuracy = series(curve, "val/accuracy")
+            right.plot(steps, accuracy, color=colour, marker="o", alpha=0.8, label=label if seed == 0 else None)
+    left.set(xlabel="optimizer step", ylabel=f"training reward ({SMOOTH}-batch mean)", title="reward")
+    right.set(xlabel="optimizer step", ylabel="greedy accuracy, 128 val questions", title="held-out pass@1 (greedy)")
+    if init_pass1 is not None:
+        left.axhline(init_pass1, color="grey", linestyle="--", label="SFT start, sampled pass@1")
+    for axis in (left, right):
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
+    figure.suptitle(title)
+    return _png(figure)
+
+
+def mismatch_png(measured: dict[str, dict]) -> bytes:
+    """Per-token pi against mu (scatter) and the per-sequence log-ratio histogram, one panel column per precision."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(4 * len(measured), 7))
+    axes = figure.subplots(2, len(measured), squeeze=False)
+    for column, (label, data) in enumerate(measured.items()):
+        top, bottom = axes[0][column], axes[1][column]
+        top.scatter(data["mu"], data["pi"], s=2, alpha=0.4)
+        top.plot([0, 1], [0, 1], color="grey", linewidth=0.8)
+        top.set(xlabel="mu(y_t), rollout", ylabel="pi_old(y_t), training", title=label)
+        bottom.hist(data["log_ratio"], bins=40)
+        bottom.set(
+            xlabel="log pi(y) / mu(y) per sequence",
+            ylabel="sequences",
+            title=f"std {data['log_ratio_std']:.2e}, mean |pi-mu| {data['mean_abs_prob_diff']:.2e}",
+        )
+    figure.suptitle("Training-inference mismatch of the SFT start (64 prompts x 8 rollouts)")
+    return _png(figure)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The tables
+
+
+def run_tables(
+    tables: list[str],
+    seeds: list[int],
+    rows: list[str] | None,
+    init: str | None,
+    results_dir: str,
+    reward_target: float,
+    overwrite: bool,
+) -> dict[str, list[dict]]:
+    unknown = [key for key in rows or [] if key not in ROWS]
+    if unknown:
+        raise ConfigError(f"--rows: unknown {unknown} (known: {', '.join(ROWS)})")
+    out = Path(results_dir) if Path(results_dir).is_absolute() else REPO / results_dir
+    stems = {"headroom": "rl_headroom", "losses": "rl_policy_losses", "precision": "rl_precision"}
+    for table in tables:  # refuse before any training spends time
+        refuse_existing(out / f"{stems[table]}.md", overwrite)
+    for key in rows or []:
+        if not any(key in TABLE_ROWS[t] for t in tables):
+            raise ConfigError(f"--rows {key}: not a row of the tables {tables}")
+    for key in {k for t in tables for k in TABLE_ROWS[t]}:
+        load_config(REPO / ROWS[key].config)  # every row's config is valid before the first fit
+    init_dir = sft_start(init)
+    command = "python experiments/rl_tables.py --tables " + " ".join(tables) + " --seeds " + " ".join(map(str, seeds))
+    command += f" --reward-target {reward_target}" + (f" --rows {' '.join(rows)}" if rows else "")
+    evals = out / "rl_tables" / "evals"
+    # The SFT start under each seed's sampling stream (the same questions and draws every row is compared on).
+    init_rows = {
+        seed: evaluate(ROWS["grpo"], seed, init_dir, None, evals / "sft_start" / f"seed{seed}") for seed in seeds
+    }
+    init_pass1 = {seed: r["pass@1"] for seed, r in init_rows.items()}
+    print("SFT start: sampled pass@1 " + fmt(list(init_pass1.values())), flush=True)
+    results: dict[str, dict] = {}
+    wanted = [k for k in ROWS if any(k in TABLE_ROWS[t] for t in tables) and (rows is None or k in rows)]
+    for key in wanted:
+        row = ROWS[key]
+        per_seed = []
+        for seed in seeds:
+            run_dir, fit_s = train(row, seed, init_dir)
+            name = row_config(row, seed, init_dir).name
+            scored = evaluate(row, seed, init_dir, run_dir, evals / name / f"seed{seed}")
+            curve = train_curve(run_dir)
+            rewards = series(curve, "train/reward_mean")[1]
+            per_seed.append(
+                {
+                    "seed": seed,
+                    "eval": scored,
+                    "curve": curve,
+                    "fit_s": fit_s,
+                    "to_target": batches_to_target(rewards, reward_target),
+                    "collapsed": collapsed(scored["pass@1"], init_pass1[seed], rewards),
+                    "diagnostic": logged_mean(curve, f"train/{row.diagnostic}"),
+                    "run_dir": run_dir,
+                }
+            )
+            print(
+                f"{row.label} seed {seed}: pass@1 {scored['pass@1']:.3f} (start {init_pass1[seed]:.3f}), "
+                f"fit {fit_s:.0f}s",
+                flush=True,
+            )
+        results[key] = {"row": row, "seeds": per_seed}
+    written = {}
+    sft_steps = json.loads((init_dir / "metrics.json").read_text(encoding="utf-8"))["global_step"]
+    shown = init_dir.relative_to(REPO) if init_dir.is_relative_to(REPO) else init_dir
+    header = {"reward_target": reward_target, "seeds": seeds, "sft_start": str(shown), "sft_steps": sft_steps}
+    if "headroom" in tables and "grpo" in results:
+        written["headroom"] = headroom_table(results["grpo"], init_rows, out / stems["headroom"], command, header)
+    if "losses" in tables:
+        keys = [k for k in TABLE_ROWS["losses"] if k in results]
+        written["losses"] = losses_table([results[k] for k in keys], init_pass1, out / stems["losses"], command)
+    if "precision" in tables:
+        keys = [k for k in TABLE_ROWS["precision"] if k in results]
+        measured = {_precision_label(ROWS[k]): measure_mismatch(init_dir, ROWS[k]) for k in keys}
+        written["precision"] = precision_table(
+            [results[k] for k in keys], measured, init_pass1, out / stems["precision"], command
+        )
+    write_json(out / "rl_tables" / "settings.json", header | {"command": command, "tables": tables})
+    return written
+
+
+def _precision_label(row: Row) -> str:
+    return PRECISION_LABEL.get(row.key, row.label)
+
+
+def _values(per_seed: list[dict], key: str) -> list[float]:
+    return [float(s["eval"][key]) for s in per_seed]
+
+
+def headroom_table(result: dict, init_rows: dict[int, dict], stem: Path, command: str, header: dict) -> list[dict]:
+    per_seed = result["seeds"]
+    seeds = [s["seed"] for s in per_seed]
+    starts = [init_rows[s] for s in seeds]
+    gains = [s["eval"]["pass@1"] - init_rows[s["seed"]]["pass@1"] for s in per_seed]
+
+    def line(label: str, scored: list[dict], extra: dict) -> dict:
+        return {
+            "method": label,
+            "pass@1": fmt([r["pass@1"] for r in scored]),
+            "pass@8": fmt([r["pass@8"] for r in scored]),
+            "greedy_accuracy": fmt([r["accuracy"] for r in scored]),
+            "sample_reasoning_tokens": fmt([r["sample_reasoning_tokens_mean"] for r in scored], 1),
+            "pass@1_per_seed": " / ".join(f"{r['pass@1']:.3f}" for r in scored),
+            **extra,
+        }
+
+    rows = [
+        line(f"SFT start (CoT, {header['sft_steps']} steps)", starts, {"gain_per_seed": "", "fit_s": ""}),
+        line(
+            "GRPO",
+            [s["eval"] for s in per_seed],
+            {
+                "gain_per_seed": " / ".join(f"{g:+.3f}" for g in gains),
+                "fit_s": fmt([s["fit_s"] for s in per_seed], 0),
+            },
+        ),
+    ]
+    title = (
+        f"GRPO from an SFT start with headroom: held-out pass@1 over {len(seeds)} seeds (mean ± sd), "
+        f"{starts[0]['questions']} test questions x 8 samples at T = 1"
+    )
+    write_table(rows, stem, title, command=command)
+    runs = {"GRPO": [s["curve"] for s in per_seed]}
+    write_bytes(stem.with_suffix(".png"), curves_png(runs, title, statistics.fmean(r["pass@1"] for r in starts)))
+    return rows
+
+
+def losses_table(results: list[dict], init_pass1: dict[int, float], stem: Path, command: str) -> list[dict]:
+    rows = []
+    for result in results:
+        row, per_seed = result["row"], result["seeds"]
+        reached = [s["to_target"] for s in per_seed]
+        rows.append(
+            {
+                "method": row.label,
+                "pass@1": fmt(_values(per_seed, "pass@1")),
+                "pass@8": fmt(_values(per_seed, "pass@8")),
+                "gain_pass@1": fmt([s["eval"]["pass@1"] - init_pass1[s["seed"]] for s in per_seed]),
+                "batches_to_target": " / ".join("never" if r is None else str(r) for r in reached),
+                "clip_or_mask": f"{row.diagnostic.removesuffix('_fraction')} "
+                f"{statistics.fmean(s['diagnostic'] for s in per_seed):.4f}",
+                "collapsed": f"{sum(s['collapsed'] for s in per_seed)}/{len(per_seed)}",
+                "fit_s": fmt([s["fit_s"] for s in per_seed], 0),
+            }
+        )
+    title = "Policy losses on the tiny arithmetic task: same SFT start, budget and seeds for every row (mean ± sd)"
+    write_table(rows, stem, title, command=command)
+    runs = {r["row"].label: [s["curve"] for s in r["seeds"]] for r in results}
+    write_bytes(stem.with_suffix(".png"), curves_png(runs, title))
+    return rows
+
+
+def precision_table(
+    results: list[dict], measured: dict[str, dict], init_pass1: dict[int, float], stem: Path, command: str
+) -> list[dict]:
+    rows = []
+    for result in results:
+        row, per_seed = result["row"], result["seeds"]
+        label = _precision_label(row)
+        curves = [s["curve"] for s in per_seed]
+        rows.append(
+            {
+                "method": label,
+                "pass@1": fmt(_values(per_seed, "pass@1")),
+                "gain_pass@1": fmt([s["eval"]["pass@1"] - init_pass1[s["seed"]] for s in per_seed]),
+                "train_mean_abs_prob_diff": f"{statistics.fmean(logged_mean(c, 'train/mismatch_prob_diff') for c in curves):.2e}",
+                "train_log_ratio_std": f"{statistics.fmean(logged_mean(c, 'train/mismatch_log_ratio_std') for c in curves):.2e}",
+                "start_mean_abs_prob_diff": f"{measured[label]['mean_abs_prob_diff']:.2e}",
+                "start_log_ratio_std": f"{measured[label]['log_ratio_std']:.2e}",
+                "skipped_steps": " / ".join(str(int(series(c, "train/skipped_steps")[1][-1])) for c in curves),
+                "collapsed": f"{sum(s['collapsed'] for s in per_seed)}/{len(per_seed)}",
+                "fit_s": fmt([s["fit_s"] for s in per_seed], 0),
+            }
+        )
+    title = "Rollout and training precision: final pass@1 and the mu / pi_old mismatch (mean ± sd over seeds)"
+    write_table(rows, stem, title, command=command)
+    write_bytes(stem.with_suffix(".png"), mismatch_png(measured))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tables", nargs="+", choices=sorted(TABLE_ROWS), default=["headroom", "losses", "precision"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--rows", nargs="+", default=None, help=f"row keys (default: all of the tables): {list(ROWS)}")
+    parser.add_argument("--init", default=None, help="a finished SFT run to start from (default: fit the SFT config)")
+    parser.add_argument("--results-dir", default="results")
+    parser.add_argument("--reward-target", type=float, default=0.5, help="training reward for batches_to_target")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing tables (runs are reused)")
+    args = parser.parse_args(argv)
+    started = time.time()
+    try:
+        if len(set(args.seeds)) != len(args.seeds) or any(s < 0 for s in args.seeds):
+            raise ConfigError(f"--seeds: expected distinct non-negative integers, got {args.seeds}")
+        if not 0 < args.reward_target <= 1:
+            raise ConfigError(f"--reward-target: expected a reward in (0, 1], got {args.reward_target}")
+        run_tables(args.tables, args.seeds, args.rows, args.init, args.results_dir, args.reward_target, args.overwrite)
+    except LatentLabError as err:
+        print(f"rl_tables: error: {err}", file=sys.stderr)
+        return 2
+    print(f"done in {time.time() - started:.0f}s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

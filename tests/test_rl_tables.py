@@ -1,0 +1,76 @@
+"""experiments/rl_tables.py: the curve summaries its tables report (steps to a reward, collapse, mean ± sd) and one
+whole headroom table on a 2-layer GPT-2 (SFT start, GRPO run, evaluation, table and plot), reused on a second call."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from latentlab.errors import ConfigError
+from tests.test_reasoning_task import _experiment_script
+from tests.test_rl_module import DATA, TINY_COT, TINY_RL
+
+rl_tables = _experiment_script("rl_tables")
+
+
+def test_batches_to_target_uses_the_moving_mean_and_says_never():
+    rewards = [0.0, 1.0, 0.0, 1.0, 1.0, 1.0, 1.0]
+    # 5-batch means: 0, .5, .33, .5, .6, .8, .8 -> first >= 0.6 at batch 5
+    assert rl_tables.batches_to_target(rewards, 0.6) == 5
+    assert rl_tables.batches_to_target(rewards, 0.9) is None
+    assert rl_tables.moving_mean([1.0, 3.0], window=5) == [1.0, 2.0]
+
+
+def test_collapse_is_a_pass1_drop_or_a_reward_that_halves():
+    steady = [0.5] * 10
+    assert not rl_tables.collapsed(0.50, 0.52, steady)  # within 0.05 of the start
+    assert rl_tables.collapsed(0.40, 0.52, steady)  # 0.12 below the start
+    assert rl_tables.collapsed(0.60, 0.52, [0.8] * 10 + [0.1] * 10)  # the last 5-batch mean is below half the best
+
+
+def test_mean_sd_format():
+    assert rl_tables.fmt([0.5, 0.7]) == "0.600 ± 0.141"
+    assert rl_tables.fmt([0.5]) == "0.500 ± 0.000"
+
+
+def test_unknown_row_and_bad_arguments_are_errors(tmp_path, capsys):
+    with pytest.raises(ConfigError, match="unknown"):
+        rl_tables.run_tables(["losses"], [0], ["nope"], None, str(tmp_path), 0.5, False)
+    assert rl_tables.main(["--seeds", "1", "1", "--results-dir", str(tmp_path)]) == 2
+    assert "distinct" in capsys.readouterr().err
+
+
+def test_headroom_table_end_to_end_and_reused(tmp_path, monkeypatch):
+    from latentlab.configs import load_config
+    from latentlab.training import fit
+
+    sft = fit(load_config(TINY_COT, {**DATA, "output_dir": str(tmp_path / "ck"), "trainer.max_steps": 2}), "sft")
+    rl = tmp_path / "grpo.yaml"
+    rl.write_text(
+        f"base: {TINY_RL}\nname: grpo_test\noutput_dir: {tmp_path / 'ck'}\n"
+        "advantage: {group_size: 2}\nrl: {prompts_per_step: 2, minibatch_size: 2}\n"
+        "trainer: {max_steps: 2, val_check_interval: 1, checkpoint_every_n_steps: 1}\n"
+        "sampling: {num_samples: 8}\n",
+        encoding="utf-8",
+    )
+    overrides = dict(DATA)
+
+    def row_config(row, seed, init_dir, **extra):
+        return load_config(rl, {**overrides, "seed": seed, "reasoning.init_from": str(init_dir), **extra})
+
+    monkeypatch.setattr(rl_tables, "row_config", row_config)
+    monkeypatch.setattr(rl_tables, "ROWS", {"grpo": rl_tables.Row("grpo", "GRPO", str(rl), "clip_fraction")})
+    out = tmp_path / "results"
+    tables = rl_tables.run_tables(["headroom"], [0, 1], None, str(sft.run_dir), str(out), 0.5, False)
+    rows = tables["headroom"]
+    assert [r["method"] for r in rows] == ["SFT start (CoT, 2 steps)", "GRPO"]
+    assert len(rows[1]["gain_per_seed"].split(" / ")) == 2
+    assert (out / "rl_headroom.md").is_file() and (out / "rl_headroom.png").stat().st_size > 1000
+    assert (tmp_path / "ck" / "grpo_test" / "seed1" / "last.ckpt").is_file()
+    settings = json.loads((out / "rl_tables" / "settings.json").read_text())
+    assert settings["seeds"] == [0, 1]
+    with pytest.raises(Exception, match="already holds results"):  # a written table is not overwritten
+        rl_tables.run_tables(["headroom"], [0, 1], None, str(sft.run_dir), str(out), 0.5, False)
+    again = rl_tables.run_tables(["headroom"], [0, 1], None, str(sft.run_dir), str(out), 0.5, True)
+    assert again["headroom"] == rows  # the runs and evaluations were reused: the same numbers
