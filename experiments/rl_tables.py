@@ -1,17 +1,20 @@
 """Issue 14's tables on the tiny arithmetic task: GRPO against its SFT start, the policy-loss family, and precision.
 
 Usage: python experiments/rl_tables.py [--tables headroom losses precision] [--seeds 0 1 2] [--rows grpo dapo ...]
-           [--init RUN_DIR] [--results-dir results] [--reward-target 0.5] [--overwrite]
+           [--init RUN_DIR] [--results-dir results] [--reward-target 0.8] [--budget-steps 300] [--jobs 2]
+           [--overwrite]
 
 1. The SFT start: the CoT reasoner of ``paper_configs/tiny/coconut_arithmetic_cot.yaml`` (the Coconut table's CoT
    row: greedy accuracy ~0.98, but ~0.75 of its T = 1 samples are right), fitted once as
    ``checkpoints/coconut_arithmetic_cot_tiny/reproduce`` unless it exists or ``--init`` names a run.
 2. Every row x seed is one ``latentlab fit`` of the row's tiny config with ``seed`` and ``reasoning.init_from`` set,
-   as ``checkpoints/<config name>/seed<N>``. A finished run is reused, a run that has a ``last.ckpt`` but did not
-   finish is resumed, so an interrupted table continues where it stopped.
+   as ``checkpoints/<config name>/seed<N>`` (headroom: the config's own budget) or ``seed<N>_steps<M>`` (the losses
+   and precision tables: ``--budget-steps`` optimizer steps for every row). A finished run is reused, a run that has
+   a ``last.ckpt`` but did not finish is resumed, so an interrupted table continues where it stopped. ``--jobs 2``
+   fits (and evaluates) two runs at once; each uses one thread (``trainer.num_threads`` of the tiny twins).
 3. Every run, and the SFT start under each seed's sampling stream, is evaluated on the same 500 held-out questions
    with the row config's ``eval`` and ``sampling`` (8 samples a question at the rollout temperature: pass@1 and pass@8;
-   plus greedy accuracy) into ``<results>/rl_tables/evals/<name>/seed<N>``.
+   plus greedy accuracy) into ``checkpoints/rl_tables_evals/<name>/<run>`` (``--evals-dir``; predictions are large).
 4. Tables (Markdown + CSV + PNG) in ``<results>/``: ``rl_headroom`` (init vs GRPO, mean +- sd over seeds and each
    seed's gain), ``rl_policy_losses`` (final pass@1, pass@8, rollout batches until the 5-batch mean training reward
    first reaches ``--reward-target``, mean clip / mask fraction, collapsed runs) and ``rl_precision`` (final pass@1,
@@ -110,16 +113,56 @@ def row_config(row: Row, seed: int, init_dir: Path, **overrides):
     return load_config(REPO / row.config, {"seed": seed, "reasoning.init_from": str(init_dir), **overrides})
 
 
-def train(row: Row, seed: int, init_dir: Path) -> tuple[Path, float]:
-    """Fit (or resume, or reuse) one row x seed; returns its run directory and fit seconds."""
-    config = row_config(row, seed, init_dir)
-    run_dir = REPO / config.output_dir / config.name / f"seed{seed}"
-    if not _finished(run_dir):
-        resume = run_dir if (run_dir / "last.ckpt").is_file() else None
-        print(f"{row.label} seed {seed}: {'resuming' if resume else 'fitting'} {run_dir}", flush=True)
-        fit(config, run_name=None if resume else run_dir.name, resume=resume)
-    seconds = float(json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))["wall_time_s"])
-    return run_dir, seconds
+def run_name(seed: int, steps: int | None) -> str:
+    """``seed<N>``, or ``seed<N>_steps<M>`` for a run of another budget than its config's."""
+    return f"seed{seed}" + (f"_steps{steps}" if steps else "")
+
+
+def job_overrides(steps: int | None) -> dict:
+    return {"trainer.max_steps": steps} if steps else {}
+
+
+def _fit_job(config_file: str, overrides: dict, name: str, run_dir: str) -> None:
+    """Fit (or resume) one run in this process; the pool's worker (top level, so a spawned child can import it)."""
+    config = load_config(config_file, overrides)
+    resume = run_dir if (Path(run_dir) / "last.ckpt").is_file() else None
+    fit(config, run_name=None if resume else name, resume=resume)
+
+
+def train_all(jobs: list[tuple[Row, int, int | None]], init_dir: Path, workers: int) -> dict[tuple, tuple[Path, float]]:
+    """Fit (or resume) every unfinished job, ``workers`` at a time; returns each job's run directory and fit seconds.
+
+    Each run uses its config's ``trainer.num_threads`` (1 in the tiny twins), so two workers use the two cores.
+    """
+    todo = []
+    places = {}
+    for row, seed, steps in jobs:
+        config = row_config(row, seed, init_dir, **job_overrides(steps))
+        run_dir = REPO / config.output_dir / config.name / run_name(seed, steps)
+        places[(row.key, seed, steps)] = run_dir
+        if not _finished(run_dir):
+            overrides = {"seed": seed, "reasoning.init_from": str(init_dir), **job_overrides(steps)}
+            todo.append((row, seed, steps, (str(REPO / row.config), overrides, run_dir.name, str(run_dir))))
+    for row, seed, steps, _ in todo:
+        print(f"{row.label} seed {seed}: fitting {places[(row.key, seed, steps)]}", flush=True)
+    if workers > 1 and len(todo) > 1:
+        import multiprocessing
+
+        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+            pool.starmap(_fit_job, [args for *_, args in todo], chunksize=1)
+    else:
+        for row, seed, steps, _ in todo:
+            config = row_config(row, seed, init_dir, **job_overrides(steps))
+            run_dir = places[(row.key, seed, steps)]
+            resume = run_dir if (run_dir / "last.ckpt").is_file() else None
+            fit(config, run_name=None if resume else run_dir.name, resume=resume)
+    out = {}
+    for key, run_dir in places.items():
+        if not _finished(run_dir):
+            raise LatentLabError(f"{run_dir}: the run did not finish (see its logs); rerun the same command to resume")
+        seconds = float(json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))["wall_time_s"])
+        out[key] = (run_dir, seconds)
+    return out
 
 
 def evaluate(row: Row, seed: int, init_dir: Path, checkpoint: Path | None, out_dir: Path) -> dict:
@@ -133,6 +176,30 @@ def evaluate(row: Row, seed: int, init_dir: Path, checkpoint: Path | None, out_d
 
         return evaluate_cot(config, checkpoint=init_dir, out_dir=out_dir, overwrite=False).rows[0]
     return task_of(config).evaluate(config, checkpoint=checkpoint, out_dir=out_dir, overwrite=False).rows[0]
+
+
+def _evaluate_job(config_file: str, overrides: dict, checkpoint: str, out_dir: str) -> None:
+    """Evaluate one finished run in this process (the pool's worker); the summary is read back from ``out_dir``."""
+    config = load_config(config_file, overrides)
+    import torch
+
+    torch.set_num_threads(config.trainer.num_threads or 1)
+    task_of(config).evaluate(config, checkpoint=checkpoint, out_dir=out_dir, overwrite=False)
+
+
+def evaluate_all(jobs: list[tuple[Row, int, Path, Path]], init_dir: Path, workers: int) -> list[dict]:
+    """``evaluate`` of every (row, seed, run_dir, out_dir), ``workers`` at a time; rows in the order given."""
+    todo = [job for job in jobs if not (job[3] / "summary.json").is_file()]
+    if workers > 1 and len(todo) > 1:
+        import multiprocessing
+
+        args = [
+            (str(REPO / row.config), {"seed": seed, "reasoning.init_from": str(init_dir)}, str(run_dir), str(out))
+            for row, seed, run_dir, out in todo
+        ]
+        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+            pool.starmap(_evaluate_job, args, chunksize=1)
+    return [evaluate(row, seed, init_dir, run_dir, out) for row, seed, run_dir, out in jobs]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -295,6 +362,9 @@ def run_tables(
     results_dir: str,
     reward_target: float,
     overwrite: bool,
+    budget_steps: int = 300,
+    workers: int = 1,
+    evals_dir: str = "checkpoints/rl_tables_evals",
 ) -> dict[str, list[dict]]:
     unknown = [key for key in rows or [] if key not in ROWS]
     if unknown:
@@ -310,59 +380,73 @@ def run_tables(
         load_config(REPO / ROWS[key].config)  # every row's config is valid before the first fit
     init_dir = sft_start(init)
     command = "python experiments/rl_tables.py --tables " + " ".join(tables) + " --seeds " + " ".join(map(str, seeds))
-    command += f" --reward-target {reward_target}" + (f" --rows {' '.join(rows)}" if rows else "")
-    evals = out / "rl_tables" / "evals"
+    command += f" --reward-target {reward_target} --budget-steps {budget_steps}"
+    command += f" --rows {' '.join(rows)}" if rows else ""
+    evals = Path(evals_dir) if Path(evals_dir).is_absolute() else REPO / evals_dir  # big: beside the runs, untracked
     # The SFT start under each seed's sampling stream (the same questions and draws every row is compared on).
     init_rows = {
         seed: evaluate(ROWS["grpo"], seed, init_dir, None, evals / "sft_start" / f"seed{seed}") for seed in seeds
     }
     init_pass1 = {seed: r["pass@1"] for seed, r in init_rows.items()}
     print("SFT start: sampled pass@1 " + fmt(list(init_pass1.values())), flush=True)
-    results: dict[str, dict] = {}
     wanted = [k for k in ROWS if any(k in TABLE_ROWS[t] for t in tables) and (rows is None or k in rows)]
-    for key in wanted:
+    budgets = {  # the headroom table runs each row's own budget; the comparison tables run --budget-steps
+        table: (None if table == "headroom" else budget_steps) for table in tables
+    }
+    jobs = sorted(
+        {(key, seed, budgets[t]) for t in tables for key in TABLE_ROWS[t] if key in wanted for seed in seeds},
+        key=lambda job: (list(ROWS).index(job[0]), job[2] or 0, job[1]),
+    )
+    trained = train_all([(ROWS[key], seed, steps) for key, seed, steps in jobs], init_dir, workers)
+    eval_jobs = []
+    for key, seed, steps in jobs:
+        name = row_config(ROWS[key], seed, init_dir).name
+        run_dir = trained[(key, seed, steps)][0]
+        eval_jobs.append((ROWS[key], seed, run_dir, evals / name / run_name(seed, steps)))
+    scores = evaluate_all(eval_jobs, init_dir, workers)
+    results: dict[tuple, dict] = {}
+    for (key, seed, steps), scored in zip(jobs, scores):
         row = ROWS[key]
-        per_seed = []
-        for seed in seeds:
-            run_dir, fit_s = train(row, seed, init_dir)
-            name = row_config(row, seed, init_dir).name
-            scored = evaluate(row, seed, init_dir, run_dir, evals / name / f"seed{seed}")
-            curve = train_curve(run_dir)
-            rewards = series(curve, "train/reward_mean")[1]
-            per_seed.append(
-                {
-                    "seed": seed,
-                    "eval": scored,
-                    "curve": curve,
-                    "fit_s": fit_s,
-                    "to_target": batches_to_target(rewards, reward_target),
-                    "collapsed": collapsed(scored["pass@1"], init_pass1[seed], rewards),
-                    "diagnostic": logged_mean(curve, f"train/{row.diagnostic}"),
-                    "run_dir": run_dir,
-                }
-            )
-            print(
-                f"{row.label} seed {seed}: pass@1 {scored['pass@1']:.3f} (start {init_pass1[seed]:.3f}), "
-                f"fit {fit_s:.0f}s",
-                flush=True,
-            )
-        results[key] = {"row": row, "seeds": per_seed}
+        run_dir, fit_s = trained[(key, seed, steps)]
+        curve = train_curve(run_dir)
+        rewards = series(curve, "train/reward_mean")[1]
+        entry = results.setdefault((key, steps), {"row": row, "steps": steps, "seeds": []})
+        entry["seeds"].append(
+            {
+                "seed": seed,
+                "eval": scored,
+                "curve": curve,
+                "fit_s": fit_s,
+                "to_target": batches_to_target(rewards, reward_target),
+                "collapsed": collapsed(scored["pass@1"], init_pass1[seed], rewards),
+                "diagnostic": logged_mean(curve, f"train/{row.diagnostic}"),
+                "run_dir": run_dir,
+            }
+        )
+        print(
+            f"{row.label} seed {seed}{f' ({steps} steps)' if steps else ''}: pass@1 {scored['pass@1']:.3f} "
+            f"(start {init_pass1[seed]:.3f}), fit {fit_s:.0f}s",
+            flush=True,
+        )
     written = {}
     sft_steps = json.loads((init_dir / "metrics.json").read_text(encoding="utf-8"))["global_step"]
     shown = init_dir.relative_to(REPO) if init_dir.is_relative_to(REPO) else init_dir
     header = {"reward_target": reward_target, "seeds": seeds, "sft_start": str(shown), "sft_steps": sft_steps}
-    if "headroom" in tables and "grpo" in results:
-        written["headroom"] = headroom_table(results["grpo"], init_rows, out / stems["headroom"], command, header)
+
+    def of(table: str) -> list[dict]:
+        return [results[(k, budgets[table])] for k in TABLE_ROWS[table] if (k, budgets[table]) in results]
+
+    if "headroom" in tables and of("headroom"):
+        written["headroom"] = headroom_table(of("headroom")[0], init_rows, out / stems["headroom"], command, header)
     if "losses" in tables:
-        keys = [k for k in TABLE_ROWS["losses"] if k in results]
-        written["losses"] = losses_table([results[k] for k in keys], init_pass1, out / stems["losses"], command)
+        written["losses"] = losses_table(of("losses"), init_pass1, out / stems["losses"], command, budget_steps)
     if "precision" in tables:
-        keys = [k for k in TABLE_ROWS["precision"] if k in results]
+        keys = [k for k in TABLE_ROWS["precision"] if (k, budgets["precision"]) in results]
         measured = {_precision_label(ROWS[k]): measure_mismatch(init_dir, ROWS[k]) for k in keys}
         written["precision"] = precision_table(
-            [results[k] for k in keys], measured, init_pass1, out / stems["precision"], command
+            of("precision"), measured, init_pass1, out / stems["precision"], command, budget_steps
         )
-    write_json(out / "rl_tables" / "settings.json", header | {"command": command, "tables": tables})
+    write_json(out / "rl_tables.settings.json", header | {"command": command, "tables": tables})
     return written
 
 
@@ -412,7 +496,9 @@ def headroom_table(result: dict, init_rows: dict[int, dict], stem: Path, command
     return rows
 
 
-def losses_table(results: list[dict], init_pass1: dict[int, float], stem: Path, command: str) -> list[dict]:
+def losses_table(
+    results: list[dict], init_pass1: dict[int, float], stem: Path, command: str, budget_steps: int
+) -> list[dict]:
     rows = []
     for result in results:
         row, per_seed = result["row"], result["seeds"]
@@ -430,7 +516,10 @@ def losses_table(results: list[dict], init_pass1: dict[int, float], stem: Path, 
                 "fit_s": fmt([s["fit_s"] for s in per_seed], 0),
             }
         )
-    title = "Policy losses on the tiny arithmetic task: same SFT start, budget and seeds for every row (mean ± sd)"
+    title = (
+        f"Policy losses on the tiny arithmetic task: same SFT start, budget ({budget_steps} optimizer steps) and "
+        "seeds for every row (mean ± sd)"
+    )
     write_table(rows, stem, title, command=command)
     runs = {r["row"].label: [s["curve"] for s in r["seeds"]] for r in results}
     write_bytes(stem.with_suffix(".png"), curves_png(runs, title))
@@ -438,7 +527,12 @@ def losses_table(results: list[dict], init_pass1: dict[int, float], stem: Path, 
 
 
 def precision_table(
-    results: list[dict], measured: dict[str, dict], init_pass1: dict[int, float], stem: Path, command: str
+    results: list[dict],
+    measured: dict[str, dict],
+    init_pass1: dict[int, float],
+    stem: Path,
+    command: str,
+    budget_steps: int,
 ) -> list[dict]:
     rows = []
     for result in results:
@@ -459,7 +553,10 @@ def precision_table(
                 "fit_s": fmt([s["fit_s"] for s in per_seed], 0),
             }
         )
-    title = "Rollout and training precision: final pass@1 and the mu / pi_old mismatch (mean ± sd over seeds)"
+    title = (
+        f"Rollout and training precision ({budget_steps} optimizer steps): final pass@1 and the mu / pi_old mismatch "
+        "(mean ± sd over seeds)"
+    )
     write_table(rows, stem, title, command=command)
     write_bytes(stem.with_suffix(".png"), mismatch_png(measured))
     return rows
@@ -472,8 +569,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", nargs="+", default=None, help=f"row keys (default: all of the tables): {list(ROWS)}")
     parser.add_argument("--init", default=None, help="a finished SFT run to start from (default: fit the SFT config)")
     parser.add_argument("--results-dir", default="results")
-    parser.add_argument("--reward-target", type=float, default=0.5, help="training reward for batches_to_target")
+    parser.add_argument("--reward-target", type=float, default=0.8, help="training reward for batches_to_target")
     parser.add_argument("--overwrite", action="store_true", help="replace existing tables (runs are reused)")
+    parser.add_argument("--budget-steps", type=int, default=300, help="optimizer steps of the losses / precision runs")
+    parser.add_argument("--jobs", type=int, default=1, help="runs fitted / evaluated at once (1 thread each)")
+    parser.add_argument("--evals-dir", default="checkpoints/rl_tables_evals", help="where the evaluations go")
     args = parser.parse_args(argv)
     started = time.time()
     try:

@@ -62,15 +62,16 @@ def test_headroom_table_end_to_end_and_reused(tmp_path, monkeypatch):
     monkeypatch.setattr(rl_tables, "row_config", row_config)
     monkeypatch.setattr(rl_tables, "ROWS", {"grpo": rl_tables.Row("grpo", "GRPO", str(rl), "clip_fraction")})
     out = tmp_path / "results"
-    tables = rl_tables.run_tables(["headroom"], [0, 1], None, str(sft.run_dir), str(out), 0.5, False)
+    evals = str(tmp_path / "evals")
+    tables = rl_tables.run_tables(["headroom"], [0, 1], None, str(sft.run_dir), str(out), 0.5, False, evals_dir=evals)
     rows = tables["headroom"]
     assert [r["method"] for r in rows] == ["SFT start (CoT, 2 steps)", "GRPO"]
     assert len(rows[1]["gain_per_seed"].split(" / ")) == 2
     assert (out / "rl_headroom.md").is_file() and (out / "rl_headroom.png").stat().st_size > 1000
     assert (tmp_path / "ck" / "grpo_test" / "seed1" / "last.ckpt").is_file()
-    settings = json.loads((out / "rl_tables" / "settings.json").read_text())
+    settings = json.loads((out / "rl_tables.settings.json").read_text())
     assert settings["seeds"] == [0, 1]
     with pytest.raises(Exception, match="already holds results"):  # a written table is not overwritten
-        rl_tables.run_tables(["headroom"], [0, 1], None, str(sft.run_dir), str(out), 0.5, False)
-    again = rl_tables.run_tables(["headroom"], [0, 1], None, str(sft.run_dir), str(out), 0.5, True)
+        rl_tables.run_tables(["headroom"], [0, 1], None, str(sft.run_dir), str(out), 0.5, False, evals_dir=evals)
+    again = rl_tables.run_tables(["headroom"], [0, 1], None, str(sft.run_dir), str(out), 0.5, True, evals_dir=evals)
     assert again["headroom"] == rows  # the runs and evaluations were reused: the same numbers
