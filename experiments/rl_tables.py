@@ -1,15 +1,16 @@
 """Issue 14's tables on the tiny arithmetic task: GRPO against its SFT start, the policy-loss family, and precision.
 
 Usage: python experiments/rl_tables.py [--tables headroom losses precision] [--seeds 0 1 2] [--rows grpo dapo ...]
-           [--init RUN_DIR] [--results-dir results] [--reward-target 0.8] [--budget-steps 300] [--jobs 2]
-           [--overwrite]
+           [--init RUN_DIR] [--results-dir results] [--reward-target 0.8] [--budget-steps 300] [--precision-steps 60]
+           [--jobs 2] [--overwrite]
 
 1. The SFT start: the CoT reasoner of ``paper_configs/tiny/coconut_arithmetic_cot.yaml`` (the Coconut table's CoT
    row: greedy accuracy ~0.98, but ~0.75 of its T = 1 samples are right), fitted once as
    ``checkpoints/coconut_arithmetic_cot_tiny/reproduce`` unless it exists or ``--init`` names a run.
 2. Every row x seed is one ``latentlab fit`` of the row's tiny config with ``seed`` and ``reasoning.init_from`` set,
    as ``checkpoints/<config name>/seed<N>`` (headroom: the config's own budget) or ``seed<N>_steps<M>`` (the losses
-   and precision tables: ``--budget-steps`` optimizer steps for every row). A finished run is reused, a run that has
+   table: ``--budget-steps`` optimizer steps for every row; the precision table: ``--precision-steps``, shorter
+   because fp16 autocast runs ~10x slower than fp32 on this CPU). A finished run is reused, a run that has
    a ``last.ckpt`` but did not finish is resumed, so an interrupted table continues where it stopped. ``--jobs 2``
    fits (and evaluates) two runs at once; each uses one thread (``trainer.num_threads`` of the tiny twins).
 3. Every run, and the SFT start under each seed's sampling stream, is evaluated on the same 500 held-out questions
@@ -305,7 +306,7 @@ def _png(figure) -> bytes:
 
 
 def curves_png(runs: dict[str, list[list[dict[str, float]]]], title: str, init_pass1: float | None = None) -> bytes:
-    """Training reward (5-batch mean) and greedy val accuracy against optimizer steps, one colour per row."""
+    """Training reward (5-batch mean) and greedy val accuracy against rollout batches, one colour per row."""
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(11, 4))
@@ -318,8 +319,8 @@ def curves_png(runs: dict[str, list[list[dict[str, float]]]], title: str, init_p
             left.plot(steps, moving_mean(rewards), color=colour, alpha=0.8, label=label if seed == 0 else None)
             steps, accuracy = series(curve, "val/accuracy")
             right.plot(steps, accuracy, color=colour, marker="o", alpha=0.8, label=label if seed == 0 else None)
-    left.set(xlabel="optimizer step", ylabel=f"training reward ({SMOOTH}-batch mean)", title="reward")
-    right.set(xlabel="optimizer step", ylabel="greedy accuracy, 128 val questions", title="held-out pass@1 (greedy)")
+    left.set(xlabel="rollout batch", ylabel=f"training reward ({SMOOTH}-batch mean)", title="reward")
+    right.set(xlabel="rollout batch", ylabel="greedy accuracy, 128 val questions", title="held-out pass@1 (greedy)")
     if init_pass1 is not None:
         left.axhline(init_pass1, color="grey", linestyle="--", label="SFT start, sampled pass@1")
     for axis in (left, right):
@@ -365,6 +366,7 @@ def run_tables(
     budget_steps: int = 300,
     workers: int = 1,
     evals_dir: str = "checkpoints/rl_tables_evals",
+    precision_steps: int = 60,
 ) -> dict[str, list[dict]]:
     unknown = [key for key in rows or [] if key not in ROWS]
     if unknown:
@@ -380,7 +382,7 @@ def run_tables(
         load_config(REPO / ROWS[key].config)  # every row's config is valid before the first fit
     init_dir = sft_start(init)
     command = "python experiments/rl_tables.py --tables " + " ".join(tables) + " --seeds " + " ".join(map(str, seeds))
-    command += f" --reward-target {reward_target} --budget-steps {budget_steps}"
+    command += f" --reward-target {reward_target} --budget-steps {budget_steps} --precision-steps {precision_steps}"
     command += f" --rows {' '.join(rows)}" if rows else ""
     evals = Path(evals_dir) if Path(evals_dir).is_absolute() else REPO / evals_dir  # big: beside the runs, untracked
     # The SFT start under each seed's sampling stream (the same questions and draws every row is compared on).
@@ -390,9 +392,9 @@ def run_tables(
     init_pass1 = {seed: r["pass@1"] for seed, r in init_rows.items()}
     print("SFT start: sampled pass@1 " + fmt(list(init_pass1.values())), flush=True)
     wanted = [k for k in ROWS if any(k in TABLE_ROWS[t] for t in tables) and (rows is None or k in rows)]
-    budgets = {  # the headroom table runs each row's own budget; the comparison tables run --budget-steps
-        table: (None if table == "headroom" else budget_steps) for table in tables
-    }
+    # the headroom table runs each row's own budget; losses --budget-steps; precision --precision-steps (fp16
+    # autocast has no fast CPU kernels: ~10x slower than fp32 here, so its table runs a shorter budget on CPU)
+    budgets = {"headroom": None, "losses": budget_steps, "precision": precision_steps}
     jobs = sorted(
         {(key, seed, budgets[t]) for t in tables for key in TABLE_ROWS[t] if key in wanted for seed in seeds},
         key=lambda job: (list(ROWS).index(job[0]), job[2] or 0, job[1]),
@@ -444,9 +446,11 @@ def run_tables(
         keys = [k for k in TABLE_ROWS["precision"] if (k, budgets["precision"]) in results]
         measured = {_precision_label(ROWS[k]): measure_mismatch(init_dir, ROWS[k]) for k in keys}
         written["precision"] = precision_table(
-            of("precision"), measured, init_pass1, out / stems["precision"], command, budget_steps
+            of("precision"), measured, init_pass1, out / stems["precision"], command, precision_steps
         )
-    write_json(out / "rl_tables.settings.json", header | {"command": command, "tables": tables})
+    for table in written:  # what made each table, beside it
+        settings = header | {"command": command, "budget_steps": budgets[table]}
+        write_json(out / f"{stems[table]}.settings.json", settings)
     return written
 
 
@@ -572,6 +576,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reward-target", type=float, default=0.8, help="training reward for batches_to_target")
     parser.add_argument("--overwrite", action="store_true", help="replace existing tables (runs are reused)")
     parser.add_argument("--budget-steps", type=int, default=300, help="optimizer steps of the losses / precision runs")
+    parser.add_argument("--precision-steps", type=int, default=60, help="optimizer steps of the precision runs")
     parser.add_argument("--jobs", type=int, default=1, help="runs fitted / evaluated at once (1 thread each)")
     parser.add_argument("--evals-dir", default="checkpoints/rl_tables_evals", help="where the evaluations go")
     args = parser.parse_args(argv)

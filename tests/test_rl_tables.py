@@ -69,7 +69,7 @@ def test_headroom_table_end_to_end_and_reused(tmp_path, monkeypatch):
     assert len(rows[1]["gain_per_seed"].split(" / ")) == 2
     assert (out / "rl_headroom.md").is_file() and (out / "rl_headroom.png").stat().st_size > 1000
     assert (tmp_path / "ck" / "grpo_test" / "seed1" / "last.ckpt").is_file()
-    settings = json.loads((out / "rl_tables.settings.json").read_text())
+    settings = json.loads((out / "rl_headroom.settings.json").read_text())
     assert settings["seeds"] == [0, 1]
     with pytest.raises(Exception, match="already holds results"):  # a written table is not overwritten
         rl_tables.run_tables(["headroom"], [0, 1], None, str(sft.run_dir), str(out), 0.5, False, evals_dir=evals)
