@@ -500,6 +500,22 @@ def headroom_table(result: dict, init_rows: dict[int, dict], stem: Path, command
     return rows
 
 
+def _outcome(label: str, per_seed: list[dict], init_pass1: dict[int, float], middle: dict) -> dict:
+    """A comparison row: final pass@1 and its gain over the start, the table's own columns, collapses, fit time."""
+    return {
+        "method": label,
+        "pass@1": fmt(_values(per_seed, "pass@1")),
+        "gain_pass@1": fmt([s["eval"]["pass@1"] - init_pass1[s["seed"]] for s in per_seed]),
+        **middle,
+        "collapsed": f"{sum(s['collapsed'] for s in per_seed)}/{len(per_seed)}",
+        "fit_s": fmt([s["fit_s"] for s in per_seed], 0),
+    }
+
+
+def _mean_logged(curves: list[list[dict[str, float]]], key: str) -> float:
+    return statistics.fmean(logged_mean(curve, key) for curve in curves)
+
+
 def losses_table(
     results: list[dict], init_pass1: dict[int, float], stem: Path, command: str, budget_steps: int
 ) -> list[dict]:
@@ -508,17 +524,17 @@ def losses_table(
         row, per_seed = result["row"], result["seeds"]
         reached = [s["to_target"] for s in per_seed]
         rows.append(
-            {
-                "method": row.label,
-                "pass@1": fmt(_values(per_seed, "pass@1")),
-                "pass@8": fmt(_values(per_seed, "pass@8")),
-                "gain_pass@1": fmt([s["eval"]["pass@1"] - init_pass1[s["seed"]] for s in per_seed]),
-                "batches_to_target": " / ".join("never" if r is None else str(r) for r in reached),
-                "clip_or_mask": f"{row.diagnostic.removesuffix('_fraction')} "
-                f"{statistics.fmean(s['diagnostic'] for s in per_seed):.4f}",
-                "collapsed": f"{sum(s['collapsed'] for s in per_seed)}/{len(per_seed)}",
-                "fit_s": fmt([s["fit_s"] for s in per_seed], 0),
-            }
+            _outcome(
+                row.label,
+                per_seed,
+                init_pass1,
+                {
+                    "pass@8": fmt(_values(per_seed, "pass@8")),
+                    "batches_to_target": " / ".join("never" if r is None else str(r) for r in reached),
+                    "clip_or_mask": f"{row.diagnostic.removesuffix('_fraction')} "
+                    f"{statistics.fmean(s['diagnostic'] for s in per_seed):.4f}",
+                },
+            )
         )
     title = (
         f"Policy losses on the tiny arithmetic task: same SFT start, budget ({budget_steps} optimizer steps) and "
@@ -544,18 +560,18 @@ def precision_table(
         label = _precision_label(row)
         curves = [s["curve"] for s in per_seed]
         rows.append(
-            {
-                "method": label,
-                "pass@1": fmt(_values(per_seed, "pass@1")),
-                "gain_pass@1": fmt([s["eval"]["pass@1"] - init_pass1[s["seed"]] for s in per_seed]),
-                "train_mean_abs_prob_diff": f"{statistics.fmean(logged_mean(c, 'train/mismatch_prob_diff') for c in curves):.2e}",
-                "train_log_ratio_std": f"{statistics.fmean(logged_mean(c, 'train/mismatch_log_ratio_std') for c in curves):.2e}",
-                "start_mean_abs_prob_diff": f"{measured[label]['mean_abs_prob_diff']:.2e}",
-                "start_log_ratio_std": f"{measured[label]['log_ratio_std']:.2e}",
-                "skipped_steps": " / ".join(str(int(series(c, "train/skipped_steps")[1][-1])) for c in curves),
-                "collapsed": f"{sum(s['collapsed'] for s in per_seed)}/{len(per_seed)}",
-                "fit_s": fmt([s["fit_s"] for s in per_seed], 0),
-            }
+            _outcome(
+                label,
+                per_seed,
+                init_pass1,
+                {
+                    "train_mean_abs_prob_diff": f"{_mean_logged(curves, 'train/mismatch_prob_diff'):.2e}",
+                    "train_log_ratio_std": f"{_mean_logged(curves, 'train/mismatch_log_ratio_std'):.2e}",
+                    "start_mean_abs_prob_diff": f"{measured[label]['mean_abs_prob_diff']:.2e}",
+                    "start_log_ratio_std": f"{measured[label]['log_ratio_std']:.2e}",
+                    "skipped_steps": " / ".join(str(int(series(c, "train/skipped_steps")[1][-1])) for c in curves),
+                },
+            )
         )
     title = (
         f"Rollout and training precision ({budget_steps} optimizer steps): final pass@1 and the mu / pi_old mismatch "

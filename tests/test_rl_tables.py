@@ -75,3 +75,55 @@ def test_headroom_table_end_to_end_and_reused(tmp_path, monkeypatch):
         rl_tables.run_tables(["headroom"], [0, 1], None, str(sft.run_dir), str(out), 0.5, False, evals_dir=evals)
     again = rl_tables.run_tables(["headroom"], [0, 1], None, str(sft.run_dir), str(out), 0.5, True, evals_dir=evals)
     assert again["headroom"] == rows  # the runs and evaluations were reused: the same numbers
+
+
+def _fake_seed(seed: int, pass1: float, reward: float) -> dict:
+    curve = [
+        {"step": float(i), "train/reward_mean": reward, "train/clip_fraction": 0.01, "train/skipped_steps": 0.0}
+        for i in range(10)
+    ]
+    curve += [
+        {"step": float(i), "train/mismatch_prob_diff": 1e-7, "train/mismatch_log_ratio_std": 1e-6} for i in (0, 9)
+    ]
+    curve.append({"step": 9.0, "val/accuracy": 0.9})
+    return {
+        "seed": seed,
+        "eval": {"pass@1": pass1, "pass@8": 0.98},
+        "curve": curve,
+        "fit_s": 60.0,
+        "to_target": rl_tables.batches_to_target([reward] * 10, 0.8),
+        "collapsed": rl_tables.collapsed(pass1, 0.7, [reward] * 10),
+        "diagnostic": 0.01,
+    }
+
+
+def test_losses_and_precision_tables_from_finished_runs(tmp_path):
+    results = [
+        {"row": rl_tables.ROWS["grpo"], "seeds": [_fake_seed(0, 0.80, 0.85), _fake_seed(1, 0.82, 0.85)]},
+        {"row": rl_tables.ROWS["drpo"], "seeds": [_fake_seed(0, 0.50, 0.30), _fake_seed(1, 0.60, 0.30)]},
+    ]
+    rows = rl_tables.losses_table(results, {0: 0.7, 1: 0.7}, tmp_path / "losses", "cmd", 200)
+    assert [r["method"] for r in rows] == ["GRPO", "DRPO"]
+    assert rows[0]["gain_pass@1"] == "0.110 ± 0.014" and rows[0]["batches_to_target"] == "1 / 1"
+    assert rows[1]["batches_to_target"] == "never / never" and rows[1]["collapsed"] == "2/2"
+    assert rows[1]["clip_or_mask"] == "beyond_delta 0.0100"
+    measured = {
+        label: {
+            "mu": [0.5, 0.9],
+            "pi": [0.5, 0.9],
+            "log_ratio": [0.0, 1e-3],
+            "mean_abs_prob_diff": 1e-4,
+            "max_abs_prob_diff": 2e-4,
+            "log_ratio_std": 1e-3,
+        }
+        for label in ("fp32 rollout + train", "bf16 rollout + train")
+    }
+    precision = [
+        {"row": rl_tables.ROWS["grpo"], "seeds": results[0]["seeds"]},
+        {"row": rl_tables.ROWS["bf16"], "seeds": results[1]["seeds"]},
+    ]
+    rows = rl_tables.precision_table(precision, measured, {0: 0.7, 1: 0.7}, tmp_path / "precision", "cmd", 60)
+    assert [r["method"] for r in rows] == ["fp32 rollout + train", "bf16 rollout + train"]
+    assert rows[0]["train_mean_abs_prob_diff"] == "1.00e-07" and rows[0]["skipped_steps"] == "0 / 0"
+    for stem in ("losses", "precision"):
+        assert (tmp_path / f"{stem}.md").is_file() and (tmp_path / f"{stem}.png").stat().st_size > 1000
