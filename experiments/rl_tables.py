@@ -591,7 +591,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results-dir", default="results")
     parser.add_argument("--reward-target", type=float, default=0.8, help="training reward for batches_to_target")
     parser.add_argument("--overwrite", action="store_true", help="replace existing tables (runs are reused)")
-    parser.add_argument("--budget-steps", type=int, default=300, help="optimizer steps of the losses / precision runs")
+    parser.add_argument("--budget-steps", type=int, default=300, help="optimizer steps of the losses runs")
     parser.add_argument("--precision-steps", type=int, default=60, help="optimizer steps of the precision runs")
     parser.add_argument("--jobs", type=int, default=1, help="runs fitted / evaluated at once (1 thread each)")
     parser.add_argument("--evals-dir", default="checkpoints/rl_tables_evals", help="where the evaluations go")
@@ -602,7 +602,24 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--seeds: expected distinct non-negative integers, got {args.seeds}")
         if not 0 < args.reward_target <= 1:
             raise ConfigError(f"--reward-target: expected a reward in (0, 1], got {args.reward_target}")
-        run_tables(args.tables, args.seeds, args.rows, args.init, args.results_dir, args.reward_target, args.overwrite)
+        for flag, value in (("--budget-steps", args.budget_steps), ("--precision-steps", args.precision_steps)):
+            if value < 1:
+                raise ConfigError(f"{flag}: expected a number of optimizer steps >= 1, got {value}")
+        if args.jobs < 1:
+            raise ConfigError(f"--jobs: expected >= 1, got {args.jobs}")
+        run_tables(
+            args.tables,
+            args.seeds,
+            args.rows,
+            args.init,
+            args.results_dir,
+            args.reward_target,
+            args.overwrite,
+            budget_steps=args.budget_steps,
+            workers=args.jobs,
+            evals_dir=args.evals_dir,
+            precision_steps=args.precision_steps,
+        )
     except LatentLabError as err:
         print(f"rl_tables: error: {err}", file=sys.stderr)
         return 2

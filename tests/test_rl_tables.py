@@ -41,6 +41,23 @@ def test_unknown_row_and_bad_arguments_are_errors(tmp_path, capsys):
     assert "distinct" in capsys.readouterr().err
 
 
+def test_every_command_line_option_reaches_run_tables(tmp_path, monkeypatch, capsys):
+    seen = {}
+    monkeypatch.setattr(rl_tables, "run_tables", lambda *args, **kwargs: seen.update(args=args, kwargs=kwargs))
+    argv = ["--tables", "losses", "--seeds", "3", "--budget-steps", "40", "--precision-steps", "7", "--jobs", "2"]
+    assert rl_tables.main([*argv, "--evals-dir", str(tmp_path), "--reward-target", "0.6", "--overwrite"]) == 0
+    assert seen["args"][:2] == (["losses"], [3]) and seen["args"][5:] == (0.6, True)
+    assert seen["kwargs"] == {
+        "budget_steps": 40,
+        "workers": 2,
+        "evals_dir": str(tmp_path),
+        "precision_steps": 7,
+    }
+    for flag in ("--budget-steps", "--precision-steps", "--jobs"):
+        assert rl_tables.main([flag, "0"]) == 2
+        assert flag in capsys.readouterr().err
+
+
 def test_headroom_table_end_to_end_and_reused(tmp_path, monkeypatch):
     from latentlab.configs import load_config
     from latentlab.training import fit
