@@ -270,14 +270,16 @@ def measure_mismatch(init_dir: Path, row: Row, prompts: int = 64, group: int = 8
     from latentlab.rl.module import GRPOModule
     from latentlab.rl.rollout import mismatch
 
-    config = row_config(row, 0, init_dir, **{"advantage.group_size": group})  # more samples than a training batch
+    # one rollout batch of all the prompts, more samples each than a training batch
+    shape = {"advantage.group_size": group, "rl.prompts_per_step": prompts, "rl.minibatch_size": None}
+    config = row_config(row, 0, init_dir, **shape)
     module = GRPOModule(config)
     module.load_reasoner_from(init_dir)
     module.policy.eval()
     train_set, _ = load_train_val(config)
     batch = train_set[:prompts]
     with torch.no_grad():
-        data = module._rollout([ex.question for ex in batch], [ex.answer for ex in batch])
+        data, _ = module._rollout([ex.question for ex in batch], [ex.answer for ex in batch])
     rolled = data["rollouts"]
     mask = rolled.mask
     mu, pi = rolled.tempered_logprobs, data["old_logp"]

@@ -8,6 +8,7 @@ import json
 import pytest
 
 from latentlab.errors import ConfigError
+from tests.conftest import REPO
 from tests.test_reasoning_task import _experiment_script
 from tests.test_rl_module import DATA, TINY_COT, TINY_RL
 
@@ -144,3 +145,23 @@ def test_losses_and_precision_tables_from_finished_runs(tmp_path):
     assert rows[0]["train_mean_abs_prob_diff"] == "1.00e-07" and rows[0]["skipped_steps"] == "0 / 0"
     for stem in ("losses", "precision"):
         assert (tmp_path / f"{stem}.md").is_file() and (tmp_path / f"{stem}.png").stat().st_size > 1000
+
+
+def test_measure_mismatch_scores_every_prompt_under_the_rows_precision(tmp_path, monkeypatch):
+    from latentlab.configs import load_config
+    from latentlab.training import fit
+
+    sft = fit(load_config(TINY_COT, {**DATA, "output_dir": str(tmp_path / "ck"), "trainer.max_steps": 1}), "sft")
+    monkeypatch.setattr(
+        rl_tables,
+        "row_config",
+        lambda row, seed, init_dir, **extra: load_config(
+            REPO / row.config, {**DATA, "seed": seed, "reasoning.init_from": str(init_dir), **extra}
+        ),
+    )
+    fp32 = rl_tables.measure_mismatch(sft.run_dir, rl_tables.ROWS["grpo"], prompts=4, group=2)
+    bf16 = rl_tables.measure_mismatch(sft.run_dir, rl_tables.ROWS["bf16"], prompts=4, group=2)
+    assert len(fp32["log_ratio"]) == len(bf16["log_ratio"]) == 8  # 4 prompts x 2 samples, all of them
+    assert len(fp32["mu"]) == len(fp32["pi"]) > 0
+    assert fp32["mean_abs_prob_diff"] < 1e-4 and 0 <= bf16["max_abs_prob_diff"] <= 1  # (the 2-layer model's cached
+    # and uncached bf16 paths can agree exactly; the tiny twin's 4-layer reasoner shows the gap in the table)
