@@ -145,7 +145,30 @@ def test_paper_configs_follow_the_references():
     assert {c.reasoning.method for c in configs.values()} == {"no_cot", "cot", "coconut", "atp_latent"}
     atp = configs["atp_latent_gsm8k_aug_llama1b"]
     assert atp.reasoning.reasoner == "meta-llama/Llama-3.2-1B-Instruct" and atp.reasoning.cvae.thoughts_per_step == 2
+    gsm8k = configs.pop("cot_gsm8k_qwen1.5b")  # the SFT start of the GSM8K GRPO config: GSM8K's own solutions
+    assert gsm8k.reasoning.data.source == "gsm8k" and gsm8k.reasoning.reasoner == "Qwen/Qwen2.5-1.5B-Instruct"
     assert all("../shared/data/gsm8k_aug/" in c.reasoning.data.test for c in configs.values())
+
+
+def test_rl_paper_configs_follow_the_references():
+    """GSM8K GRPO with a 1.5B instruct model (Latent-GRPO's batch and loss), DPPO as in the verl example, and the FP16
+    paper's sanity test; each header names its command and GPU."""
+    rl = {p.stem: load_config(p) for p in sorted((REPO / "paper_configs/rl").glob("*.yaml"))}
+    grpo, dppo, fp16 = rl["grpo_gsm8k_qwen1.5b"], rl["dppo_gsm8k_qwen1.5b"], rl["fp16_sanity_r1d1.5b"]
+    assert grpo.reasoning.reasoner == "Qwen/Qwen2.5-1.5B-Instruct" and grpo.reasoning.data.source == "gsm8k"
+    assert (grpo.rl.prompts_per_step, grpo.advantage.group_size, grpo.rl.minibatch_size) == (64, 8, 128)
+    assert grpo.optim.lr == 1e-6 and grpo.policy_loss.dual_clip == 3.0 and grpo.policy_loss.kl_beta == 0
+    assert dppo.policy_loss.name == "dppo" and dppo.policy_loss.divergence == "binary_tv"
+    assert (dppo.policy_loss.delta_low, dppo.policy_loss.ratio_cap) == (0.15, 10000.0)
+    assert (fp16.rl.rollout_precision, fp16.rl.train_precision, fp16.rl.loss_scale_growth_interval) == (
+        "fp16",
+        "fp16",
+        400,
+    )
+    for name, config in rl.items():
+        header = (REPO / "paper_configs/rl" / f"{name}.yaml").read_text().split("\nname:")[0]
+        assert "latentlab fit paper_configs/rl/" in header and "GPU" in header, name
+        assert config.task == "latent_rl" and config.trainer.accelerator == "gpu", name
 
 
 def test_method_sets_the_curriculum_mode_and_contradictions_name_the_key(tmp_path):
