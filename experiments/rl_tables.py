@@ -211,12 +211,14 @@ def train_curve(run_dir: Path) -> list[dict[str, float]]:
     """The logged rows of a run (Lightning's CSVLogger), numeric values only, in step order."""
     with (run_dir / "logs" / "metrics.csv").open(newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
-    out = []
+    # A run resumed before training._merge_metrics dropped redone steps holds some steps twice: keep the later row.
+    latest: dict[tuple, dict[str, float]] = {}
     for row in rows:
         values = {k: float(v) for k, v in row.items() if v not in ("", None)}
         if values:
-            out.append(values)
-    return out
+            latest.pop((values.get("step"), frozenset(values)), None)
+            latest[(values.get("step"), frozenset(values))] = values
+    return sorted(latest.values(), key=lambda values: values.get("step", -1.0))
 
 
 def series(curve: list[dict[str, float]], key: str) -> tuple[list[float], list[float]]:

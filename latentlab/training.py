@@ -166,11 +166,25 @@ def _stash_metrics(log_dir: Path) -> list[dict[str, str]]:
     return rows
 
 
+def _step(row: dict[str, str]) -> float | None:
+    try:
+        return float(row.get("step") or "")
+    except ValueError:
+        return None
+
+
 def _merge_metrics(log_dir: Path, earlier: list[dict[str, str]]) -> None:
-    """After a resume: metrics.csv = the earlier rows, then this run's."""
+    """After a resume: metrics.csv = the earlier rows, then this run's. Earlier rows at or past the step the resume
+    started from are dropped: the resumed run logged those steps again (it redid them from the checkpoint), and a
+    curve must have each step once."""
     if not earlier:
         return
-    _write_csv_rows(log_dir / "metrics.csv", earlier + _read_csv(log_dir / "metrics.csv"))
+    later = _read_csv(log_dir / "metrics.csv")
+    steps = [step for step in map(_step, later) if step is not None]
+    if steps:
+        first = min(steps)
+        earlier = [row for row in earlier if (_step(row) is None or _step(row) < first)]
+    _write_csv_rows(log_dir / "metrics.csv", earlier + later)
     (log_dir / METRICS_ASIDE).unlink(missing_ok=True)
 
 

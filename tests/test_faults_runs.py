@@ -94,10 +94,26 @@ def test_resume_of_a_finished_run_appends_to_metrics_csv(run, tmp_path):
     assert steps_before
     fit(load_config(TINY_YAML, {**overrides, "trainer.max_steps": 6}), resume=copy)
     rows = _csv_rows(copy / "logs" / "metrics.csv")
-    assert rows[: len(first)] == [{**r, **{k: "" for k in rows[0].keys() - r.keys()}} for r in first]
+    resumed_at = max(int(r["step"]) for r in first)  # the resumed run validates there first, then trains on
+    kept = [r for r in first if int(r["step"]) < resumed_at]
+    assert kept and rows[: len(kept)] == [{**r, **{k: "" for k in rows[0].keys() - r.keys()}} for r in kept]
     assert len(rows) > len(first)
     assert {r["step"] for r in rows if r.get("train/loss")} > steps_before
     assert not (copy / "logs" / "metrics.before_resume.csv").exists()
+
+
+def test_resume_drops_the_logged_rows_it_redoes(tmp_path):
+    """A run stopped past its last checkpoint logged steps the resume does again: each step stays once."""
+    from latentlab.training import _merge_metrics
+
+    log_dir = tmp_path / "logs"
+    log_dir.mkdir()
+    earlier = [{"step": str(s), "train/loss": f"{s}.0"} for s in range(8)]  # checkpoint at step 5, stopped at 7
+    (log_dir / "metrics.csv").write_text("step,train/loss\n5,50.0\n6,60.0\n7,70.0\n8,80.0\n", encoding="utf-8")
+    _merge_metrics(log_dir, earlier)
+    rows = _csv_rows(log_dir / "metrics.csv")
+    assert [r["step"] for r in rows] == [str(s) for s in range(9)]
+    assert [r["train/loss"] for r in rows][4:] == ["4.0", "50.0", "60.0", "70.0", "80.0"]
 
 
 class _Boom(L.Callback):
