@@ -152,3 +152,16 @@ def test_score_samples_is_question_major():
     assert correct.tolist() == [[False, True, True], [True, True, False]]  # rows 0-2: question 0
     with pytest.raises(ValueError, match="6 sampled rows for 2 questions x 2 samples"):
         score_samples(answers, ["2", "3"], 2)
+
+
+def test_top_k_one_samples_are_the_greedy_answers(run_dir, tmp_path):
+    """sampling.top_k reaches the sampled evaluation: with k = 1 every sample is the greedy answer (thoughts noiseless),
+    with the filter off at T = 1 some sample differs."""
+    result = evaluate_cot(
+        eval_config(tmp_path, **{"sampling.top_k": 1, "sampling.thought_noise": 0.0}), run_dir, out_dir=tmp_path / "k1"
+    )
+    records = records_of(tmp_path / "k1")
+    assert all(p == r["prediction"] for r in records for p in r["sample_predictions"])
+    assert result.rows[0]["pass@1"] == pytest.approx(result.rows[0]["accuracy"], abs=1e-12, rel=0)
+    evaluate_cot(eval_config(tmp_path, **{"sampling.thought_noise": 0.0}), run_dir, out_dir=tmp_path / "off")
+    assert any(p != r["prediction"] for r in records_of(tmp_path / "off") for p in r["sample_predictions"])

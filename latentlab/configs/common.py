@@ -169,9 +169,9 @@ class SamplingConfig:
     """Std of Gaussian noise added to every continuous thought of a sample, relative to the thought's RMS (latent
     methods only; 0 = none). atp_latent with cvae.inference: sample also samples z itself."""
     top_k: int = 0
-    """Sample only among the k most likely tokens (0 = off). Used by RL rollouts (`latent_rl`)."""
+    """Sample only among the k most likely tokens (0 = off): RL rollouts and sampled evaluation answers."""
     top_p: float = 1.0
-    """Nucleus sampling: the smallest set of tokens whose probability reaches top_p (1 = off). Used by RL rollouts."""
+    """Nucleus sampling: the smallest set of tokens whose probability reaches top_p (1 = off); as top_k."""
 
     def __post_init__(self) -> None:
         require(self.max_new_tokens >= 1, "max_new_tokens", f"must be >= 1, got {self.max_new_tokens}")

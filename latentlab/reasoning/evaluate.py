@@ -289,7 +289,8 @@ def sample_answers(
 ) -> GeneratedAnswers:
     """``n_samples`` sampled answers to each question in one batched generation, question-major: row q * n + s.
 
-    Tokens at ``sampling.temperature``, thoughts with ``sampling.thought_noise``, every draw made per row from
+    Tokens at ``sampling.temperature`` (filtered by ``sampling.top_k`` / ``top_p``), thoughts with
+    ``sampling.thought_noise``, every draw made per row from
     ``generator``. More than ``max_rows`` rows are generated in consecutive chunks of ``max_rows`` rows (drawing
     from the same generator in turn). ``latents`` is kept only when every chunk has the same thought shape.
     """
@@ -303,6 +304,8 @@ def sample_answers(
             sampling.thought_noise,
             generator,
             sampling.max_new_tokens,
+            top_k=sampling.top_k,
+            top_p=sampling.top_p,
         )
         for start in range(0, len(rows), size)
     ]

@@ -191,10 +191,13 @@ class LatentCoTModule(L.LightningModule):
         generator: torch.Generator | None = None,
         max_new_tokens: int | None = None,
         shuffle_thoughts: bool = False,
+        top_k: int = 0,
+        top_p: float = 1.0,
     ) -> GeneratedAnswers:
         """Answer ``questions`` as at ``stage``: question, thoughts (``n_thoughts_for(None, stage)``), ``<eot>``, text.
 
-        Greedy by default; ``temperature > 0`` samples tokens (Gumbel-max), ``thought_noise > 0`` perturbs each thought,
+        Greedy by default; ``temperature > 0`` samples tokens (Gumbel-max; ``top_k`` / ``top_p`` filter them as the RL
+        rollouts do, 0 / 1 = off), ``thought_noise > 0`` perturbs each thought,
         ``shuffle_thoughts`` feeds each question the next question's thoughts (``shuffled_thoughts``).
         cot/no_cot run the same path with no thoughts and no markers. atp_latent feeds the CVAE's z (see cvae.py).
         """
@@ -222,6 +225,8 @@ class LatentCoTModule(L.LightningModule):
             temperature=temperature,
             generator=generator,
             stop_fn=stop_fn,
+            top_k=top_k,
+            top_p=top_p,
         )
         texts = self.tokenizer.batch_decode(result.token_ids, skip_special_tokens=True)
         latents = None
