@@ -155,8 +155,14 @@ class LatentRLTask(LatentCoTTask):
         checkpoint = _trained_run(config, checkpoint)
         if not Path(checkpoint).is_absolute():
             checkpoint = config_root(config) / checkpoint
+        from latentlab.reasoning.evaluate import METHOD_LABELS
+
         policy = load_policy(checkpoint)
-        return evaluate_cot(config, checkpoint=policy, out_dir=out_dir, command=command, overwrite=overwrite)
+        trained = policy.config  # the latent_rl run's own config: its method and policy loss
+        label = f"{METHOD_LABELS[trained.reasoning.method]} + RL ({trained.policy_loss.name}, {trained.policy_loss.aggregation})"
+        return evaluate_cot(
+            config, checkpoint=policy, out_dir=out_dir, command=command, overwrite=overwrite, label=label
+        )
 
 
 TASKS: Registry[Task] = Registry("task")

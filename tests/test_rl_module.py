@@ -179,6 +179,7 @@ def test_grpo_fits_from_a_cot_run_logs_and_resumes(tmp_path, cot_run):
     assert type(policy).__name__ == "LatentCoTModule"
     rows = TASKS.get("latent_rl").evaluate_run(config, run, command="test")
     assert rows and "accuracy" in rows[0]
+    assert rows[0]["method"] == "CoT + RL (ppo_clip, grpo)"  # the table says what trained it, not just "CoT"
 
 
 def test_unknown_loss_and_reward_names_list_the_known_ones(tmp_path, cot_run):

@@ -163,6 +163,7 @@ def evaluate_cot(
     command: str | None = None,
     overwrite: bool | None = None,
     sample_rows: int | None = None,
+    label: str | None = None,
 ) -> CoTEvalResult:
     """Evaluate a trained run on ``eval.split`` of ``config``'s reasoning data; writes predictions, summary, table.
 
@@ -171,6 +172,7 @@ def evaluate_cot(
     ``sample_rows``: the most rows of one sampling generation (default: the larger of ``eval.batch_size`` and
     ``SAMPLE_ROWS_PER_CALL``; see the module docstring). With sampling, each record also lists its samples'
     predictions and reasoning tokens (``sample_predictions``, ``sample_reasoning_tokens``: sample s at index s).
+    ``label``: the table's method name (default: the run's method, e.g. "CoT"; latent_rl passes "CoT + GRPO (...)").
     """
     checkpoint = checkpoint if checkpoint is not None else config.eval.checkpoint
     if checkpoint is None:
@@ -235,8 +237,9 @@ def evaluate_cot(
                 record["sample_reasoning_tokens"] = [int(t) for t in sample_tokens[-1][0][b].tolist()]
             records.append(record)
     seconds = time.time() - started
+    label = label or METHOD_LABELS[run.method]
     row = _summary_row(
-        METHOD_LABELS[run.method],
+        label,
         records,
         ev.pass_k,
         torch.cat(sample_correct) if sample_correct else None,
@@ -271,7 +274,7 @@ def evaluate_cot(
         write_table(
             [row],
             staging / "table",
-            f"{config.name}: {METHOD_LABELS[run.method]} on {ev.split}",
+            f"{config.name}: {label} on {ev.split}",
             plot=table_plot(),
             command=command,
         )
