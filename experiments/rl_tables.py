@@ -231,9 +231,10 @@ def moving_mean(values: list[float], window: int = SMOOTH) -> list[float]:
 
 
 def batches_to_target(rewards: list[float], target: float) -> int | None:
-    """Rollout batches until the moving mean of the training reward first reaches ``target`` (None: never)."""
+    """Rollout batches until the moving mean of the training reward first reaches ``target`` (None: never); only
+    full windows count (a mean of the first one or two batches is noise, not a reached reward)."""
     for index, value in enumerate(moving_mean(rewards)):
-        if value >= target:
+        if index >= SMOOTH - 1 and value >= target:
             return index + 1
     return None
 

@@ -20,6 +20,7 @@ def test_batches_to_target_uses_the_moving_mean_and_says_never():
     # 5-batch means: 0, .5, .33, .5, .6, .8, .8 -> first >= 0.6 at batch 5
     assert rl_tables.batches_to_target(rewards, 0.6) == 5
     assert rl_tables.batches_to_target(rewards, 0.9) is None
+    assert rl_tables.batches_to_target([1.0, 0.0, 0.0, 0.0, 0.0, 0.0], 0.9) is None  # one lucky first batch is not it
     assert rl_tables.moving_mean([1.0, 3.0], window=5) == [1.0, 2.0]
 
 
@@ -122,7 +123,7 @@ def test_losses_and_precision_tables_from_finished_runs(tmp_path):
     ]
     rows = rl_tables.losses_table(results, {0: 0.7, 1: 0.7}, tmp_path / "losses", "cmd", 200)
     assert [r["method"] for r in rows] == ["GRPO", "DRPO"]
-    assert rows[0]["gain_pass@1"] == "0.110 ± 0.014" and rows[0]["batches_to_target"] == "1 / 1"
+    assert rows[0]["gain_pass@1"] == "0.110 ± 0.014" and rows[0]["batches_to_target"] == "5 / 5"
     assert rows[1]["batches_to_target"] == "never / never" and rows[1]["collapsed"] == "2/2"
     assert rows[1]["clip_or_mask"] == "beyond_delta 0.0100"
     measured = {
