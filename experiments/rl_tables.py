@@ -314,7 +314,7 @@ def curves_png(runs: dict[str, list[list[dict[str, float]]]], title: str, init_p
     """Training reward (5-batch mean) and greedy val accuracy against rollout batches, one colour per row."""
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(11, 4))
+    figure = Figure(figsize=(11, 4), layout="constrained")
     left, right = figure.subplots(1, 2)
     colours = {}
     for index, (label, curves) in enumerate(runs.items()):
@@ -339,7 +339,7 @@ def mismatch_png(measured: dict[str, dict]) -> bytes:
     """Per-token pi against mu (scatter) and the per-sequence log-ratio histogram, one panel column per precision."""
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(4 * len(measured), 7))
+    figure = Figure(figsize=(4.5 * len(measured), 7.5), layout="constrained")
     axes = figure.subplots(2, len(measured), squeeze=False)
     for column, (label, data) in enumerate(measured.items()):
         top, bottom = axes[0][column], axes[1][column]
@@ -350,7 +350,7 @@ def mismatch_png(measured: dict[str, dict]) -> bytes:
         bottom.set(
             xlabel="log pi(y) / mu(y) per sequence",
             ylabel="sequences",
-            title=f"std {data['log_ratio_std']:.2e}, mean |pi-mu| {data['mean_abs_prob_diff']:.2e}",
+            title=f"std {data['log_ratio_std']:.2e}\nmean |pi - mu| {data['mean_abs_prob_diff']:.2e}",
         )
     figure.suptitle("Training-inference mismatch of the SFT start (64 prompts x 8 rollouts)")
     return _png(figure)
