@@ -107,7 +107,8 @@ def sft_start(init: str | None) -> Path:
     if _finished(run_dir):
         return run_dir
     print(f"fitting the SFT start {SFT_CONFIG} -> {run_dir}", flush=True)
-    return fit(config, run_name=SFT_RUN, resume=run_dir if (run_dir / "last.ckpt").is_file() else None).run_dir
+    _fit_run(config, run_dir)
+    return run_dir
 
 
 def row_config(row: Row, seed: int, init_dir: Path, **overrides):
@@ -123,11 +124,23 @@ def job_overrides(steps: int | None) -> dict:
     return {"trainer.max_steps": steps} if steps else {}
 
 
-def _fit_job(config_file: str, overrides: dict, name: str, run_dir: str) -> None:
-    """Fit (or resume) one run in this process; the pool's worker (top level, so a spawned child can import it)."""
-    config = load_config(config_file, overrides)
-    resume = run_dir if (Path(run_dir) / "last.ckpt").is_file() else None
-    fit(config, run_name=None if resume else name, resume=resume)
+def _fit_run(config, run_dir: Path) -> None:
+    """Fit the run at ``run_dir``, or resume it from its ``last.ckpt`` (a pool worker: top level, so a spawned child
+    can import it; the config travels pickled)."""
+    resume = run_dir if (run_dir / "last.ckpt").is_file() else None
+    fit(config, run_name=None if resume else run_dir.name, resume=resume)
+
+
+def _run_all(work, jobs: list[tuple], workers: int) -> None:
+    """``work(*job)`` for every job: in a pool of ``workers`` spawned processes, or here when one is enough."""
+    if workers > 1 and len(jobs) > 1:
+        import multiprocessing
+
+        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+            pool.starmap(work, jobs, chunksize=1)
+    else:
+        for job in jobs:
+            work(*job)
 
 
 def train_all(jobs: list[tuple[Row, int, int | None]], init_dir: Path, workers: int) -> dict[tuple, tuple[Path, float]]:
@@ -142,21 +155,9 @@ def train_all(jobs: list[tuple[Row, int, int | None]], init_dir: Path, workers: 
         run_dir = REPO / config.output_dir / config.name / run_name(seed, steps)
         places[(row.key, seed, steps)] = run_dir
         if not _finished(run_dir):
-            overrides = {"seed": seed, "reasoning.init_from": str(init_dir), **job_overrides(steps)}
-            todo.append((row, seed, steps, (str(REPO / row.config), overrides, run_dir.name, str(run_dir))))
-    for row, seed, steps, _ in todo:
-        print(f"{row.label} seed {seed}: fitting {places[(row.key, seed, steps)]}", flush=True)
-    if workers > 1 and len(todo) > 1:
-        import multiprocessing
-
-        with multiprocessing.get_context("spawn").Pool(workers) as pool:
-            pool.starmap(_fit_job, [args for *_, args in todo], chunksize=1)
-    else:
-        for row, seed, steps, _ in todo:
-            config = row_config(row, seed, init_dir, **job_overrides(steps))
-            run_dir = places[(row.key, seed, steps)]
-            resume = run_dir if (run_dir / "last.ckpt").is_file() else None
-            fit(config, run_name=None if resume else run_dir.name, resume=resume)
+            print(f"{row.label} seed {seed}: fitting {run_dir}", flush=True)
+            todo.append((config, run_dir))
+    _run_all(_fit_run, todo, workers)
     out = {}
     for key, run_dir in places.items():
         if not _finished(run_dir):
@@ -166,41 +167,40 @@ def train_all(jobs: list[tuple[Row, int, int | None]], init_dir: Path, workers: 
     return out
 
 
-def evaluate(row: Row, seed: int, init_dir: Path, checkpoint: Path | None, out_dir: Path) -> dict:
-    """One summary row: the run at ``checkpoint`` (None: the SFT start) on the row config's held-out questions."""
-    summary = out_dir / "summary.json"
-    if summary.is_file():
-        return json.loads(summary.read_text(encoding="utf-8"))["rows"][0]
-    config = row_config(row, seed, init_dir)
-    if checkpoint is None:
-        from latentlab.reasoning.evaluate import evaluate_cot
-
-        return evaluate_cot(config, checkpoint=init_dir, out_dir=out_dir, overwrite=False).rows[0]
-    return task_of(config).evaluate(config, checkpoint=checkpoint, out_dir=out_dir, overwrite=False).rows[0]
+def _summary_row(out_dir: Path) -> dict:
+    return json.loads((out_dir / "summary.json").read_text(encoding="utf-8"))["rows"][0]
 
 
-def _evaluate_job(config_file: str, overrides: dict, checkpoint: str, out_dir: str) -> None:
-    """Evaluate one finished run in this process (the pool's worker); the summary is read back from ``out_dir``."""
-    config = load_config(config_file, overrides)
+def _evaluate_run(config, checkpoint: Path, out_dir: Path) -> None:
+    """Evaluate one finished run into ``out_dir`` (a pool worker, as ``_fit_run``); one thread, as the runs fit."""
     import torch
 
     torch.set_num_threads(config.trainer.num_threads or 1)
     task_of(config).evaluate(config, checkpoint=checkpoint, out_dir=out_dir, overwrite=False)
 
 
+def evaluate(row: Row, seed: int, init_dir: Path, checkpoint: Path | None, out_dir: Path) -> dict:
+    """One summary row: the run at ``checkpoint`` (None: the SFT start) on the row config's held-out questions."""
+    if not (out_dir / "summary.json").is_file():
+        config = row_config(row, seed, init_dir)
+        if checkpoint is None:
+            from latentlab.reasoning.evaluate import evaluate_cot
+
+            evaluate_cot(config, checkpoint=init_dir, out_dir=out_dir, overwrite=False)
+        else:
+            _evaluate_run(config, checkpoint, out_dir)
+    return _summary_row(out_dir)
+
+
 def evaluate_all(jobs: list[tuple[Row, int, Path, Path]], init_dir: Path, workers: int) -> list[dict]:
     """``evaluate`` of every (row, seed, run_dir, out_dir), ``workers`` at a time; rows in the order given."""
-    todo = [job for job in jobs if not (job[3] / "summary.json").is_file()]
-    if workers > 1 and len(todo) > 1:
-        import multiprocessing
-
-        args = [
-            (str(REPO / row.config), {"seed": seed, "reasoning.init_from": str(init_dir)}, str(run_dir), str(out))
-            for row, seed, run_dir, out in todo
-        ]
-        with multiprocessing.get_context("spawn").Pool(workers) as pool:
-            pool.starmap(_evaluate_job, args, chunksize=1)
-    return [evaluate(row, seed, init_dir, run_dir, out) for row, seed, run_dir, out in jobs]
+    todo = [
+        (row_config(row, seed, init_dir), run_dir, out)
+        for row, seed, run_dir, out in jobs
+        if not (out / "summary.json").is_file()
+    ]
+    _run_all(_evaluate_run, todo, workers)
+    return [_summary_row(out) for *_, out in jobs]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
