@@ -23,12 +23,15 @@ from latentlab.training import fit
 from tests.conftest import REPO
 
 TINY_COT = REPO / "paper_configs/tiny/coconut_arithmetic_cot.yaml"
-REASONING_YAMLS = sorted((REPO / "paper_configs/reasoning").glob("*.yaml"))
+REASONING_YAMLS = sorted(
+    p for p in (REPO / "paper_configs/reasoning").glob("*.yaml") if not p.name.endswith("_benchmarks.yaml")
+)
 TINY_TWINS = {
     "coconut_arithmetic_no_cot.yaml": "coconut_gsm8k_aug_gpt2_no_cot.yaml",
     "coconut_arithmetic_cot.yaml": "coconut_gsm8k_aug_gpt2_cot.yaml",
     "coconut_arithmetic.yaml": "coconut_gsm8k_aug_gpt2.yaml",
     "atp_latent_arithmetic.yaml": "atp_latent_gsm8k_aug_llama1b.yaml",
+    "latent_sft_arithmetic.yaml": "latent_sft_gsm8k_aug_llama1b.yaml",
 }
 TINY_REASONER = {"tiny": {"arch": "gpt2", "layers": 2, "hidden": 32, "heads": 2}}
 TINY_CVAE = {
@@ -142,7 +145,10 @@ def test_paper_configs_follow_the_references():
     assert coconut.reasoning.data.batch_size * coconut.trainer.accumulate_grad_batches == 128
     resumed_epochs = coconut.reasoning.start_stage * coconut.reasoning.curriculum.epochs_per_stage
     assert resumed_epochs + coconut.trainer.max_epochs == 25  # Coconut's run resumes its CoT run at epoch 3 of 25
-    assert {c.reasoning.method for c in configs.values()} == {"no_cot", "cot", "coconut", "atp_latent"}
+    assert {c.reasoning.method for c in configs.values()} == {"no_cot", "cot", "coconut", "atp_latent", "latent_sft"}
+    latent_sft = configs["latent_sft_gsm8k_aug_llama1b"]  # Latent-GRPO's start: top-10 superpositions until <eot>
+    assert latent_sft.reasoning.reasoner == "meta-llama/Llama-3.2-1B-Instruct"
+    assert latent_sft.reasoning.latent_sft.topk == 10 and latent_sft.reasoning.curriculum.supervise_eot
     atp = configs["atp_latent_gsm8k_aug_llama1b"]
     assert atp.reasoning.reasoner == "meta-llama/Llama-3.2-1B-Instruct" and atp.reasoning.cvae.thoughts_per_step == 2
     gsm8k = configs.pop("cot_gsm8k_qwen1.5b")  # the SFT start of the GSM8K GRPO config: GSM8K's own solutions

@@ -102,8 +102,9 @@ class ReasoningExperimentConfig(ExperimentConfig):
             )
 
 
-RL_METHODS = ("cot", "no_cot")
-"""Reasoning methods whose completions are discrete tokens, which GRPO on language tokens trains."""
+RL_METHODS = ("cot", "no_cot", "latent_sft")
+"""Reasoning methods latent_rl trains: cot / no_cot (GRPO on language tokens) and latent_sft (Latent-GRPO: Gumbel
+thoughts, then language tokens)."""
 
 
 @dataclass
@@ -136,7 +137,15 @@ class RLExperimentConfig(ExperimentConfig):
             fail(
                 "reasoning.method",
                 f"{self.reasoning.method!r} feeds continuous thoughts; GRPO on discrete tokens needs one of "
-                f"{', '.join(RL_METHODS)} (latent rollouts are not wired into latent_rl yet)",
+                f"{', '.join(RL_METHODS)}",
+            )
+        latent = self.reasoning.method == "latent_sft"
+        if not latent and "no_exit" in self.advantage.invalid_samples:
+            fail("advantage.invalid_samples", f"no_exit needs latent thoughts; method is {self.reasoning.method!r}")
+        if latent and self.policy_loss.uses_topk:
+            fail(
+                "policy_loss.divergence",
+                "top-K divergences read a token distribution at every position; latent thoughts have none",
             )
         if self.policy_loss.kl_beta > 0 and not self.rl.reference:
             fail(

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from latentlab.configs.common import EvalConfig, FieldError
+from latentlab.configs.common import require as _require
 from latentlab.errors import ConfigError
 
 CurriculumMode = Literal["coconut", "cot", "no_cot", "no_thoughts"]
@@ -39,6 +40,10 @@ class CurriculumConfig:
     no_thoughts: steps removed by stage but no thoughts and no markers (Coconut's "w/o thought" ablation)."""
     uniform_prob: float = 0.0
     """Probability that a training sample's stage is drawn uniformly from 0..S instead of the scheduled one."""
+    supervise_eot: bool | None = None
+    """Put loss on ``<eot>`` (predicted by the last thought's output), so the reasoner learns when to stop thinking;
+    null = the method's rule (on for latent_sft, which leaves latent mode when it predicts ``<eot>``; off for the
+    others, as Coconut, whose thought count is fixed)."""
 
     def __post_init__(self) -> None:
         if self.thoughts_per_step < 0:
@@ -147,14 +152,88 @@ METHOD_MODES: dict[str, tuple[str, ...]] = {
     "cot": ("cot",),
     "coconut": ("coconut", "no_thoughts"),
     "atp_latent": ("coconut",),
+    "latent_sft": ("coconut",),
 }
+
+
+@dataclass(frozen=True)
+class GumbelThoughtsConfig:
+    """How a latent_sft reasoner's thoughts are sampled: Latent-GRPO's Gumbel thoughts, in RL rollouts and in sampled
+    evaluation answers (sampling.temperature > 0; greedy answers feed the un-noised mixture).
+
+    At each latent slot: log p = log_softmax(logits) (T = 1); the top-p nucleus, at least K = latent_sft.topk tokens;
+    g ~ Gumbel(0, 1) clamped to [clamp_low, clamp_high] (one-sided: then shifted by -clamp_low, so g >= 0) times
+    noise_scale; the top-K of y = log p + g are mixed with softmax(y / gumbel_temperature). The exit (argmax of the
+    un-noised logits is <eot>) carries no noise. The training log-density is the mean standard-Gumbel log-density of
+    the recovered noise d = y - log p over the K ids (latentlab.reasoning.latent_sft).
+    """
+
+    noise: Literal["one_sided", "two_sided"] = "one_sided"
+    """one_sided: shift the clamped noise to be >= 0, so every mixed candidate's gradient has the advantage's sign
+    (Latent-GRPO); two_sided: the plain clamped Gumbel (the ablation)."""
+    clamp_low: float = -1.5
+    """Lower clamp of the Gumbel noise (Latent-GRPO: -1.5)."""
+    clamp_high: float = 3.0
+    """Upper clamp of the Gumbel noise (Latent-GRPO: 3)."""
+    noise_scale: float = 1.0
+    """Multiplies the (shifted) noise (Latent-GRPO: 1)."""
+    gumbel_temperature: float = 1.0
+    """tau_g of the mixture weights softmax(y / tau_g) (Latent-GRPO: 1)."""
+    top_p: float = 0.95
+    """Nucleus of log p before the noise, never fewer than K tokens (Latent-GRPO: 0.95; 1 = off)."""
+    flip_negative: bool = True
+    """RL updates only: Latent-GRPO's sign-preserving flip: for A <= 0 and a recovered noise d < 0 the value is kept but the gradient
+    is taken at -d, bounding its size (1 - e^-|d| instead of e^|d| - 1)."""
+
+    def __post_init__(self) -> None:
+        _require(self.noise in ("one_sided", "two_sided"), "noise", f"must be one_sided or two_sided, got {self.noise}")
+        _require(
+            self.clamp_low < 0 < self.clamp_high,
+            "clamp_low",
+            f"need clamp_low < 0 < clamp_high, got {self.clamp_low}, {self.clamp_high}",
+        )
+        _require(self.noise_scale > 0, "noise_scale", f"must be > 0, got {self.noise_scale}")
+        _require(self.gumbel_temperature > 0, "gumbel_temperature", f"must be > 0, got {self.gumbel_temperature}")
+        _require(0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p}")
+
+
+@dataclass(frozen=True)
+class LatentSFTConfig:
+    """Latent-SFT thoughts (method latent_sft): each thought is a superposition of vocabulary embeddings."""
+
+    topk: int = 10
+    """K: the thought fed after a hidden state h is sum_i softmax(top-K logits of h)_i * E[id_i] over the input
+    embeddings E (Latent-SFT's ``topk_interpolation`` and Latent-GRPO's ``max_topk``: 10)."""
+    max_latents: int | None = None
+    """Thought slots at inference and in rollouts: thinking ends at the first slot whose preceding hidden state's
+    argmax is ``<eot>``, or here; null = 2 x the training maximum (2 * max_latent_stage * thoughts_per_step), so a
+    chain that never predicts ``<eot>`` is seen as such (Latent-GRPO's 'never left latent mode')."""
+    gumbel: GumbelThoughtsConfig = field(default_factory=GumbelThoughtsConfig)
+    """Gumbel thoughts of RL rollouts (Latent-GRPO) and of sampled evaluation answers."""
+
+    def __post_init__(self) -> None:
+        if self.topk < 1:
+            raise FieldError("topk", f"must be >= 1, got {self.topk}")
+        if self.max_latents is not None and self.max_latents < 1:
+            raise FieldError("max_latents", f"must be >= 1 or null, got {self.max_latents}")
 
 
 @dataclass
 class ReasoningDataConfig:
     """Where the reasoning examples ({id, question, steps, answer}) come from."""
 
-    source: Literal["arithmetic", "prosqa_like", "jsonl", "gsm8k", "gsm8k_aug", "prosqa", "prontoqa"] = "arithmetic"
+    source: Literal[
+        "arithmetic",
+        "prosqa_like",
+        "jsonl",
+        "gsm8k",
+        "gsm8k_aug",
+        "prosqa",
+        "prontoqa",
+        "gsm_hard",
+        "svamp",
+        "multiarith",
+    ] = "arithmetic"
     """A seeded synthetic task (arithmetic, prosqa_like), latentlab JSONL, or an official format (converted on load)."""
     train: str | None = None
     """Training file (non-synthetic sources); relative paths resolve against the project root."""
@@ -216,8 +295,9 @@ class ReasoningDataConfig:
 class ReasoningConfig:
     """What `latentlab fit` trains when `task: latent_cot`."""
 
-    method: Literal["no_cot", "cot", "coconut", "atp_latent"] = "coconut"
-    """no_cot (answer only), cot (language steps), coconut (continuous thoughts), atp_latent (CVAE thoughts).
+    method: Literal["no_cot", "cot", "coconut", "atp_latent", "latent_sft"] = "coconut"
+    """no_cot (answer only), cot (language steps), coconut (continuous thoughts), atp_latent (CVAE thoughts),
+    latent_sft (thoughts that are superpositions of the top-K vocabulary embeddings, fed until ``<eot>``).
     It sets `curriculum.mode` (leave that key unset; coconut also accepts no_thoughts, the w/o-thought ablation)."""
     reasoner: dict | str = field(default_factory=lambda: {"tiny": {"arch": "gpt2", "layers": 4, "hidden": 128}})
     """Model spec of the reasoner (see BackboneConfig.model): a hub id such as openai-community/gpt2, a local
@@ -243,6 +323,8 @@ class ReasoningConfig:
     cvae: CVAEConfig = field(default_factory=CVAEConfig)
     """ATP-Latent conditional VAE over latent steps (method atp_latent); cvae.thoughts_per_step must equal
     curriculum.thoughts_per_step."""
+    latent_sft: LatentSFTConfig = field(default_factory=LatentSFTConfig)
+    """Latent-SFT thoughts (method latent_sft)."""
     elbo_weight: float = 1.0
     """atp_latent: weight of the step ELBO (reconstruction + beta * KL, mean over steps) added to the answer CE."""
     data: ReasoningDataConfig = field(default_factory=ReasoningDataConfig)
@@ -260,6 +342,20 @@ class ReasoningConfig:
                     f"(allowed: {', '.join(allowed)}); remove curriculum.mode, the method sets it"
                 )
             self.curriculum = dataclasses.replace(self.curriculum, mode=allowed[0])
+        if self.curriculum.supervise_eot is None:
+            self.curriculum = dataclasses.replace(self.curriculum, supervise_eot=self.method == "latent_sft")
+        elif self.method == "latent_sft" and not self.curriculum.supervise_eot:
+            raise ConfigError(
+                "key 'curriculum.supervise_eot': latent_sft leaves latent mode when the reasoner predicts <eot>, so "
+                "<eot> must be supervised; remove the key (or set it to true)"
+            )
+        if self.method != "latent_sft" and self.latent_sft != LatentSFTConfig():
+            raise ConfigError(
+                f"section 'latent_sft' is set but method is {self.method!r}; only method latent_sft reads it (remove "
+                "the section or set method: latent_sft)"
+            )
+        if self.method == "latent_sft" and self.curriculum.thoughts_per_step < 1:
+            raise FieldError("curriculum.thoughts_per_step", "latent_sft needs at least 1 thought per step")
         if self.method == "atp_latent" and self.cvae.thoughts_per_step != self.curriculum.thoughts_per_step:
             raise ConfigError(
                 f"key 'cvae.thoughts_per_step': {self.cvae.thoughts_per_step} differs from "
@@ -286,7 +382,13 @@ class ReasoningConfig:
     @property
     def latent(self) -> bool:
         """Whether the method feeds continuous thoughts."""
-        return self.method in ("coconut", "atp_latent")
+        return self.method in ("coconut", "atp_latent", "latent_sft")
+
+    @property
+    def max_latents(self) -> int:
+        """latent_sft: the thought slots of an inference chain (``latent_sft.max_latents`` or its default)."""
+        c = self.curriculum
+        return self.latent_sft.max_latents or 2 * c.max_latent_stage * c.thoughts_per_step
 
     def stage_at_epoch(self, epoch: int) -> int:
         """The curriculum stage trained at 0-based ``epoch`` (``start_stage`` shifts the schedule; cot/no_cot: 0)."""

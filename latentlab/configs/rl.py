@@ -11,6 +11,9 @@ from typing import Literal
 
 from latentlab.configs.common import Precision, require
 
+INVALID_REASONS = ("unparsable", "truncated", "no_exit")
+"""What can make a rollout invalid (``advantage.invalid_samples``)."""
+
 DEFAULT_TOPK_LOGPROBS = 20
 """K of mu's top-K list for DPPO's top-K divergences when ``policy_loss.topk_logprobs`` is null (vLLM's logprobs=20)."""
 
@@ -115,6 +118,15 @@ class AdvantageConfig:
     max_draws: int = 4
     """Dynamic sampling: at most this many generation batches per training batch (then train on what there is: a
     short batch takes fewer optimizer steps, an empty one none)."""
+    invalid_samples: list[str] = field(default_factory=lambda: ["unparsable"])
+    """Which rollouts are invalid, get A = 0 and are left out of their group's mean and std (Latent-GRPO's
+    invalid-sample advantage masking): unparsable (no answer after the marker, or any reward returned None),
+    truncated (no EOS within sampling.max_new_tokens), no_exit (a latent chain that never predicted <eot>). An empty
+    list masks nothing: every rollout counts, an unparsable one with reward 0."""
+    first_token_selection: bool = False
+    """Latent-GRPO's correct-path first-token selection: in a group with positive advantages, only the positive rollout
+    with the highest length-normalised old log-prob keeps the advantage of its first position (its first latent);
+    every other rollout of the group, negatives included, gets 0 there."""
 
     def __post_init__(self) -> None:
         require(
@@ -124,6 +136,12 @@ class AdvantageConfig:
         )
         require(self.eps >= 0, "eps", f"must be >= 0, got {self.eps}")
         require(self.max_draws >= 1, "max_draws", f"must be >= 1, got {self.max_draws}")
+        unknown = [reason for reason in self.invalid_samples if reason not in INVALID_REASONS]
+        require(
+            not unknown and len(set(self.invalid_samples)) == len(self.invalid_samples),
+            "invalid_samples",
+            f"expected distinct names among {', '.join(INVALID_REASONS)}, got {self.invalid_samples}",
+        )
 
 
 @dataclass

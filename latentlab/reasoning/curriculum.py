@@ -87,7 +87,8 @@ class CoTLayout:
 
     ``prefix_ids`` ends with ``<bot>`` when the mode has markers; ``suffix_ids`` then starts with ``<eot>``.
     ``suffix_labels`` is aligned with ``suffix_ids``: the token itself where it is supervised, else ``IGNORE_INDEX``.
-    The question, ``<bot>``, the thoughts and ``<eot>`` never carry loss.
+    The question, ``<bot>`` and the thoughts never carry loss; ``<eot>`` does only with ``supervise_eot``
+    (latent_sft: the last thought's output learns to end thinking).
     """
 
     prefix_ids: list[int]
@@ -173,7 +174,7 @@ def build_layout(
         prefix_ids=question_prompt_ids(example.question, vocab, fmt, markers),
         n_thoughts=n_thoughts_for(len(example.steps), stage, config),
         suffix_ids=head + language_ids,
-        suffix_labels=[IGNORE_INDEX] * len(head) + language_ids,
+        suffix_labels=(head if config.supervise_eot else [IGNORE_INDEX] * len(head)) + language_ids,
         language_text="".join(step_texts) + answer_text,
         n_latent_steps=removed,
     )

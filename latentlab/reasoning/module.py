@@ -1,4 +1,4 @@
-"""LatentCoTModule: the LightningModule of `task: latent_cot` (no-CoT, CoT, Coconut and ATP-Latent SFT).
+"""LatentCoTModule: the LightningModule of `task: latent_cot` (no-CoT, CoT, Coconut, ATP-Latent SFT, Latent-SFT).
 
 It wires the pieces together: layouts come from curriculum.py, the chained forward from thoughts.py, the ELBO from
 cvae.py; generation for validation and evaluation is one code path for every method (``generate_answers``).
@@ -23,6 +23,7 @@ from latentlab.optim import TRAIN_STREAM, VAL_STREAM, adamw_warmup_cosine, deriv
 from latentlab.reasoning.curriculum import DEFAULT_FORMAT, CoTTextFormat, LayoutVocab, build_prompt, extract_answer
 from latentlab.reasoning.cvae import LatentStepCVAE, LatentTrace, beta_schedule, elbo_loss, stop_loss, stop_targets
 from latentlab.reasoning.data import CoTBatch
+from latentlab.reasoning.latent_sft import GumbelMixturePolicy, VocabMixtureThoughts
 from latentlab.reasoning.thoughts import ThoughtFn, add_thought_tokens, generate_from_ids, thought_forward
 from latentlab.weights import check_state_dict, load_lightning_checkpoint, strip_prefixes
 
@@ -158,7 +159,8 @@ class LatentCoTModule(L.LightningModule):
         r = self.config.reasoning
         losses: dict[str, Tensor] = {}
         if self.cvae is None or batch.thoughts.n_thoughts == 0:
-            out = thought_forward(self.reasoner, batch.thoughts)
+            thought_fn = self.mixture_thoughts().thought_fn if r.method == "latent_sft" else None
+            out = thought_forward(self.reasoner, batch.thoughts, thought_fn=thought_fn)
             losses["answer_ce"] = out.loss
             losses["loss"] = out.loss
             return losses
@@ -180,6 +182,26 @@ class LatentCoTModule(L.LightningModule):
             losses["loss"] = losses["loss"] + r.cvae.stop_weight * losses["stop"]
         return losses
 
+    def mixture_thoughts(self) -> VocabMixtureThoughts:
+        """latent_sft: the top-K vocabulary-superposition thought and its ``<eot>`` exit, on this reasoner."""
+        return VocabMixtureThoughts(self.reasoner, self.config.reasoning.latent_sft.topk, self.thought_tokens.eot_id)
+
+    def gumbel_thoughts(self, model: nn.Module | None = None) -> GumbelMixturePolicy:
+        """latent_sft: the Gumbel thought policy (``reasoning.latent_sft.gumbel``) on ``model`` (default: this
+        reasoner), which RL rollouts and sampled answers draw their thoughts from."""
+        r = self.config.reasoning
+        model = self.reasoner if model is None else model
+        return GumbelMixturePolicy(model, r.latent_sft.topk, self.thought_tokens.eot_id, r.latent_sft.gumbel)
+
+    def prompts_at(self, questions: Sequence[str], stage: int) -> list[tuple[list[int], int]]:
+        """(prefix ids, thought slots) of each question at ``stage``; latent_sft gets its whole budget of slots
+        (``reasoning.max_latents``), since its chain ends where the reasoner predicts ``<eot>``."""
+        r = self.config.reasoning
+        prompts = [build_prompt(q, stage, r.curriculum, self.vocab, self.fmt) for q in questions]
+        if r.method == "latent_sft":
+            prompts = [(ids, r.max_latents if n else 0) for ids, n in prompts]
+        return prompts
+
     # ----------------------------------------------------------------- generation (validation and evaluation)
 
     def generate_answers(
@@ -199,11 +221,19 @@ class LatentCoTModule(L.LightningModule):
         Greedy by default; ``temperature > 0`` samples tokens (Gumbel-max; ``top_k`` / ``top_p`` filter them as the RL
         rollouts do, 0 / 1 = off), ``thought_noise > 0`` perturbs each thought,
         ``shuffle_thoughts`` feeds each question the next question's thoughts (``shuffled_thoughts``).
-        cot/no_cot run the same path with no thoughts and no markers. atp_latent feeds the CVAE's z (see cvae.py).
+        cot/no_cot run the same path with no thoughts and no markers. atp_latent feeds the CVAE's z (see cvae.py);
+        latent_sft feeds vocabulary superpositions until the reasoner predicts ``<eot>`` (see latent_sft.py); with
+        ``temperature > 0`` they are Gumbel-perturbed (``reasoning.latent_sft.gumbel``), as in Latent-GRPO's rollouts.
         """
         r = self.config.reasoning
-        prompts = [build_prompt(q, stage, r.curriculum, self.vocab, self.fmt) for q in questions]
+        prompts = self.prompts_at(questions, stage)
         thought_fn, trace, stop_fn = None, None, None
+        if r.method == "latent_sft" and temperature > 0:  # sampled answers: Gumbel thoughts, as the RL rollouts
+            policy = self.gumbel_thoughts()
+            thought_fn, stop_fn = (lambda index, hidden: policy.draw(index, hidden, generator).fed), policy.stop_fn
+        elif r.method == "latent_sft":
+            hooks = self.mixture_thoughts()
+            thought_fn, stop_fn = hooks.thought_fn, hooks.stop_fn
         if self.cvae is not None:
             thought_fn, trace = self.cvae.inference_hook(generator)
             if self.cvae.stop is not None:

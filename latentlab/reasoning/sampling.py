@@ -48,10 +48,15 @@ def sampling_logits(logits: Tensor, temperature: float = 1.0, top_k: int = 0, to
     return filter_logits(logits.float() / temperature, top_k, top_p)
 
 
+def gumbel_noise(shape: tuple[int, ...] | torch.Size, generator: torch.Generator | None, device=None) -> Tensor:
+    """Standard Gumbel(0, 1) draws, float32: -log(-log(u)) with u ~ U(1e-10, 1)."""
+    uniform = torch.rand(shape, generator=generator, device=device).clamp_(1e-10, 1.0)
+    return -torch.log(-torch.log(uniform))
+
+
 def gumbel_max(scores: Tensor, generator: torch.Generator | None) -> Tensor:
     """A sample of softmax(scores) per row: argmax of scores + Gumbel noise (``-inf`` entries are never drawn)."""
-    uniform = torch.rand(scores.shape, generator=generator, device=scores.device).clamp_(1e-10, 1.0)
-    return (scores - torch.log(-torch.log(uniform))).argmax(dim=-1)
+    return (scores + gumbel_noise(scores.shape, generator, scores.device)).argmax(dim=-1)
 
 
 def next_token(

@@ -488,13 +488,32 @@ def rollout_batch(
     """
     if result.generated_ids is None or result.token_mask is None or result.thought_mask is None:
         raise ConfigError("rollout_batch needs a GenerationResult from generate_from_ids (its tensors are missing)")
-    batch, _ = result.generated_ids.shape
-    if len(prefix_ids) != batch:
-        raise ConfigError(f"{len(prefix_ids)} prefixes for a rollout of {batch} rows")
-    device = result.generated_ids.device
-    mask = result.token_mask.long()
-    ids = result.generated_ids.masked_fill(~result.token_mask, pad_id)
-    labels = result.generated_ids.masked_fill(~result.token_mask, IGNORE_INDEX)
+    return completion_batch(
+        prefix_ids, result.generated_ids, result.token_mask, result.thought_mask, eot_id=eot_id, pad_id=pad_id
+    )
+
+
+def completion_batch(
+    prefix_ids: Sequence[Sequence[int]],
+    generated_ids: Tensor,
+    token_mask: Tensor,
+    thought_mask: Tensor,
+    eot_id: int | None,
+    pad_id: int = 0,
+) -> ThoughtBatch:
+    """``rollout_batch`` from the tensors themselves: generated_ids [B, T], token_mask [B, T] bool, thought_mask
+    [B, n] (the slots each row used)."""
+    batch, _ = generated_ids.shape
+    if len(prefix_ids) != batch or thought_mask.shape[0] != batch or token_mask.shape != generated_ids.shape:
+        raise ConfigError(
+            f"{len(prefix_ids)} prefixes, thought mask {tuple(thought_mask.shape)} and token mask "
+            f"{tuple(token_mask.shape)} for a rollout of {tuple(generated_ids.shape)} tokens"
+        )
+    token_mask = token_mask.bool()
+    device = generated_ids.device
+    mask = token_mask.long()
+    ids = generated_ids.masked_fill(~token_mask, pad_id)
+    labels = generated_ids.masked_fill(~token_mask, IGNORE_INDEX)
     if eot_id is not None:
         column = torch.ones(batch, 1, dtype=torch.long, device=device)
         ids = torch.cat([column * eot_id, ids], dim=1)
@@ -503,7 +522,7 @@ def rollout_batch(
     return ThoughtBatch(
         prefix_ids=_pad(prefix_ids, pad_id, left=True).to(device),
         prefix_mask=_pad([[1] * len(p) for p in prefix_ids], 0, left=True).to(device),
-        thought_mask=result.thought_mask.long(),
+        thought_mask=thought_mask.long().to(device),
         suffix_ids=ids,
         suffix_mask=mask,
         suffix_labels=labels,

@@ -21,6 +21,7 @@ __all__ = [
     "FillInfo",
     "GenerationBatch",
     "fill_batch",
+    "first_token_selection",
     "group_advantages",
     "group_view",
     "keep_informative_groups",
@@ -225,3 +226,39 @@ def fill_batch(
         full=len(payload_kept) >= want_groups,
     )
     return filled, info
+
+
+def first_token_selection(advantages: Tensor, old_logp: Tensor, mask: Tensor, group_size: int) -> Tensor:
+    """Latent-GRPO's correct-path first-token selection: per-position advantages [N, L] from per-row ones [N].
+
+    advantages: [N] prompt-major; old_logp, mask: [N, L] (pi_old over each row's positions, the thought slots first).
+    In every group with a positive advantage, the winner is the positive row with the highest length-normalised old
+    log-prob (sum_t M old_logp / sum_t M; ties go to the lower row index); every other row of the group, negative
+    ones included (the reference's rule), gets advantage 0 at its first position (its first latent, or its first
+    token when it has no latent). A group without a positive row is unchanged. Rows keep their advantage elsewhere.
+    So only one correct path's first latent is reinforced, instead of the average of several ("latent mixture
+    non-closure": a mixture of the first latents of different correct chains need not start any chain).
+    """
+    n, length = old_logp.shape
+    if advantages.shape != (n,) or mask.shape != old_logp.shape:
+        raise DataError(
+            f"first_token_selection needs advantages [N] and old_logp, mask [N, L]; got {tuple(advantages.shape)}, "
+            f"{tuple(old_logp.shape)}, {tuple(mask.shape)}"
+        )
+    if n % group_size:
+        raise DataError(f"{n} rows is not a whole number of groups of {group_size}")
+    m = mask.to(dtype=torch.bool)
+    counts = m.sum(dim=1)
+    normalised = torch.where(m, old_logp.detach().double(), 0.0).sum(dim=1) / counts.clamp(min=1)
+    positive = advantages > 0
+    candidates = group_view(torch.where(positive, normalised, -torch.inf), group_size)  # [P, G]
+    winners = candidates.argmax(dim=1)  # the first maximum: ties go to the lower index
+    has_positive = group_view(positive, group_size).any(dim=1)
+    is_winner = torch.zeros_like(candidates, dtype=torch.bool)
+    is_winner[torch.arange(candidates.shape[0]), winners] = True
+    zero_first = rearrange(has_positive[:, None] & ~is_winner, "p g -> (p g)") & (counts > 0)
+    first = m.long().argmax(dim=1)  # the first active position of each row
+    per_position = advantages[:, None].expand(n, length).clone()
+    rows = torch.nonzero(zero_first).squeeze(-1)
+    per_position[rows, first[rows]] = 0.0
+    return per_position

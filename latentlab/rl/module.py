@@ -42,16 +42,18 @@ from latentlab.configs import ExperimentConfig
 from latentlab.eval.metrics import answers_match
 from latentlab.io import write_jsonl
 from latentlab.optim import TRAIN_STREAM, VAL_STREAM, adamw_warmup_cosine, derive_seed
-from latentlab.reasoning.curriculum import build_prompt
+from latentlab.reasoning.latent_sft import GumbelMixturePolicy
 from latentlab.reasoning.module import LatentCoTModule
-from latentlab.rl.advantages import FillInfo, GenerationBatch, fill_batch, group_advantages
+from latentlab.rl.advantages import FillInfo, GenerationBatch, fill_batch, first_token_selection, group_advantages
 from latentlab.rl.policy_loss import check_policy_loss_config, policy_loss
 from latentlab.rl.rewards import REWARDS, Scores, score
 from latentlab.rl.rollout import (
     Recomputed,
     Rollouts,
     concat_rollouts,
+    latent_rollout,
     mismatch,
+    recompute_latent,
     recompute_with_topk,
     rollout,
     select_rows,
@@ -115,6 +117,12 @@ class GRPOModule(L.LightningModule):
         """Training batches rolled out so far (saved in checkpoints; sets the completion-log cadence)."""
         self.topk_logprobs = config.policy_loss.topk
         """K of mu's top-K list the rollouts record for DPPO's top-K divergences; 0 = none (every other loss)."""
+        self.latent = config.reasoning.method == "latent_sft"
+        """Latent-GRPO: rollouts draw Gumbel thoughts (``thought_policy``) before the language tokens."""
+
+    def thought_policy(self, model: torch.nn.Module) -> GumbelMixturePolicy:
+        """Latent-GRPO's thought policy on ``model`` (the policy's reasoner, or the frozen reference)."""
+        return self.policy.gumbel_thoughts(model)
 
     # ----------------------------------------------------------------- weights
 
@@ -149,14 +157,30 @@ class GRPOModule(L.LightningModule):
     # ----------------------------------------------------------------- rollouts
 
     def prompt_ids(self, questions: list[str]) -> list[list[int]]:
-        """The questions as the SFT reasoner saw them at stage 0 (cot / no_cot: no thoughts, no markers)."""
-        p = self.policy
-        return [build_prompt(q, 0, self.config.reasoning.curriculum, p.vocab, p.fmt)[0] for q in questions]
+        """The questions as the SFT reasoner answers them: at stage 0 for cot / no_cot (no thoughts, no markers),
+        ending in ``<bot>`` for latent_sft (its thoughts follow)."""
+        return [ids for ids, _ in self.policy.prompts_at(questions, self.config.reasoning.final_stage)]
 
     def _recompute(
-        self, model: torch.nn.Module, rollouts: Rollouts, prompts, precision: str, with_topk: bool = False
+        self,
+        model: torch.nn.Module,
+        rollouts: Rollouts,
+        prompts,
+        precision: str,
+        with_topk: bool = False,
+        flip: Tensor | None = None,
     ) -> Recomputed:
-        """log pi of the chosen tokens and, ``with_topk``, at the rollout's top-K ids (one forward for both)."""
+        """log pi of the chosen tokens and, ``with_topk``, at the rollout's top-K ids (one forward for both).
+
+        Latent rollouts: [N, n + T], the thoughts' log-densities (slots first, 0 where unused) then the tokens';
+        ``flip`` [N] marks the rows with A <= 0 (the thought policy's sign-preserving flip).
+        """
+        if rollouts.thoughts is not None:
+            with autocast(self.device, precision):
+                out = recompute_latent(
+                    model, self.thought_policy(model), rollouts, prompts, self.config.sampling.temperature, flip
+                )
+            return Recomputed(torch.cat([out.thought_logp, out.token_logp], dim=1).float(), None)
         topk_ids = rollouts.top_ids if with_topk else None
         with autocast(self.device, precision):
             out = recompute_with_topk(model, rollouts, prompts, self.config.sampling.temperature, topk_ids=topk_ids)
@@ -177,24 +201,34 @@ class GRPOModule(L.LightningModule):
         """Roll out and score one chunk of ``questions`` (one draw of dynamic sampling), detached."""
         cfg, G = self.config, self.config.advantage.group_size
         prompts = self.prompt_ids(questions)
+        sampling = {
+            "max_new_tokens": cfg.sampling.max_new_tokens,
+            "eos_id": self.policy.vocab.eos_id,
+            "pad_id": self.policy.pad_id,
+            "temperature": cfg.sampling.temperature,
+            "top_k": cfg.sampling.top_k,
+            "top_p": cfg.sampling.top_p,
+            "generator": generator,
+        }
         with torch.no_grad(), autocast(self.device, cfg.rl.rollout_precision):
-            rolled = rollout(
-                self.policy.reasoner,
-                prompts,
-                G,
-                max_new_tokens=cfg.sampling.max_new_tokens,
-                eos_id=self.policy.vocab.eos_id,
-                pad_id=self.policy.pad_id,
-                temperature=cfg.sampling.temperature,
-                top_k=cfg.sampling.top_k,
-                top_p=cfg.sampling.top_p,
-                generator=generator,
-                top_k_logprobs=self.topk_logprobs,
-            )
+            if self.latent:
+                reasoner = self.policy.reasoner
+                rolled = latent_rollout(
+                    reasoner,
+                    prompts,
+                    G,
+                    self.thought_policy(reasoner),
+                    n_slots=cfg.reasoning.max_latents,
+                    eot_id=self.policy.thought_tokens.eot_id,
+                    **sampling,
+                )
+            else:
+                rolled = rollout(self.policy.reasoner, prompts, G, top_k_logprobs=self.topk_logprobs, **sampling)
         texts = self.policy.tokenizer.batch_decode(rolled.token_ids, skip_special_tokens=True)
         row_questions = [q for q in questions for _ in range(G)]
         golds = [str(a) for a in answers for _ in range(G)]
         scores = score(row_questions, texts, cfg.reward, answer=golds, completion_lengths=rolled.completion_lengths)
+        scores = scores._replace(valid=self._valid(scores.valid, rolled))
         return {
             "rollouts": rolled,
             "prompts": prompts,
@@ -203,6 +237,25 @@ class GRPOModule(L.LightningModule):
             "texts": texts,
             "scores": scores,
         }
+
+    def _valid(self, scorable: Tensor, rolled: Rollouts) -> Tensor:
+        """Which rollouts count in their group (``advantage.invalid_samples``); the others get A = 0."""
+        reasons = self.config.advantage.invalid_samples
+        valid = scorable.clone() if "unparsable" in reasons else torch.ones_like(scorable)
+        if "truncated" in reasons:
+            valid &= ~rolled.truncated.cpu()
+        if "no_exit" in reasons and rolled.exited is not None:
+            valid &= rolled.exited.cpu()
+        return valid
+
+    def _sequence(self, rolled: Rollouts) -> tuple[Tensor, Tensor]:
+        """(mu, mask) [N, L] of the actions the loss sees: the thought slots first (latent rollouts), then tokens."""
+        mu, mask = rolled.tempered_logprobs.to(self.device), rolled.mask.to(self.device)
+        if rolled.thoughts is None:
+            return mu, mask
+        used = rolled.thought_mask.to(self.device).bool()
+        mu_thoughts = torch.where(used, rolled.thoughts.logp.to(self.device).float(), 0.0)
+        return torch.cat([mu_thoughts, mu], dim=1), torch.cat([used, mask.bool()], dim=1)
 
     def _rollout(self, questions: list[str], answers: list[str]) -> tuple[dict[str, Any] | None, FillInfo]:
         """Roll out chunks of ``rl.prompts_per_step`` questions through ``fill_batch`` (dynamic sampling, or one draw
@@ -233,8 +286,12 @@ class GRPOModule(L.LightningModule):
             return None, info
         data = _keep_groups(draws, torch.tensor(filled.payload), G)
         scores, rolled, prompts = data["scores"], data["rollouts"], data["prompts"]
-        data["advantages"] = group_advantages(scores.total, cfg.advantage, scores.valid).to(self.device)
+        data["row_advantages"] = group_advantages(scores.total, cfg.advantage, scores.valid).to(self.device)
         data["old_logp"] = self._recompute_all(self.policy.reasoner, rolled, prompts, cfg.rl.train_precision)
+        data["advantages"] = data["row_advantages"]
+        if cfg.advantage.first_token_selection:
+            _, mask = self._sequence(rolled)
+            data["advantages"] = first_token_selection(data["row_advantages"], data["old_logp"], mask, G)
         data["ref_logp"] = None
         if self.reference is not None:
             data["ref_logp"] = self._recompute_all(self.reference, rolled, prompts, cfg.rl.train_precision)
@@ -287,8 +344,7 @@ class GRPOModule(L.LightningModule):
             self.rollout_steps += 1
             return
         rolled: Rollouts = data["rollouts"]
-        mask = rolled.mask.to(self.device)
-        mu = rolled.tempered_logprobs.to(self.device)
+        mu, mask = self._sequence(rolled)
         with_topk = self.topk_logprobs > 0
         mu_topk = rolled.top_logprobs.to(self.device) if with_topk else None
         stats: dict[str, list[float]] = {}
@@ -297,7 +353,10 @@ class GRPOModule(L.LightningModule):
                 rows_d = rows.to(self.device)
                 sub = select_rows(rolled, rows)
                 prompts = [data["prompts"][int(r) // rolled.group_size] for r in rows[:: rolled.group_size]]
-                logp, pi_topk = self._recompute(self.policy.reasoner, sub, prompts, cfg.rl.train_precision, with_topk)
+                flip = data["row_advantages"][rows_d] <= 0
+                logp, pi_topk = self._recompute(
+                    self.policy.reasoner, sub, prompts, cfg.rl.train_precision, with_topk, flip
+                )
                 ref = data["ref_logp"]
                 out = policy_loss(
                     logp,
@@ -348,6 +407,9 @@ class GRPOModule(L.LightningModule):
             "loss_scale": self.scaler.scale,
             "lr": float(self.optimizers().param_groups[0]["lr"]),
         }
+        if rolled.thoughts is not None:
+            logged["latent_tokens"] = float(rolled.thought_mask.float().sum(dim=1).mean())
+            logged["no_exit_fraction"] = float((~rolled.exited).float().mean())
         for name, values in stats.items():
             finite = [v for v in values if math.isfinite(v)]
             logged[name] = sum(finite) / len(finite) if finite else float("nan")
@@ -388,9 +450,10 @@ class GRPOModule(L.LightningModule):
                     "reward": float(scores.total[i]),
                     "rewards": {k: _finite_or_none(v[i]) for k, v in scores.per_reward.items()},
                     "valid": bool(scores.valid[i]),
-                    "advantage": float(data["advantages"][i]),
+                    "advantage": float(data["row_advantages"][i]),
                     "length": int(rolled.lengths[i]),
                     "truncated": bool(rolled.truncated[i]),
+                    **({} if rolled.thought_mask is None else {"latent_tokens": int(rolled.thought_mask[i].sum())}),
                 }
             )
         write_jsonl(path, records)
@@ -401,11 +464,13 @@ class GRPOModule(L.LightningModule):
         """Greedy val/accuracy on the first ``reasoning.val_generate_batches`` batches (at least one)."""
         if batch_idx >= max(1, self.config.reasoning.val_generate_batches):
             return
-        answers = self.policy.generate_answers(batch["questions"], 0)
+        answers = self.policy.generate_answers(batch["questions"], self.config.reasoning.final_stage)
         correct = [float(answers_match(p, g)) for p, g in zip(answers.predictions, batch["answers"])]
         n = len(batch["questions"])
         self.log("val/accuracy", sum(correct) / n, prog_bar=True, batch_size=n)
         self.log("val/language_tokens", sum(answers.n_language) / n, batch_size=n)
+        if self.latent:
+            self.log("val/latent_tokens", sum(answers.n_latent) / n, batch_size=n)
 
     def configure_optimizers(self) -> dict[str, Any]:
         return adamw_warmup_cosine(self.policy.parameters(), self.config.optim, self.total_optimizer_steps())

@@ -1,5 +1,6 @@
-"""Group rollouts for RL on language tokens: G samples per prompt in one batched KV-cached generation, the rollout
-log-probs mu they were drawn with, their teacher-forced recompute pi, and the mu/pi mismatch (spec §3, §5.1/§5.3).
+"""Group rollouts for RL: G samples per prompt in one batched KV-cached generation, the rollout log-probs mu they
+were drawn with, their teacher-forced recompute pi, and the mu/pi mismatch (spec §3, §5.1/§5.3). ``latent_rollout``
+adds recorded continuous thoughts before the language tokens (Latent-GRPO) and ``recompute_latent`` scores both.
 
 Rows are prompt-major, as ``latentlab.rl.advantages`` expects: rows ``p*G .. p*G + G - 1`` are the G samples of
 prompt p. T is ``max_new_tokens`` for every row; a row's positions after its first EOS are padding (mask False).
@@ -18,13 +19,26 @@ import torch
 from torch import Tensor, nn
 
 from latentlab.errors import ConfigError, DataError
-from latentlab.reasoning.thoughts import _causal_lm, _pad, check_sampling, filter_logits, generate_from_ids
+from latentlab.reasoning.replay import RecordedThoughts, ThoughtPolicy, recording_thoughts, replaying_thoughts
+from latentlab.reasoning.thoughts import (
+    _causal_lm,
+    _pad,
+    check_sampling,
+    completion_batch,
+    filter_logits,
+    generate_from_ids,
+    label_logprobs,
+    thought_forward,
+)
 
 __all__ = [
+    "LatentRecomputed",
     "Recomputed",
     "Rollouts",
     "concat_rollouts",
+    "latent_rollout",
     "mismatch",
+    "recompute_latent",
     "recompute_logprobs",
     "recompute_with_topk",
     "rollout",
@@ -63,6 +77,15 @@ class Rollouts:
     top_p: float
     eos_id: int
     pad_id: int
+    thoughts: RecordedThoughts | None = None
+    """Latent rollouts (``latent_rollout``): what the thought policy fed at each of the n slots, its log-densities
+    mu [N, n] and its record (every slot, masked ones too). None for rollouts of language tokens only."""
+    thought_mask: Tensor | None = None
+    """[N, n] long: 1 on the slots each row used (its chain ended where the policy's ``stop_fn`` said)."""
+    exited: Tensor | None = None
+    """[N] bool: the chain ended before its n slots ran out (``False``: it never left latent mode)."""
+    eot_id: int | None = None
+    """The id fed after the thoughts (``<eot>``) of a latent rollout."""
 
     @property
     def num_prompts(self) -> int:
@@ -147,6 +170,133 @@ def rollout(
         eos_id=eos_id,
         pad_id=pad_id,
     )
+
+
+@torch.no_grad()
+def latent_rollout(
+    model: nn.Module,
+    prompt_ids: Sequence[Sequence[int]],
+    group_size: int,
+    policy: ThoughtPolicy,
+    *,
+    n_slots: int,
+    eot_id: int,
+    max_new_tokens: int,
+    eos_id: int,
+    pad_id: int = 0,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    generator: torch.Generator | None = None,
+) -> Rollouts:
+    """G latent rollouts of every prompt (each ending in ``<bot>``): up to ``n_slots`` thoughts drawn by ``policy``
+    (recorded), ended where its ``stop_fn`` says, then ``eot_id``, then language tokens sampled as ``rollout`` does.
+
+    ``policy`` must have a ``stop_fn(index)`` (e.g. ``GumbelMixturePolicy``). The thought draws and the token draws
+    share ``generator``, so a seed gives the same rollouts. ``Rollouts.thoughts`` holds the record of every slot.
+    """
+    if group_size < 1 or n_slots < 1 or max_new_tokens < 1:
+        raise ConfigError(
+            f"latent_rollout needs group_size, n_slots and max_new_tokens >= 1, got {group_size}, {n_slots}, "
+            f"{max_new_tokens}"
+        )
+    check_sampling(temperature, top_k, top_p)
+    _check_prompts(prompt_ids)
+    thought_fn, recorder = recording_thoughts(policy, generator)
+    result = generate_from_ids(
+        model,
+        _repeat(prompt_ids, group_size),
+        n_slots,
+        max_new_tokens,
+        eos_id=eos_id,
+        eot_id=eot_id,
+        pad_id=pad_id,
+        thought_fn=thought_fn,
+        temperature=temperature,
+        generator=generator,
+        stop_fn=policy.stop_fn,
+        top_k=top_k,
+        top_p=top_p,
+    )
+    mask = result.token_mask
+    ended = ((result.generated_ids == eos_id) & mask).any(dim=1)
+    used = result.thought_mask.long()
+    return Rollouts(
+        completion_ids=result.generated_ids.masked_fill(~mask, pad_id),
+        token_ids=result.token_ids,
+        mask=mask,
+        lengths=mask.sum(dim=1),
+        truncated=~ended,
+        logprobs=result.chosen_logprobs,
+        tempered_logprobs=result.tempered_logprobs,
+        top_logprobs=None,
+        top_ids=None,
+        group_size=group_size,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        eos_id=eos_id,
+        pad_id=pad_id,
+        thoughts=recorder.recorded(),
+        thought_mask=used,
+        exited=used.sum(dim=1) < n_slots,
+        eot_id=eot_id,
+    )
+
+
+class LatentRecomputed(NamedTuple):
+    """What ``recompute_latent`` returns, both with gradients."""
+
+    thought_logp: Tensor
+    """[N, n] the policy's log-density of each recorded thought; 0 on the slots a row did not use."""
+    token_logp: Tensor
+    """[N, T] log pi of each completion token at the rollout's temperature (no top-k / top-p); 0 on padding."""
+
+
+def recompute_latent(
+    model: nn.Module,
+    policy: ThoughtPolicy,
+    rollouts: Rollouts,
+    prompt_ids: Sequence[Sequence[int]],
+    temperature: float,
+    flip: Tensor | None = None,
+) -> LatentRecomputed:
+    """One training forward over prompt, replayed thoughts, ``<eot>`` and completion (``thought_forward`` with
+    ``replaying_thoughts``): the thoughts are fed as recorded (detached), their log-densities and the tokens'
+    log-probs recomputed with gradients. ``flip`` [N] bool is passed to the policy as ``sample["flip"]`` (rows with
+    A <= 0, for Latent-GRPO's sign-preserving flip)."""
+    if rollouts.thoughts is None or rollouts.thought_mask is None:
+        raise ConfigError("recompute_latent needs the rollouts of latent_rollout (no thoughts were recorded)")
+    if temperature <= 0:
+        raise ConfigError(f"recompute_latent needs temperature > 0, got {temperature}")
+    _check_prompts(prompt_ids)
+    n = rollouts.completion_ids.shape[0]
+    if len(prompt_ids) * rollouts.group_size != n:
+        raise DataError(
+            f"{len(prompt_ids)} prompts x group_size {rollouts.group_size} != {n} rollout rows; pass the prompts the "
+            "rollout was generated from"
+        )
+    lm = _causal_lm(model)
+    device = lm.get_input_embeddings().weight.device
+    recorded = rollouts.thoughts
+    if flip is not None:
+        flags = flip.to(device=recorded.fed.device, dtype=torch.bool)[:, None].expand(-1, recorded.n_slots)
+        recorded = RecordedThoughts(recorded.fed, recorded.logp, {**recorded.sample, "flip": flags})
+    batch = completion_batch(
+        _repeat(prompt_ids, rollouts.group_size),
+        rollouts.completion_ids.to(device),
+        rollouts.mask.to(device),
+        rollouts.thought_mask.to(device),
+        eot_id=rollouts.eot_id,
+        pad_id=rollouts.pad_id,
+    )
+    thought_fn, trace = replaying_thoughts(policy, recorded)
+    out = thought_forward(model, batch, thought_fn=thought_fn)
+    offset = 0 if rollouts.eot_id is None else 1
+    token_logp = label_logprobs(lm.get_output_embeddings(), out.predictor_hidden, batch.suffix_labels, temperature)
+    used = batch.thought_mask.bool()
+    thought_logp = torch.where(used, trace.stacked().float(), 0.0)
+    return LatentRecomputed(thought_logp, token_logp[:, offset:].float())
 
 
 class Recomputed(NamedTuple):
@@ -249,16 +399,29 @@ def concat_rollouts(parts: Sequence[Rollouts]) -> Rollouts:
             )
         if (part.top_ids is None) != (first.top_ids is None):
             raise DataError(f"rollouts {index} and rollouts 0 disagree on whether top-K log-probs were recorded")
+        if (part.thoughts is None) != (first.thoughts is None) or (
+            part.thoughts is not None and part.thoughts.n_slots != first.thoughts.n_slots
+        ):
+            raise DataError(f"rollouts {index} and rollouts 0 differ in their thought slots")
 
     def cat(name: str) -> Tensor | None:
         values = [getattr(part, name) for part in parts]
         return None if values[0] is None else torch.cat(values)
 
     tensors = ("completion_ids", "mask", "lengths", "truncated", "logprobs", "tempered_logprobs")
+    thoughts = None
+    if first.thoughts is not None:
+        recorded = [part.thoughts for part in parts]
+        thoughts = RecordedThoughts(
+            fed=torch.cat([r.fed for r in recorded]),
+            logp=torch.cat([r.logp for r in recorded]),
+            sample={key: torch.cat([r.sample[key] for r in recorded]) for key in first.thoughts.sample},
+        )
     return dataclasses.replace(
         first,
-        **{name: cat(name) for name in (*tensors, "top_logprobs", "top_ids")},
+        **{name: cat(name) for name in (*tensors, "top_logprobs", "top_ids", "thought_mask", "exited")},
         token_ids=[row for part in parts for row in part.token_ids],
+        thoughts=thoughts,
     )
 
 
@@ -271,8 +434,9 @@ def select_rows(rolled: Rollouts, rows: Tensor) -> Rollouts:
     tensors = ("completion_ids", "mask", "lengths", "truncated", "logprobs", "tempered_logprobs", "top_logprobs")
     return dataclasses.replace(
         rolled,
-        **{name: take(getattr(rolled, name)) for name in (*tensors, "top_ids")},
+        **{name: take(getattr(rolled, name)) for name in (*tensors, "top_ids", "thought_mask", "exited")},
         token_ids=[rolled.token_ids[i] for i in rows.tolist()],
+        thoughts=None if rolled.thoughts is None else rolled.thoughts.rows(rows.to(rolled.thoughts.fed.device)),
     )
 
 

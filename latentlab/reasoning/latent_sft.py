@@ -1,0 +1,168 @@
+"""Latent-SFT thoughts: each thought is a superposition of K vocabulary embeddings, fed until ``<eot>``.
+
+After a hidden state h the reasoner's LM head gives logits over the vocabulary; the thought fed next is
+``sum_i softmax(top-K logits)_i * E[id_i]`` over the input-embedding matrix E (detached, as Latent-SFT's
+``softmax_over_embedding_topk``), a point in the convex hull of K token embeddings (spec §3). Thinking ends at the
+first slot whose preceding hidden state's argmax token is ``<eot>``: that slot is not fed, ``<eot>`` is, and ordinary
+decoding follows. The exit is taken from the un-noised logits, so it carries no sampling noise (Latent-GRPO's rule).
+
+Training (``method: latent_sft``) runs Coconut's curriculum with these thoughts in place of the raw hidden states and
+puts loss on ``<eot>`` (``curriculum.supervise_eot``), so the last thought's output learns to end thinking; the
+gradient reaches the reasoner through the softmax weights.
+
+``GumbelMixturePolicy`` is the stochastic thought of RL rollouts and sampled answers, Latent-GRPO's
+(latent_rl_spec.md §1). At a latent slot with hidden state h:
+
+1. log p = log_softmax(head(h)) at T = 1; keep the top-p nucleus, never fewer than K tokens (the rest -inf);
+2. g ~ Gumbel(0, 1) per vocabulary entry, clamped to [lo, hi]; one-sided noise shifts it by -lo (so g >= 0), then
+   ``noise_scale`` multiplies it;
+3. the scores y = log p + g; the thought is the mixture of the top-K ids of y with weights softmax(y / tau_g);
+4. where the *un-noised* argmax is ``<eot>`` the chain ends at this slot (the exit carries no noise); that slot is
+   masked by ``stop_fn`` and its record is the un-noised top-K, so its recovered noise is 0.
+
+The record per slot is (ids, y). The training log-density of a slot (``log_prob``) rebuilds nothing: the fed thought
+is replayed as recorded (detached); it recovers d_i = y_i - log p_i at the recorded ids under the *current* logits
+(full vocabulary, T = 1, no clamp, no nucleus) and returns the mean standard-Gumbel log-density (1/K) sum_i
+(-d_i - exp(-d_i)). Its derivative with respect to log p_i is (1 - exp(-d_i)) / K, with the sign of d_i: with
+one-sided noise every d_i >= 0 at rollout time, so a positive advantage raises every mixed candidate and a negative
+one lowers them all; two-sided noise would push candidates that drew negative noise against the advantage.
+
+The sign-preserving flip (``flip_negative``): for a row with A <= 0 (``sample["flip"]`` True) and d_i < 0, the value
+is kept and the gradient is that of the density at -d_i, whose size 1 - e^{-|d|} is bounded (e^{|d|} - 1 is not).
+
+Departures from the reference code: the end-of-latent id comes from the tokenizer (the reference hard-codes 524);
+the nucleus and the noise are drawn from the rollout's seeded generator, so a rollout is reproducible.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from latentlab.configs.reasoning import GumbelThoughtsConfig
+from latentlab.errors import ConfigError
+from latentlab.reasoning.replay import ThoughtDraw
+from latentlab.reasoning.sampling import filter_logits, gumbel_noise
+
+
+def _lm(model: nn.Module) -> nn.Module:
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def mixture_thought(embedding: Tensor, ids: Tensor, scores: Tensor, temperature: float = 1.0) -> Tensor:
+    """sum_i softmax(scores / temperature)_i * embedding[ids_i]: ids, scores [B, K] -> [B, H] (embedding detached)."""
+    if temperature <= 0:
+        raise ConfigError(f"mixture temperature must be > 0, got {temperature}")
+    weights = (scores.float() / temperature).softmax(dim=-1)  # [B, K]
+    rows = embedding.detach()[ids]  # [B, K, H]
+    return torch.einsum("bk,bkh->bh", weights.to(rows.dtype), rows)
+
+
+class VocabMixtureThoughts:
+    """The thought and stop hooks of a Latent-SFT reasoner (``thought_fn`` / ``stop_fn`` of ``generate_from_ids``).
+
+    ``thought_fn(index, hidden)`` feeds the top-``topk`` superposition of ``head(hidden)`` and notes which rows'
+    argmax is ``eot_id``; ``stop_fn(index)`` (called right after it by ``CachedStepper.run_thoughts``) returns those
+    rows, so they stop at that slot. Training passes only ``thought_fn`` (the layout fixes the thought count).
+    """
+
+    def __init__(self, model: nn.Module, topk: int, eot_id: int):
+        lm = _lm(model)
+        self.head = lm.get_output_embeddings()
+        self.embedding = lm.get_input_embeddings().weight
+        if not 1 <= topk <= self.embedding.shape[0]:
+            raise ConfigError(f"latent_sft.topk must be in 1..{self.embedding.shape[0]} (the vocabulary), got {topk}")
+        self.topk, self.eot_id = topk, eot_id
+        self.exiting: Tensor | None = None
+
+    def logits(self, hidden: Tensor) -> Tensor:
+        """[B, H] -> [B, V] float32 LM-head logits (T = 1)."""
+        return self.head(hidden).float()
+
+    def thought_fn(self, index: int, hidden: Tensor) -> Tensor:
+        logits = self.logits(hidden)
+        self.exiting = logits.argmax(dim=-1) == self.eot_id
+        top = logits.topk(self.topk, dim=-1)
+        return mixture_thought(self.embedding, top.indices, top.values).to(hidden.dtype)
+
+    def stop_fn(self, index: int) -> Tensor:
+        if self.exiting is None:
+            raise ConfigError("VocabMixtureThoughts.stop_fn ran before thought_fn at this slot")
+        return self.exiting
+
+
+def gumbel_log_density(d: Tensor) -> Tensor:
+    """log of the standard Gumbel density at d: -d - exp(-d) (elementwise)."""
+    return -d - torch.exp(-d)
+
+
+def soft_token_log_density(d: Tensor, flip: Tensor | None = None) -> Tensor:
+    """Mean over the last dim (the K candidates) of ``gumbel_log_density(d)``: d [B, K] -> [B].
+
+    ``flip`` [B] bool: rows whose negative entries take their gradient at -d (value unchanged; the flip above).
+    """
+    density = gumbel_log_density(d)
+    if flip is not None and bool(flip.any()):
+        flipped = flip[:, None] & (d < 0)
+        mirrored = gumbel_log_density(-d)
+        # forward: density; backward: through mirrored where flipped
+        straight_through = mirrored - mirrored.detach() + density.detach()
+        density = torch.where(flipped, straight_through, density)
+    return density.mean(dim=-1)
+
+
+def nucleus_at_least_k(logp: Tensor, top_p: float, k: int) -> Tensor:
+    """``logp`` [B, V] with entries outside the top-p nucleus set to -inf, but never fewer than the K largest kept."""
+    if top_p >= 1.0:
+        return logp
+    nucleus = torch.isfinite(filter_logits(logp, 0, top_p))
+    kth = logp.topk(k, dim=-1).values[..., -1:]
+    return logp.masked_fill(~(nucleus | (logp >= kth)), float("-inf"))
+
+
+class GumbelMixturePolicy:
+    """Latent-GRPO's thought policy on a Latent-SFT reasoner; also the ``stop_fn`` that ends chains at ``<eot>``.
+
+    Use ``recording_thoughts(policy, generator)`` in the rollout with ``stop_fn=policy.stop_fn``, and
+    ``replaying_thoughts(policy, recorded)`` in the training forward (see ``latentlab.rl.rollout.latent_rollout``).
+    """
+
+    def __init__(self, model: nn.Module, topk: int, eot_id: int, config: GumbelThoughtsConfig):
+        self.thoughts = VocabMixtureThoughts(model, topk, eot_id)
+        self.config = config
+        self.topk, self.eot_id = topk, eot_id
+
+    def noise(self, shape: torch.Size, generator: torch.Generator | None, device) -> Tensor:
+        """The clamped (and, one-sided, shifted) Gumbel noise times ``noise_scale``, float32."""
+        c = self.config
+        g = gumbel_noise(shape, generator, device).clamp(c.clamp_low, c.clamp_high)
+        if c.noise == "one_sided":
+            g = g - c.clamp_low
+        return g * c.noise_scale
+
+    def draw(self, index: int, hidden: Tensor, generator: torch.Generator | None) -> ThoughtDraw:
+        logits = self.thoughts.logits(hidden)  # [B, V] float32, T = 1
+        logp = logits.log_softmax(dim=-1)
+        exiting = logits.argmax(dim=-1) == self.eot_id
+        self.thoughts.exiting = exiting
+        kept = nucleus_at_least_k(logp, self.config.top_p, self.topk)
+        noisy = kept + self.noise(logp.shape, generator, logp.device)
+        top = noisy.topk(self.topk, dim=-1)
+        clean = logp.topk(self.topk, dim=-1)
+        ids = torch.where(exiting[:, None], clean.indices, top.indices)
+        scores = torch.where(exiting[:, None], clean.values, top.values)
+        fed = mixture_thought(self.thoughts.embedding, ids, scores, self.config.gumbel_temperature)
+        d = scores - logp.gather(-1, ids)
+        return ThoughtDraw(fed.to(hidden.dtype), soft_token_log_density(d), {"ids": ids, "scores": scores})
+
+    def log_prob(self, index: int, hidden: Tensor, fed: Tensor, sample: dict[str, Tensor]) -> Tensor:
+        if "ids" not in sample or "scores" not in sample:
+            raise ConfigError("GumbelMixturePolicy.log_prob needs the recorded 'ids' and 'scores' of each slot")
+        logp = self.thoughts.logits(hidden).log_softmax(dim=-1)
+        d = sample["scores"].float() - logp.gather(-1, sample["ids"])
+        flip = sample.get("flip") if self.config.flip_negative else None
+        return soft_token_log_density(d, None if flip is None else flip.bool())
+
+    def stop_fn(self, index: int) -> Tensor:
+        """Rows whose un-noised argmax at this slot's hidden state is ``<eot>`` (set by ``draw``)."""
+        return self.thoughts.stop_fn(index)
