@@ -1,6 +1,7 @@
 """Convert one official dataset file to latentlab JSONL, once, offline (see data/README.md for sources and commands).
 
-Usage: python data/convert.py {hotpotqa,gsm8k,gsm8k_aug,prosqa,prontoqa} INPUT OUTPUT.jsonl [--corpus CORPUS.jsonl]
+Usage: python data/convert.py {hotpotqa,gsm8k,gsm8k_aug,gsm_hard,svamp,multiarith,prosqa,prontoqa} INPUT OUTPUT.jsonl
+           [--corpus CORPUS.jsonl]
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ def test_loading_every_paper_config_imports_no_torch_or_model_code():
         "import sys\n"
         "from pathlib import Path\n"
         "from latentlab.configs import load_config\n"
-        "paths = sorted(Path('paper_configs').rglob('*.yaml'))\n"
+        "paths = sorted(p for p in Path('paper_configs').rglob('*.yaml') if not p.name.endswith('_benchmarks.yaml'))\n"
         "assert paths\n"
         "for p in paths:\n"
         "    load_config(p)\n"

@@ -37,6 +37,9 @@ FIXTURE_OF = {
     "hotpotqa": "hotpotqa_mini.json",
     "gsm8k": "gsm8k_mini.jsonl",
     "gsm8k_aug": "gsm8k_aug_mini.txt",
+    "gsm_hard": "gsm_hard_mini.jsonl",
+    "svamp": "svamp_mini.json",
+    "multiarith": "multiarith_mini.json",
     "prosqa": "prosqa_mini.json",
     "prontoqa": "prontoqa_mini.json",
 }
@@ -333,7 +336,7 @@ def test_registry_names_and_errors():
     with pytest.raises(ConfigError) as err:
         get_converter("hotpot")
     assert "unknown dataset 'hotpot'" in str(err.value)
-    assert "gsm8k, gsm8k_aug, hotpotqa, prontoqa, prosqa" in str(err.value)
+    assert "gsm8k, gsm8k_aug, gsm_hard, hotpotqa, multiarith, prontoqa, prosqa, svamp" in str(err.value)
     with pytest.raises(ConfigError, match="registered twice"):
         register_converter("gsm8k", convert_gsm8k)
 

@@ -1,4 +1,5 @@
-"""Converters from the official formats of HotpotQA, GSM8K, GSM8k-Aug, ProsQA and ProntoQA to latentlab records.
+"""Converters from the official formats of HotpotQA, GSM8K, GSM8k-Aug, GSM-Hard, SVAMP, MultiArith, ProsQA and
+ProntoQA to latentlab records.
 
 Every malformed record is a ``DataError`` naming the file, the line or record index, and what was expected.
 
@@ -11,10 +12,12 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +63,19 @@ def normalise_number(text: str) -> str:
     return text.strip().replace(",", "")
 
 
+def format_number(value: int | float) -> str:
+    """A numeric answer stored as a JSON number, as answer text: ``6.0 -> "6"``, ``-2.5 -> "-2.5"``,
+    ``2.0107e-06 -> "0.0000020107"``.
+
+    Positional, never an exponent (the answer matcher reads only plain decimals as numbers); a float keeps its
+    shortest round-trip digits (``repr``), so nothing is rounded: GSM-Hard's ``3244047.0999999996`` stays as stored.
+    """
+    exact = Decimal(value) if isinstance(value, int) else Decimal(repr(float(value)))
+    if exact == exact.to_integral_value():
+        return str(int(exact))  # int() also maps -0.0 to 0
+    return format(exact.normalize(), "f")
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Shared file helpers
 
@@ -101,6 +117,22 @@ def _text_lines(path: Path) -> Iterable[tuple[int, str]]:
                 yield number, line
 
 
+def _jsonl_objects(path: Path, what: str) -> Iterator[tuple[str, dict]]:
+    """``("<path>:<line>", object)`` for every non-blank line of a JSON Lines file; a line that is not JSON, holds a
+    lone surrogate escape or is not an object is refused naming its line (``what``: the keys an object needs)."""
+    for number, line in _text_lines(path):
+        where = f"{path}:{number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from None
+        if has_surrogate_escape(line):
+            refuse_lone_surrogates(record, where)
+        if not isinstance(record, dict):
+            raise DataError(f"{where}: expected a JSON object with {what}, got {json.dumps(record)[:80]}")
+        yield where, record
+
+
 def _string_field(record: dict, key: str, where: str, what: str = "a non-empty string") -> str:
     if key not in record:
         raise DataError(f"{where}: missing field '{key}' (expected {what})")
@@ -108,6 +140,30 @@ def _string_field(record: dict, key: str, where: str, what: str = "a non-empty s
     if not isinstance(value, str) or not value.strip():
         raise DataError(f"{where}: field '{key}' must be {what}, got {json.dumps(value)[:80]}")
     return value
+
+
+def _number_value(value: Any, key: str, where: str, what: str) -> str:
+    """``format_number`` of a finite JSON number; a string, a boolean, NaN or an infinity is refused."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise DataError(f"{where}: field '{key}' must be {what}, got {json.dumps(value)[:80]}")
+    return format_number(value)
+
+
+def _number_field(record: dict, key: str, where: str, what: str) -> str:
+    if key not in record:
+        raise DataError(f"{where}: missing field '{key}' (expected {what})")
+    return _number_value(record[key], key, where, what)
+
+
+def _refuse_repeated_ids(examples: list[CoTExample], wheres: list[str]) -> None:
+    """A repeated id is refused here: read_cot would refuse the converted file (predictions are keyed by id)."""
+    first: dict[str, int] = {}
+    for index, example in enumerate(examples):
+        if example.id in first:
+            raise DataError(
+                f"{wheres[index]}: id '{example.id}' is also the id of record {first[example.id]} (expected unique ids)"
+            )
+        first[example.id] = index
 
 
 def default_split(path: str | os.PathLike, dataset: str) -> str:
@@ -286,16 +342,7 @@ def convert_gsm8k(path: str | os.PathLike, split: str | None = None) -> list[CoT
     path = Path(path)
     split = split or default_split(path, "gsm8k")
     examples = []
-    for number, line in _text_lines(path):
-        where = f"{path}:{number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from None
-        if has_surrogate_escape(line):
-            refuse_lone_surrogates(record, where)
-        if not isinstance(record, dict):
-            raise DataError(f"{where}: expected a JSON object with 'question' and 'answer'")
+    for where, record in _jsonl_objects(path, "'question' and 'answer'"):
         question = _string_field(record, "question", where)
         solution = _string_field(record, "answer", where, "the worked solution ending in '#### <number>'")
         if "####" not in solution:
@@ -340,6 +387,96 @@ def convert_gsm8k_aug(path: str | os.PathLike, split: str | None = None) -> list
         examples.append(
             CoTExample(id=f"gsm8k_aug-{split}-{len(examples)}", question=question.strip(), steps=steps, answer=answer)
         )
+    return examples
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# GSM-Hard (PAL JSONL), SVAMP and MultiArith (JSON lists): test sets with a numeric answer and no worked steps
+#
+# None of the three has gold step text, so ``steps`` is empty. SVAMP's ``Equation`` and MultiArith's ``lEquations``
+# are a single expression over the question's numbers, not a worked step in the calculator form the other data use,
+# and GSM-Hard's ``code`` is a program: none is a step a reasoner could be trained or scored on, so none is kept.
+
+
+def convert_gsm_hard(path: str | os.PathLike, split: str | None = None) -> list[CoTExample]:
+    """PAL's GSM-Hard JSONL (``{"input", "code", "target"}`` a line) -> ``CoTExample(id=f"gsm_hard-{split}-{i}",
+    question=input, steps=[], answer=format_number(target))``.
+
+    ``target`` is the float PAL's program returned; it is kept as stored, only written without ``.0`` or an exponent
+    (303 of the 1,319 targets are not whole numbers, 146 are negative). ``code`` is not needed and not checked.
+    """
+    path = Path(path)
+    split = split or default_split(path, "gsm_hard")
+    examples = []
+    for where, record in _jsonl_objects(path, "'input' and 'target'"):
+        where = f"{where} (record {len(examples)})"
+        question = _string_field(record, "input", where, "the question as a non-empty string")
+        answer = _number_field(record, "target", where, "the answer as a finite JSON number (e.g. 3431580.0)")
+        examples.append(
+            CoTExample(id=f"gsm_hard-{split}-{len(examples)}", question=question.strip(), steps=[], answer=answer)
+        )
+    return examples
+
+
+def convert_svamp(path: str | os.PathLike) -> list[CoTExample]:
+    """SVAMP's JSON list (``ID, Body, Question, Equation, Answer, Type``) -> ``CoTExample(id=f"svamp-{ID}",
+    question=Body + " " + Question, steps=[], answer=format_number(Answer))``.
+
+    The question is the two texts joined by one space, as Zero-shot-CoT and ATP-Latent pose it.
+    """
+    path = Path(path)
+    examples, wheres = [], []
+    for index, record in enumerate(_load_json_list(path, "SVAMP problems")):
+        where = f"{path}: record {index}"
+        if not isinstance(record, dict):
+            raise DataError(f"{where}: expected an object with 'ID', 'Body', 'Question' and 'Answer'")
+        own_id = _string_field(record, "ID", where, "the problem id as a non-empty string (e.g. 'chal-1')")
+        where = f"{where} (ID {own_id})"
+        body = _string_field(record, "Body", where, "the problem text as a non-empty string")
+        question = _string_field(record, "Question", where, "the question sentence as a non-empty string")
+        answer = _number_field(record, "Answer", where, "the answer as a finite JSON number (e.g. 51.0)")
+        examples.append(
+            CoTExample(
+                id=f"svamp-{own_id.strip()}", question=f"{body.strip()} {question.strip()}", steps=[], answer=answer
+            )
+        )
+        wheres.append(where)
+    _refuse_repeated_ids(examples, wheres)
+    return examples
+
+
+def convert_multiarith(path: str | os.PathLike) -> list[CoTExample]:
+    """MultiArith's JSON list as Zero-shot-CoT ships it (``iIndex, sQuestion, lSolutions, lEquations, lAlignments``)
+    -> ``CoTExample(id=f"multiarith-{iIndex}", question=sQuestion, steps=[], answer=format_number(lSolutions[0]))``.
+
+    ``lSolutions`` must hold exactly one number (MultiArith has one unknown per problem). The question loses the
+    space the file puts on both of its ends. 20 questions occur twice under different ``iIndex``; both are kept.
+    """
+    path = Path(path)
+    examples, wheres = [], []
+    what = "a list holding exactly one finite JSON number (e.g. [39.0])"
+    for index, record in enumerate(_load_json_list(path, "MultiArith problems")):
+        where = f"{path}: record {index}"
+        if not isinstance(record, dict):
+            raise DataError(f"{where}: expected an object with 'iIndex', 'sQuestion' and 'lSolutions'")
+        if "iIndex" not in record:
+            raise DataError(f"{where}: missing field 'iIndex' (expected the problem index as an integer)")
+        own_index = record["iIndex"]
+        if isinstance(own_index, bool) or not isinstance(own_index, int):
+            raise DataError(
+                f"{where}: field 'iIndex' must be the problem index as an integer, got {json.dumps(own_index)[:80]}"
+            )
+        where = f"{where} (iIndex {own_index})"
+        question = _string_field(record, "sQuestion", where, "the question as a non-empty string")
+        if "lSolutions" not in record:
+            raise DataError(f"{where}: missing field 'lSolutions' (expected {what})")
+        solutions = record["lSolutions"]
+        if not isinstance(solutions, list) or len(solutions) != 1:
+            raise DataError(f"{where}: field 'lSolutions' must be {what}, got {json.dumps(solutions)[:80]}")
+        answer = _number_value(solutions[0], "lSolutions", where, what)
+        examples.append(CoTExample(id=f"multiarith-{own_index}", question=question.strip(), steps=[], answer=answer))
+        wheres.append(where)
+    _refuse_repeated_ids(examples, wheres)
     return examples
 
 
@@ -397,9 +534,12 @@ CONVERTERS: Registry[Converter] = Registry("dataset")
 """Converters by dataset name, registered in alphabetical order (the order an unknown name's error lists them)."""
 CONVERTERS.register("gsm8k", convert_gsm8k)
 CONVERTERS.register("gsm8k_aug", convert_gsm8k_aug)
+CONVERTERS.register("gsm_hard", convert_gsm_hard)
 CONVERTERS.register("hotpotqa", convert_hotpotqa)
+CONVERTERS.register("multiarith", convert_multiarith)
 CONVERTERS.register("prontoqa", convert_prontoqa)
 CONVERTERS.register("prosqa", convert_prosqa)
+CONVERTERS.register("svamp", convert_svamp)
 
 
 def get_converter(name: str) -> Converter:
