@@ -105,6 +105,7 @@ def test_every_registered_reward_gives_one_score_per_completion():
             ["### 1", "x", "### 2"],
             answer=["1", "1", "1"],
             completion_lengths=[3, 7, 9],
+            decoded_steps=[[], [], []],  # coherence reads each completion's decoded latent steps
             reward_config=config,
         )
         assert len(values) == 3, name

@@ -346,13 +346,18 @@ class LatentStepCVAE(nn.Module):
         trace = LatentTrace()
 
         def thought_fn(index: int, hidden: Tensor) -> Tensor:
-            source = self.prior if self.config.prior == "learned" else self.posterior
-            mu, logvar = source(hidden)
+            mu, logvar = self.text_free_distribution(hidden)
             z = mu if self.config.inference == "mean" else reparameterize(mu, logvar, generator)
             trace.z.append(z)
             return self.to_thought(z).to(hidden.dtype)
 
         return thought_fn, trace
+
+    def text_free_distribution(self, hidden: Tensor) -> tuple[Tensor, Tensor]:
+        """(mu, logvar) [B, Z] of z from the context hidden [B, H] alone (see the module table): what inference and
+        RL sample (the prior under ``prior: learned``, the text-free posterior under ``standard_normal``)."""
+        source = self.prior if self.config.prior == "learned" else self.posterior
+        return source(hidden)
 
     def stop_logits(self, z: Tensor) -> Tensor:
         """z [B, n, Z] per slot -> stop logits [B, G, 2] at the step starts (slots 0, c, 2c, ...)."""
