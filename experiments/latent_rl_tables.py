@@ -19,7 +19,7 @@ Usage: python experiments/latent_rl_tables.py [--tables main ablations] [--seeds
    seeds and each seed's pass@1 gain; the plot is pass@k against k) and ``latent_rl_ablations`` (Latent-GRPO without
    each of its parts, from the same start and seeds).
 
-Rows whose method is not built yet are listed in the tables as not run, with the reason; nothing is filled in.
+``--rows`` picks a subset of rows (their starts are fitted as needed); a table shows the rows that ran.
 Nothing in latentlab imports this file.
 """
 
@@ -62,6 +62,7 @@ STARTS: dict[str, Start] = {
     for s in (
         Start("cot", "CoT SFT", "paper_configs/tiny/coconut_arithmetic_cot.yaml"),
         Start("latent_sft", "Latent-SFT", "paper_configs/tiny/latent_sft_arithmetic.yaml", init="cot"),
+        Start("atp_latent", "ATP-Latent SFT", "paper_configs/tiny/atp_latent_arithmetic.yaml", init="cot"),
     )
 }
 
@@ -81,6 +82,12 @@ ROWS: dict[str, RLRow] = {
     for r in (
         _row("latent_grpo", "Latent-GRPO", "latent_grpo_arithmetic", "latent_sft"),
         _row("grpo", "GRPO (discrete)", "grpo_arithmetic", "cot"),
+        _row("soft_grpo", "SofT-GRPO", "soft_grpo_arithmetic", "cot"),
+        _row("atp_rl", "ATP-Latent RL", "atp_latent_rl_arithmetic", "atp_latent"),
+        _row("atp_rl_no_coherence", "ATP-Latent RL, no coherence reward", "atp_latent_rl_arithmetic_no_coherence",
+             "atp_latent"),
+        _row("atp_rl_coherence_only", "ATP-Latent RL, coherence only", "atp_latent_rl_arithmetic_coherence_only",
+             "atp_latent"),
         _row("latent_grpo_two_sided", "Latent-GRPO, two-sided noise", "latent_grpo_arithmetic_two_sided", "latent_sft"),
         _row("latent_grpo_no_masking", "Latent-GRPO, no invalid-sample masking", "latent_grpo_arithmetic_no_masking",
              "latent_sft"),
@@ -89,20 +96,17 @@ ROWS: dict[str, RLRow] = {
     )
 }  # fmt: skip
 TABLE_ROWS = {
-    "main": ("latent_grpo", "grpo"),
-    "ablations": ("latent_grpo", "latent_grpo_two_sided", "latent_grpo_no_masking", "latent_grpo_no_first_token"),
+    "main": ("latent_grpo", "atp_rl", "soft_grpo", "grpo"),
+    "ablations": (
+        "latent_grpo",
+        "latent_grpo_two_sided",
+        "latent_grpo_no_masking",
+        "latent_grpo_no_first_token",
+        "atp_rl",
+        "atp_rl_no_coherence",
+        "atp_rl_coherence_only",
+    ),
 }
-NOT_BUILT = {
-    "main": [
-        ("ATP-Latent SFT -> ATP-Latent RL", "the Gaussian latent policy and coherence reward exist (latentlab.rl.atp) "
-         "but are not wired into latent_rl yet"),
-        ("CoT SFT -> SofT-GRPO", "soft-thinking rollouts are not built yet"),
-    ],
-    "ablations": [
-        ("ATP-Latent RL without the coherence reward", "ATP-Latent RL is not wired into latent_rl yet"),
-        ("ATP-Latent RL, coherence only", "ATP-Latent RL is not wired into latent_rl yet"),
-    ],
-}  # fmt: skip
 STEMS = {"main": "latent_rl_main", "ablations": "latent_rl_ablations"}
 
 
@@ -144,16 +148,21 @@ def evaluate_all(jobs: list[tuple[RLRow, int, Path, Path | None, Path]], workers
 
 
 def _evaluate(config, checkpoint: Path, out_dir: Path) -> None:
-    """One evaluation (a pool worker): a latent_rl run through its task, a start with ``evaluate_cot``."""
+    """One evaluation (a pool worker): a latent_rl run through its task; a start as the RL row's policy before any
+    update (its weights under the row's config), so it is sampled as the row's rollouts are (SofT-GRPO's soft
+    thinking, ATP-Latent's sampled z and stop)."""
     import torch
 
     from latentlab.reasoning.evaluate import evaluate_cot
+    from latentlab.rl.module import GRPOModule
 
     if (checkpoint / "config.yaml").is_file() and "task: latent_rl" in (checkpoint / "config.yaml").read_text():
         rl_tables._evaluate_run(config, checkpoint, out_dir)
         return
     torch.set_num_threads(config.trainer.num_threads or 1)
-    evaluate_cot(config, checkpoint=checkpoint, out_dir=out_dir, overwrite=False)
+    start = GRPOModule(config)
+    start.load_reasoner_from(checkpoint)
+    evaluate_cot(config, checkpoint=start.policy.eval(), out_dir=out_dir, overwrite=False)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -284,8 +293,6 @@ def write(table: str, keys: list[str], results: dict[str, dict], stem: Path, com
             )
         lines.append(_summary(rl_row.row.label, runs, extra))
         curves[rl_row.row.label] = runs
-    for label, reason in NOT_BUILT[table]:
-        lines.append({"method": label, "seeds": 0, "pass@1": f"not run: {reason}"})
     n = results[keys[0]]["start"][0]["questions"]
     title = (
         f"RL on latent thoughts, tiny arithmetic: held-out unbiased pass@k over {len(results[keys[0]]['runs'])} seeds "

@@ -11,19 +11,12 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from latentlab.configs.rl import RewardConfig
 from latentlab.errors import ConfigError, DataError
+from latentlab.reasoning.atp_policy import ATPLatentPolicy, GaussianThoughtPolicy, gaussian_logp_per_dim
 from latentlab.reasoning.cvae import CVAEConfig, LatentStepCVAE, decode_steps
 from latentlab.reasoning.replay import recording_thoughts, replaying_thoughts
-from latentlab.reasoning.thoughts import generate_from_ids
-from latentlab.rl.atp import (
-    GaussianThoughtPolicy,
-    StopPolicy,
-    coherence,
-    coherence_reward,
-    decode_latent_steps,
-    gaussian_logp_per_dim,
-    step_result,
-)
-from latentlab.rl.rewards import REWARDS, answer_reward, score
+from latentlab.rl.atp import coherence, coherence_reward, decode_latent_steps, step_result
+from latentlab.rl.rewards import REWARDS, score
+from latentlab.rl.rollout import latent_rollout, recompute_latent
 
 ATOL = 1e-6
 LOG_2PI = math.log(2 * math.pi)
@@ -135,23 +128,22 @@ def test_log_ratio_through_the_policy_by_hand():
 # ---------------------------------------------------------------- the stop head
 
 
-def test_stop_log_prob_by_hand():
+def test_stop_decision_log_probs_by_hand():
+    """At a step start: log P(continue) added to the Gaussian's; at the stop slot log P(stop) alone; between step
+    starts no decision."""
     cvae = tiny_cvae(per_step=2)
     fix_stop(cvae, continue_logit=math.log(3.0), stop_logit=0.0)  # P(stop) = 1/4, P(continue) = 3/4
-    stop = StopPolicy(cvae)
-    z = torch.randn(3, 6, Z)
-    cont, halt = math.log(0.75), math.log(0.25)
-    per_slot = stop.slot_log_probs(z, torch.tensor([4, 6, 0]))
-    expected = torch.tensor(
-        [[cont, 0, cont, 0, halt, 0], [cont, 0, cont, 0, cont, 0], [halt, 0, 0, 0, 0, 0]], dtype=torch.float32
-    )
-    torch.testing.assert_close(per_slot, expected, atol=ATOL, rtol=0)
-    torch.testing.assert_close(stop.log_prob(z, torch.tensor([4, 6, 0])), expected.sum(1), atol=ATOL, rtol=0)
-    for bad in (3, 7, -2):
-        with pytest.raises(DataError, match=rf"stopped_at\[0\] is {bad}; expected a step start"):
-            stop.log_prob(z[:1], torch.tensor([bad]))
-    with pytest.raises(ConfigError, match="stop head"):
-        StopPolicy(tiny_cvae(stop_head=False))
+    policy = ATPLatentPolicy(cvae)
+    hidden, z = torch.randn(2, 16), torch.randn(2, Z)
+    gaussian = policy.gaussian.log_prob(0, hidden, cvae.to_thought(z), {"z": z})
+    stop = torch.tensor([1.0, 0.0])
+    at_start = policy.log_prob(0, hidden, cvae.to_thought(z), {"z": z, "stop": stop})
+    expected = torch.stack([torch.tensor(math.log(0.25)), gaussian[1] + math.log(0.75)])
+    torch.testing.assert_close(at_start, expected, atol=ATOL, rtol=0)
+    between = policy.log_prob(1, hidden, cvae.to_thought(z), {"z": z, "stop": torch.zeros(2)})
+    torch.testing.assert_close(between, gaussian, atol=ATOL, rtol=0)
+    with pytest.raises(ConfigError, match="'z' and 'stop'"):
+        policy.log_prob(0, hidden, cvae.to_thought(z), {"z": z})
 
 
 def test_stop_sampler_stops_only_at_step_starts_and_its_record_is_recomputed():
@@ -160,34 +152,33 @@ def test_stop_sampler_stops_only_at_step_starts_and_its_record_is_recomputed():
     model = GPT2LMHeadModel(
         GPT2Config(n_layer=2, n_embd=16, n_head=2, vocab_size=50, n_positions=64, bos_token_id=EOS, eos_token_id=EOS)
     ).eval()
-    generator = torch.Generator().manual_seed(0)
-    thought_fn, recorder = recording_thoughts(GaussianThoughtPolicy(cvae), generator)
-    stop = StopPolicy(cvae)
-    stop_fn, record = stop.sampler(recorder, generator)
-    prefixes = [[1 + i % 7, 2 + i % 5, 9] for i in range(48)]
-    result = generate_from_ids(model, prefixes, 7, 2, eos_id=EOS, eot_id=49, thought_fn=thought_fn, stop_fn=stop_fn)
-    stopped_at = record.stopped_at
+    policy = ATPLatentPolicy(cvae)
+    prefixes = [[1 + i % 7, 2 + i % 5, 9] for i in range(12)]
+    rolled = latent_rollout(
+        model, prefixes, 4, policy, n_slots=7, eot_id=49, max_new_tokens=2, eos_id=EOS,
+        generator=torch.Generator().manual_seed(0),
+    )  # fmt: skip
+    stopped_at = rolled.thought_mask.sum(1)
     assert set(stopped_at.tolist()) <= {0, 3, 6, 7} and len(set(stopped_at.tolist())) >= 3  # 7: used every slot
-    assert torch.equal(result.thought_mask.sum(1), stopped_at)
-    slots = torch.arange(7)[None, :]
-    assert (record.logp[:, [1, 2, 4, 5]] == 0).all() and (record.logp[slots > stopped_at[:, None]] == 0).all()
-    z = recorder.recorded().sample["z"]  # [B, n, Z]
-    z.requires_grad_(True)
-    recomputed = stop.slot_log_probs(z, stopped_at)
-    torch.testing.assert_close(recomputed, record.logp, atol=ATOL, rtol=0)
-    expected = torch.where(slots % 3 == 0, math.log(0.5), 0.0) * (slots <= stopped_at[:, None])
-    torch.testing.assert_close(record.logp, expected, atol=ATOL, rtol=0)
+    acted = rolled.action_mask
+    assert torch.equal(acted.sum(1), torch.where(stopped_at < 7, stopped_at + 1, stopped_at))
+    out = recompute_latent(model, policy, rolled, prefixes, temperature=1.0)
+    torch.testing.assert_close(out.thought_logp[acted], rolled.thoughts.logp[acted], atol=ATOL, rtol=0)
+    stop_rows = stopped_at < 7
+    stop_slot_logp = out.thought_logp[stop_rows, stopped_at[stop_rows]]
+    torch.testing.assert_close(stop_slot_logp, torch.full_like(stop_slot_logp, math.log(0.5)), atol=ATOL, rtol=0)
     torch.nn.init.normal_(cvae.stop[-1].weight)  # a head that reads z again
-    stop.log_prob(z, stopped_at).sum().backward()
-    assert all(p.grad.abs().sum() > 0 for p in cvae.stop.parameters()) and z.grad.abs().sum() > 0
+    recompute_latent(model, policy, rolled, prefixes, temperature=1.0).thought_logp.sum().backward()
+    assert all(p.grad.abs().sum() > 0 for p in cvae.stop.parameters())
 
 
-def test_stop_sampler_needs_the_recorder_of_the_same_generation():
-    cvae = tiny_cvae()
-    _, recorder = recording_thoughts(GaussianThoughtPolicy(cvae))
-    stop_fn, _ = StopPolicy(cvae).sampler(recorder)
-    with pytest.raises(ConfigError, match="found 0 recorded draws"):
-        stop_fn(0)
+def test_without_a_stop_head_every_chain_runs_its_slots():
+    cvae = tiny_cvae(stop_head=False)
+    policy = ATPLatentPolicy(cvae)
+    draw = policy.draw(0, torch.randn(3, 16), torch.Generator().manual_seed(0))
+    assert not policy.stop_fn(0).any() and torch.equal(draw.sample["stop"], torch.zeros(3))
+    with pytest.raises(ConfigError, match="before draw"):
+        ATPLatentPolicy(cvae).stop_fn(0)
 
 
 def test_replayed_gaussian_log_probs_match_the_rollout():
@@ -257,14 +248,12 @@ def test_coherence_matches_whole_numbers_only():
     assert coherence(["<<17*2=34>>"], "34.0") == 1.0  # the same number as the answer
 
 
-def test_coherence_reward_is_registered_and_gated():
+def test_coherence_reward_is_registered():
     assert REWARDS.get("coherence") is coherence_reward
     completions = ["so ### 34", "### 32", "### 34"]
     decoded = [CHAIN, [*CHAIN[:2], "<<16*2=32>>"], [*CHAIN[:2], "<<16*2=32>>"]]
     plain = coherence_reward(["q"] * 3, completions, decoded_steps=decoded)
     assert plain == pytest.approx([1.0, 1.0 / 3 + 1.0 / 3, 1.0 / 3], abs=1e-12)  # row 1's last result 32 = answer
-    gated = coherence_reward(["q"] * 3, completions, decoded_steps=decoded, gate=[1.0, 0.0, None])
-    assert gated == pytest.approx([1.0, 0.0, None], abs=1e-12)
     with pytest.raises(DataError, match="needs a column 'decoded_steps'"):
         coherence_reward(["q"], ["### 1"])
     with pytest.raises(DataError, match=r"decoded_steps\[1\] is 'x'; expected a list of step texts"):
@@ -272,12 +261,12 @@ def test_coherence_reward_is_registered_and_gated():
 
 
 def test_reference_total_through_score_with_the_answer_as_gate():
-    """r = acc + 0.5 * format + 0.1 * coherence * acc, with the answer reward passed as the gate column."""
+    """r = acc + 0.5 * format + 0.1 * coherence * acc: reward.gates {coherence: answer}."""
     completions = ["### 34", "### 32", "### 34"]
     decoded = [CHAIN, [*CHAIN[:2], "<<16*2=32>>"], [*CHAIN[:2], "<<16*2=32>>"]]
     gold = ["34"] * 3
-    acc = answer_reward(["q"] * 3, completions, answer=gold)
-    config = RewardConfig(weights={"answer": 1.0, "format": 0.5, "coherence": 0.1})
-    total, _, valid = score(["q"] * 3, completions, config, answer=gold, decoded_steps=decoded, gate=acc)
+    weights = {"answer": 1.0, "format": 0.5, "coherence": 0.1}
+    config = RewardConfig(weights=weights, gates={"coherence": "answer"})
+    total, _, valid = score(["q"] * 3, completions, config, answer=gold, decoded_steps=decoded)
     assert valid.all()
     torch.testing.assert_close(total, torch.tensor([1.6, 0.5, 1.5 + 0.1 / 3]), atol=1e-6, rtol=0)

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from latentlab.configs import load_config, parse_overrides, resolve_path
-from latentlab.configs.loader import _read_yaml
+from latentlab.configs.loader import REPLACED_MAPPINGS, _read_yaml
 from latentlab.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,7 +36,11 @@ def _tiny_leaves(mapping: yaml.MappingNode, prefix: str = ""):
     a flow mapping ({r: 16, alpha: 32}), a `model` value and any scalar or list is one leaf."""
     for key_node, value_node in mapping.value:
         dotted = f"{prefix}{key_node.value}"
-        if isinstance(value_node, yaml.MappingNode) and not value_node.flow_style and key_node.value != "model":
+        if (
+            isinstance(value_node, yaml.MappingNode)
+            and not value_node.flow_style
+            and key_node.value not in REPLACED_MAPPINGS
+        ):
             yield from _tiny_leaves(value_node, dotted + ".")
         else:
             yield dotted, key_node, value_node
@@ -66,7 +70,7 @@ def _changes(value, base, key: str) -> bool:
     base, so it changes it when at least one key it sets does."""
     if base is _ABSENT:
         return True
-    if isinstance(value, dict) and isinstance(base, dict) and key != "model":
+    if isinstance(value, dict) and isinstance(base, dict) and key not in REPLACED_MAPPINGS:
         return any(_changes(v, base.get(k, _ABSENT), k) for k, v in value.items())
     if isinstance(value, list) and isinstance(base, list):
         return len(value) != len(base) or any(_changes(v, b, "") for v, b in zip(value, base))

@@ -337,3 +337,116 @@ def test_latent_grpo_end_to_end(sft_run, tmp_path):
     policy = load_policy(run)
     answers = policy.generate_answers(["1 + 2 = ?"], policy.config.reasoning.final_stage)
     assert 0 <= answers.n_latent[0] <= 5
+
+
+# ---------------------------------------------------------------- SofT-GRPO end to end
+
+
+@pytest.fixture(scope="module")
+def cot_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("cot")
+    overrides = {**DATA, "name": "cot", "trainer.max_steps": 2, "trainer.checkpoint_every_n_steps": 2}
+    return fit(
+        load_config(REPO / "paper_configs/tiny/coconut_arithmetic_cot.yaml", overrides | {"output_dir": str(out)}),
+        run_name="r",
+    ).run_dir
+
+
+def test_soft_grpo_end_to_end(cot_run, tmp_path):
+    overrides = {
+        **DATA,
+        "reasoning.init_from": str(cot_run),
+        "reasoning.data.batch_size": 2,
+        "soft_thinking.max_thinking": 6,
+        "advantage.group_size": 4,
+        "advantage.invalid_samples": [],
+        "reward.weights": {"format": 1.0},
+        "rl.prompts_per_step": 2,
+        "rl.minibatch_size": 8,
+        "rl.log_completions_every": 1,
+        "trainer.max_steps": 2,
+        "trainer.checkpoint_every_n_steps": 2,
+        "trainer.val_check_interval": None,
+        "trainer.limit_val_batches": 1,
+        "output_dir": str(tmp_path / "runs"),
+    }
+    run = fit(load_config(REPO / "paper_configs/tiny/soft_grpo_arithmetic.yaml", overrides), run_name="r").run_dir
+    rows = metrics_rows(run)
+    first = next(row for row in rows if row.get("train/ratio_mean"))
+    assert float(first["train/mismatch_prob_diff"]) < 1e-4  # soft tokens and answer tokens: mu = pi_old
+    assert 0 < float(first["train/latent_tokens"]) <= 6
+    policy = load_policy(run)
+    sampled = policy.generate_answers(["1 + 2 = ?"] * 3, 0, temperature=1.0, generator=torch.Generator().manual_seed(0))
+    greedy = policy.generate_answers(["1 + 2 = ?"], 0)
+    assert all(0 <= n <= 6 for n in sampled.n_latent + greedy.n_latent)
+    assert all(text for text in sampled.texts)  # the thinking block's tokens are part of the answer text
+
+
+def test_soft_thinking_needs_a_cot_reasoner():
+    with pytest.raises(ConfigError, match="soft_thinking"):
+        load_config(REPO / "paper_configs/tiny/soft_grpo_arithmetic.yaml", {"reasoning.method": "no_cot"})
+
+
+# ---------------------------------------------------------------- ATP-Latent RL end to end
+
+TINY_ATP_CVAE = {
+    "thoughts_per_step": 1,
+    "latent_dim": 8,
+    "mlp_dim": 16,
+    "text_embed_dim": 8,
+    "text_dim": 8,
+    "decoder_embed_dim": 8,
+    "decoder_hidden_dim": 16,
+    "stop_head": True,
+}
+
+
+@pytest.mark.parametrize("stop_head", [True, False])
+def test_atp_latent_rl_end_to_end(tmp_path, stop_head):
+    cvae = {**TINY_ATP_CVAE, "stop_head": stop_head}
+    curriculum = {"thoughts_per_step": 1, "max_latent_stage": 2, "pad_latent_to_max": not stop_head}
+    shapes = {**DATA, "reasoning.cvae": cvae, "reasoning.curriculum": curriculum}
+    sft_overrides = {
+        **shapes,
+        "name": "atp",
+        "reasoning.curriculum": {**curriculum, "stage_epochs": [0, 1, 1]},
+        "trainer.max_steps": 2,
+        "trainer.checkpoint_every_n_steps": 2,
+        "output_dir": str(tmp_path / "sft"),
+    }
+    sft = fit(load_config(REPO / "paper_configs/tiny/atp_latent_arithmetic.yaml", sft_overrides), run_name="r").run_dir
+    overrides = {
+        **shapes,
+        "reasoning.init_from": str(sft),
+        "reasoning.data.batch_size": 2,
+        "advantage.group_size": 4,
+        "advantage.invalid_samples": [],
+        "rl.prompts_per_step": 2,
+        "rl.minibatch_size": 8,
+        "rl.log_completions_every": 1,
+        "trainer.max_steps": 2,
+        "trainer.checkpoint_every_n_steps": 2,
+        "trainer.val_check_interval": None,
+        "trainer.limit_val_batches": 1,
+        "output_dir": str(tmp_path / "runs"),
+    }
+    config = load_config(REPO / "paper_configs/tiny/atp_latent_rl_arithmetic.yaml", overrides)
+    assert config.reward.gates == {"coherence": "answer"}
+    run = fit(config, run_name="r").run_dir
+    first = next(row for row in metrics_rows(run) if row.get("train/ratio_mean"))
+    assert float(first["train/mismatch_prob_diff"]) < 1e-4  # latents, stop decisions and tokens: mu = pi_old
+    assert 0 < float(first["train/latent_tokens"]) <= 2
+    policy = load_policy(run)
+    sampled = policy.generate_answers(["1 + 2 = ?"] * 2, 3, temperature=1.0, generator=torch.Generator().manual_seed(0))
+    assert sampled.latents is not None and all(0 <= n <= 2 for n in sampled.n_latent)
+
+
+def test_reward_weights_and_gates_replace_their_base():
+    only = load_config(REPO / "paper_configs/tiny/atp_latent_rl_arithmetic_coherence_only.yaml")
+    assert only.reward.weights == {"format": 0.5, "coherence": 1.0} and only.reward.gates == {}
+    plain = load_config(REPO / "paper_configs/tiny/atp_latent_rl_arithmetic_no_coherence.yaml")
+    assert plain.reward.weights == {"answer": 1.0, "format": 0.5} and plain.reward.gates == {}
+    with pytest.raises(ConfigError, match="coherence"):
+        load_config(REPO / "paper_configs/tiny/grpo_arithmetic.yaml", {"reward.weights": {"coherence": 1.0}})
+    with pytest.raises(ConfigError, match="gates.answer"):
+        load_config(REPO / "paper_configs/tiny/grpo_arithmetic.yaml", {"reward.gates": {"answer": "format"}})

@@ -15,15 +15,15 @@ from latentlab.errors import ConfigError
 from latentlab.reasoning.latent_sft import gumbel_log_density, soft_token_log_density
 from latentlab.reasoning.replay import replaying_thoughts
 from latentlab.reasoning.sampling import gumbel_noise
-from latentlab.reasoning.thoughts import completion_batch, thought_forward
-from latentlab.rl.rollout import latent_rollout, recompute_latent
-from latentlab.rl.soft_thinking import (
+from latentlab.reasoning.soft_thinking import (
     SoftThinkingPolicy,
     end_of_thinking_id,
     renormalised_log_probs,
     soft_thinking_log_density,
     thinking_completion_ids,
 )
+from latentlab.reasoning.thoughts import completion_batch, thought_forward
+from latentlab.rl.rollout import latent_rollout, recompute_latent
 from tests.test_thoughts import tiny_model, tiny_tokenizer
 
 DEFAULTS = SoftThinkingConfig()

@@ -21,6 +21,7 @@ from latentlab.configs.memory import (
 )
 from latentlab.configs.reasoning import ReasoningConfig, ReasoningEvalConfig
 from latentlab.configs.rl import AdvantageConfig, PolicyLossConfig, RewardConfig, RLConfig
+from latentlab.configs.soft_thinking import SoftThinkingConfig
 from latentlab.registry import Registry
 
 Fail = Callable[[str, str], NoReturn]
@@ -102,9 +103,9 @@ class ReasoningExperimentConfig(ExperimentConfig):
             )
 
 
-RL_METHODS = ("cot", "no_cot", "latent_sft")
-"""Reasoning methods latent_rl trains: cot / no_cot (GRPO on language tokens) and latent_sft (Latent-GRPO: Gumbel
-thoughts, then language tokens)."""
+RL_METHODS = ("cot", "no_cot", "latent_sft", "atp_latent")
+"""Reasoning methods latent_rl trains: cot / no_cot (GRPO on language tokens, or SofT-GRPO with soft_thinking),
+latent_sft (Latent-GRPO: Gumbel thoughts, then language tokens) and atp_latent (ATP-Latent RL)."""
 
 
 @dataclass
@@ -129,6 +130,9 @@ class RLExperimentConfig(ExperimentConfig):
     """Rewards by name and weight."""
     rl: RLConfig = field(default_factory=RLConfig)
     """The GRPO loop: prompts per step, update epochs, minibatches, reference, precisions, completion logs."""
+    soft_thinking: SoftThinkingConfig | None = None
+    """SofT-GRPO on a cot reasoner: the reasoning before the answer marker is written in soft-thinking tokens
+    (Gumbel-softmax mixtures of the top-k embeddings) in rollouts and sampled answers; null = discrete tokens."""
     eval: ReasoningEvalConfig = field(default_factory=ReasoningEvalConfig)
     """Evaluation (`latentlab evaluate`): run, split, limit, pass@k."""
 
@@ -140,8 +144,23 @@ class RLExperimentConfig(ExperimentConfig):
                 f"{', '.join(RL_METHODS)}",
             )
         latent = self.reasoning.method == "latent_sft"
+        if self.soft_thinking is not None and self.reasoning.method != "cot":
+            fail(
+                "soft_thinking",
+                f"SofT-GRPO writes a CoT reasoner's steps as soft tokens; method is {self.reasoning.method!r} (need cot)",
+            )
+        latent = latent or self.soft_thinking is not None or self.reasoning.method == "atp_latent"
+        if self.reasoning.method == "atp_latent" and self.rl.reference:
+            fail("rl.reference", "atp_latent: the frozen reference copies the reasoner, not the CVAE heads (ATP-Latent "
+                 "RL uses no KL); set rl.reference: false")  # fmt: skip
+        if "coherence" in self.reward.weights and self.reasoning.method != "atp_latent":
+            fail("reward.weights", "coherence reads the steps ATP-Latent's decoder reads from its latents: method "
+                 f"{self.reasoning.method!r} has none")  # fmt: skip
         if not latent and "no_exit" in self.advantage.invalid_samples:
-            fail("advantage.invalid_samples", f"no_exit needs latent thoughts; method is {self.reasoning.method!r}")
+            fail(
+                "advantage.invalid_samples",
+                f"no_exit needs latent or soft thoughts; method is {self.reasoning.method!r} and soft_thinking is off",
+            )
         if latent and self.policy_loss.uses_topk:
             fail(
                 "policy_loss.divergence",

@@ -129,10 +129,15 @@ def _build(cls: type, data: dict, prefix: str, ctx: _Ctx) -> Any:
         raise ConfigError(f"{ctx.source}: section '{prefix or '<top>'}': {err}") from None
 
 
+REPLACED_MAPPINGS = frozenset({"model", "weights", "gates"})
+"""Mappings a child YAML replaces whole instead of merging into its base's: their keys are names the user chooses
+(a model spec, reward weights and gates), so a child must be able to drop one."""
+
+
 def _deep_merge(base: dict, override: dict) -> dict:
     merged = dict(base)
     for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict) and key != "model":
+        if isinstance(value, dict) and isinstance(merged.get(key), dict) and key not in REPLACED_MAPPINGS:
             merged[key] = _deep_merge(merged[key], value)
         else:
             merged[key] = value

@@ -208,12 +208,18 @@ class LatentSFTConfig:
     """Thought slots at inference and in rollouts: thinking ends at the first slot whose preceding hidden state's
     argmax is ``<eot>``, or here; null = 2 x the training maximum (2 * max_latent_stage * thoughts_per_step), so a
     chain that never predicts ``<eot>`` is seen as such (Latent-GRPO's 'never left latent mode')."""
+    exit_weight: float = 1.0
+    """Weight of the stay-in-latent-mode loss: at every used thought slot, -log(1 - p(<eot> | the hidden state
+    before it)) (mean over slots), so the chain does not end early; the end itself is the supervised <eot>. Without
+    it, a chain that ended after k thoughts at stage k keeps ending there at stage k + 1."""
     gumbel: GumbelThoughtsConfig = field(default_factory=GumbelThoughtsConfig)
     """Gumbel thoughts of RL rollouts (Latent-GRPO) and of sampled evaluation answers."""
 
     def __post_init__(self) -> None:
         if self.topk < 1:
             raise FieldError("topk", f"must be >= 1, got {self.topk}")
+        if self.exit_weight < 0:
+            raise FieldError("exit_weight", f"must be >= 0, got {self.exit_weight}")
         if self.max_latents is not None and self.max_latents < 1:
             raise FieldError("max_latents", f"must be >= 1 or null, got {self.max_latents}")
 

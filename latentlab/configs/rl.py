@@ -146,10 +146,14 @@ class AdvantageConfig:
 
 @dataclass
 class RewardConfig:
-    """Rewards by name (``latentlab.rl.rewards.REWARDS``) with their weights; the total is the weighted sum."""
+    """Rewards by name (``latentlab.rl.rewards.REWARDS``) with their weights; the total is the weighted sum, a gated
+    term multiplied by its gate reward."""
 
     weights: dict = field(default_factory=lambda: {"answer": 1.0})
     """Reward name -> weight, e.g. {answer: 1.0, format: 0.5}."""
+    gates: dict = field(default_factory=dict)
+    """Reward name -> the reward (also in weights) its term is multiplied by: {coherence: answer} makes the
+    coherence term weight * coherence * answer (ATP-Latent's 0.1 * coherence * acc); {} = a plain weighted sum."""
     numeric_tolerance: float = 1e-6
     """answer: a numeric answer within this relative tolerance of the gold counts as correct."""
     overlong_buffer: int = 0
@@ -163,6 +167,15 @@ class RewardConfig:
         for name, weight in self.weights.items():
             require(
                 isinstance(weight, (int, float)) and not isinstance(weight, bool), f"weights.{name}", "must be a number"
+            )
+        for name, gate in self.gates.items():
+            require(
+                name in self.weights, f"gates.{name}", f"gates a reward that is not in weights {list(self.weights)}"
+            )
+            require(
+                isinstance(gate, str) and gate in self.weights and gate != name,
+                f"gates.{name}",
+                f"must name another reward of weights {list(self.weights)}, got {gate!r}",
             )
         require(self.numeric_tolerance >= 0, "numeric_tolerance", f"must be >= 0, got {self.numeric_tolerance}")
         require(self.overlong_buffer >= 0, "overlong_buffer", f"must be >= 0, got {self.overlong_buffer}")

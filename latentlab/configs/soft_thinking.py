@@ -1,7 +1,7 @@
 """Config section of SofT-GRPO's soft-thinking tokens (latent_rl_spec.md §2): the thinking distribution's filters,
 the Gumbel-softmax noise of the rollout, the training density's clamp and mask, and how thinking ends.
 
-Torch-free. The policy itself is ``latentlab.rl.soft_thinking.SoftThinkingPolicy``; the end-of-thinking id is the
+Torch-free. The policy itself is ``latentlab.reasoning.soft_thinking.SoftThinkingPolicy``; the end-of-thinking id is the
 first token of ``end_text`` under the reasoner's tokenizer (``end_of_thinking_id``), never a hard-coded id.
 """
 

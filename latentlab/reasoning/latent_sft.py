@@ -7,8 +7,10 @@ first slot whose preceding hidden state's argmax token is ``<eot>``: that slot i
 decoding follows. The exit is taken from the un-noised logits, so it carries no sampling noise (Latent-GRPO's rule).
 
 Training (``method: latent_sft``) runs Coconut's curriculum with these thoughts in place of the raw hidden states and
-puts loss on ``<eot>`` (``curriculum.supervise_eot``), so the last thought's output learns to end thinking; the
-gradient reaches the reasoner through the softmax weights.
+puts loss on ``<eot>`` (``curriculum.supervise_eot``), so the last thought's output learns to end thinking, and on
+*not* predicting ``<eot>`` before every slot a row uses (``stay_loss``, weight ``latent_sft.exit_weight``), so a
+chain that ended after k thoughts at stage k learns to go on at stage k + 1; the gradient reaches the reasoner
+through the softmax weights.
 
 ``GumbelMixturePolicy`` is the stochastic thought of RL rollouts and sampled answers, Latent-GRPO's
 (latent_rl_spec.md §1). At a latent slot with hidden state h:
@@ -84,6 +86,14 @@ class VocabMixtureThoughts:
         self.exiting = logits.argmax(dim=-1) == self.eot_id
         top = logits.topk(self.topk, dim=-1)
         return mixture_thought(self.embedding, top.indices, top.values).to(hidden.dtype)
+
+    def stay_loss(self, contexts: Tensor, thought_mask: Tensor) -> Tensor:
+        """Mean over the used slots of -log(1 - p(<eot> | the hidden state before the slot)): contexts [B, n, H]
+        (``ThoughtOutput.thought_contexts``), thought_mask [B, n]. The chain must not end before a slot it uses."""
+        logp_eot = self.logits(contexts).log_softmax(dim=-1)[..., self.eot_id]  # [B, n]
+        stay = torch.log1p(-logp_eot.exp().clamp(max=1 - 1e-6))
+        used = thought_mask.to(stay.dtype)
+        return -(stay * used).sum() / used.sum().clamp(min=1)
 
     def stop_fn(self, index: int) -> Tensor:
         if self.exiting is None:

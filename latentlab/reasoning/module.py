@@ -6,6 +6,7 @@ cvae.py; generation for validation and evaluation is one code path for every met
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,11 +21,19 @@ from latentlab.configs import BackboneConfig, ExperimentConfig
 from latentlab.errors import ConfigError
 from latentlab.eval.metrics import answers_match
 from latentlab.optim import TRAIN_STREAM, VAL_STREAM, adamw_warmup_cosine, derive_seed
+from latentlab.reasoning.atp_policy import ATPLatentPolicy
 from latentlab.reasoning.curriculum import DEFAULT_FORMAT, CoTTextFormat, LayoutVocab, build_prompt, extract_answer
 from latentlab.reasoning.cvae import LatentStepCVAE, LatentTrace, beta_schedule, elbo_loss, stop_loss, stop_targets
 from latentlab.reasoning.data import CoTBatch
 from latentlab.reasoning.latent_sft import GumbelMixturePolicy, VocabMixtureThoughts
-from latentlab.reasoning.thoughts import ThoughtFn, add_thought_tokens, generate_from_ids, thought_forward
+from latentlab.reasoning.soft_thinking import SoftThinkingPolicy, end_of_thinking_id, thinking_completion_ids
+from latentlab.reasoning.thoughts import (
+    ThoughtFn,
+    add_thought_tokens,
+    generate_from_ids,
+    recording_thoughts,
+    thought_forward,
+)
 from latentlab.weights import check_state_dict, load_lightning_checkpoint, strip_prefixes
 
 
@@ -117,6 +126,11 @@ class LatentCoTModule(L.LightningModule):
         self.cvae = (
             LatentStepCVAE(r.cvae, model.config.hidden_size, len(self.tokenizer)) if r.method == "atp_latent" else None
         )
+        self.rollout_sampling = config.task == "latent_rl"
+        """A latent_rl config: sampled answers (temperature > 0) sample every choice its rollouts sample (atp_latent:
+        z from the Gaussian and the stop head; latent_sft samples Gumbel thoughts under either task)."""
+        self.soft_thinking = getattr(config, "soft_thinking", None)
+        """SofT-GRPO's soft-thinking settings (a latent_rl config's ``soft_thinking``); None: discrete reasoning."""
         self.last_reset_epoch = 0
         """Epoch whose start last reset the optimizer (saved in checkpoints, so a resumed epoch is not reset twice)."""
 
@@ -139,6 +153,22 @@ class LatentCoTModule(L.LightningModule):
         )
         self.reasoner.load_state_dict(reasoner)
 
+    def load_cvae_from(self, source: str | Path) -> None:
+        """The CVAE weights of an atp_latent run (ATP-Latent RL starts from its SFT run's heads and decoder)."""
+        if self.cvae is None:
+            raise ConfigError("load_cvae_from: this reasoner has no CVAE (method is not atp_latent)")
+        path = Path(source)
+        ckpt = path / "last.ckpt" if path.is_dir() else path
+        state = strip_prefixes(load_lightning_checkpoint(ckpt)["state_dict"], ("cvae.",))
+        check_state_dict(
+            self.cvae.state_dict(),
+            state,
+            f"reasoning.init_from {ckpt}",
+            "this CVAE",
+            hint="it must come from an atp_latent run with the same reasoning.cvae shapes",
+        )
+        self.cvae.load_state_dict(state)
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["latent_cot"] = {"last_reset_epoch": self.last_reset_epoch, "vocab_size": len(self.tokenizer)}
 
@@ -159,10 +189,13 @@ class LatentCoTModule(L.LightningModule):
         r = self.config.reasoning
         losses: dict[str, Tensor] = {}
         if self.cvae is None or batch.thoughts.n_thoughts == 0:
-            thought_fn = self.mixture_thoughts().thought_fn if r.method == "latent_sft" else None
-            out = thought_forward(self.reasoner, batch.thoughts, thought_fn=thought_fn)
+            hooks = self.mixture_thoughts() if r.method == "latent_sft" else None
+            out = thought_forward(self.reasoner, batch.thoughts, thought_fn=None if hooks is None else hooks.thought_fn)
             losses["answer_ce"] = out.loss
             losses["loss"] = out.loss
+            if hooks is not None and batch.thoughts.n_thoughts:
+                losses["stay_ce"] = hooks.stay_loss(out.thought_contexts, batch.thoughts.thought_mask.to(self.device))
+                losses["loss"] = out.loss + r.latent_sft.exit_weight * losses["stay_ce"]
             return losses
         step_ids, lengths = batch.step_ids.to(self.device), batch.step_lengths.to(self.device)
         thought_fn, trace = self.cvae.training_hook(self.cvae.encode_steps(step_ids, lengths), generator)
@@ -221,20 +254,27 @@ class LatentCoTModule(L.LightningModule):
         Greedy by default; ``temperature > 0`` samples tokens (Gumbel-max; ``top_k`` / ``top_p`` filter them as the RL
         rollouts do, 0 / 1 = off), ``thought_noise > 0`` perturbs each thought,
         ``shuffle_thoughts`` feeds each question the next question's thoughts (``shuffled_thoughts``).
-        cot/no_cot run the same path with no thoughts and no markers. atp_latent feeds the CVAE's z (see cvae.py);
+        cot/no_cot run the same path with no thoughts and no markers. atp_latent feeds the CVAE's z (see cvae.py;
+        under a latent_rl config, sampled answers draw z and the stop as ATP-Latent RL's rollouts do);
         latent_sft feeds vocabulary superpositions until the reasoner predicts ``<eot>`` (see latent_sft.py); with
         ``temperature > 0`` they are Gumbel-perturbed (``reasoning.latent_sft.gumbel``), as in Latent-GRPO's rollouts.
         """
         r = self.config.reasoning
+        if self.soft_thinking is not None:
+            return self._soft_answers(questions, temperature, generator, max_new_tokens, top_k, top_p)
         prompts = self.prompts_at(questions, stage)
-        thought_fn, trace, stop_fn = None, None, None
+        thought_fn, trace, stop_fn, recorder = None, None, None, None
         if r.method == "latent_sft" and temperature > 0:  # sampled answers: Gumbel thoughts, as the RL rollouts
             policy = self.gumbel_thoughts()
             thought_fn, stop_fn = (lambda index, hidden: policy.draw(index, hidden, generator).fed), policy.stop_fn
         elif r.method == "latent_sft":
             hooks = self.mixture_thoughts()
             thought_fn, stop_fn = hooks.thought_fn, hooks.stop_fn
-        if self.cvae is not None:
+        if self.cvae is not None and temperature > 0 and self.rollout_sampling:
+            policy = ATPLatentPolicy(self.cvae)  # ATP-Latent RL's rollouts: z ~ the Gaussian, a sampled stop
+            thought_fn, recorder = recording_thoughts(policy, generator)
+            stop_fn = policy.stop_fn
+        elif self.cvae is not None:
             thought_fn, trace = self.cvae.inference_hook(generator)
             if self.cvae.stop is not None:
                 stop_fn = self.cvae.stop_hook(trace)
@@ -262,6 +302,8 @@ class LatentCoTModule(L.LightningModule):
         latents = None
         if trace is not None and trace.z:
             latents = self.cvae.group(LatentTrace.stack(trace.z))
+        elif self.cvae is not None and thought_fn is not None and recorder is not None and recorder.draws:
+            latents = self.cvae.group(recorder.recorded().sample["z"])
         return GeneratedAnswers(
             texts=texts,
             predictions=[extract_answer(t, self.fmt) for t in texts],
@@ -269,6 +311,69 @@ class LatentCoTModule(L.LightningModule):
             n_language=list(result.n_language_tokens),
             n_reasoning_language=[tokens_before_answer(ids, self.tokenizer, self.fmt) for ids in result.token_ids],
             latents=latents,
+        )
+
+    def soft_policy(self, model: nn.Module | None = None, noise: bool = True) -> SoftThinkingPolicy:
+        """SofT-GRPO's soft-thinking policy (``soft_thinking``) on ``model`` (default: this reasoner); ``noise=False``
+        draws no Gumbel noise (greedy answers: the mixture of the unperturbed top-k at tau_g)."""
+        if self.soft_thinking is None:
+            raise ConfigError("this reasoner's config has no soft_thinking section")
+        config = self.soft_thinking if noise else dataclasses.replace(self.soft_thinking, noise_factor=0.0)
+        return SoftThinkingPolicy(self.reasoner if model is None else model, config, self.end_of_thinking_id)
+
+    @property
+    def end_of_thinking_id(self) -> int:
+        """The first token of ``soft_thinking.end_text``, which must start the answer marker the layouts encode."""
+        end_id = end_of_thinking_id(self.tokenizer, self.soft_thinking.end_text)
+        marker = self.vocab.encode(self.fmt.answer_prefix)
+        if not marker or marker[0] != end_id:
+            raise ConfigError(
+                f"key 'soft_thinking.end_text': {self.soft_thinking.end_text!r} starts with token {end_id}, but the "
+                f"answer marker {self.fmt.answer_prefix!r} the reasoner was trained on starts with {marker[:1]}; "
+                "thinking must end where the answer starts"
+            )
+        return end_id
+
+    def _soft_answers(
+        self,
+        questions: Sequence[str],
+        temperature: float,
+        generator: torch.Generator | None,
+        max_new_tokens: int | None,
+        top_k: int,
+        top_p: float,
+    ) -> GeneratedAnswers:
+        """SofT-GRPO's answers: the question (stage 0), soft-thinking tokens until the recorded token is the end of
+        thinking (noisy when ``temperature > 0``), that token, then discrete tokens; the text is the thinking block's
+        recorded tokens, the end token and the generated ones."""
+        policy = self.soft_policy(noise=temperature > 0)
+        thought_fn, recorder = recording_thoughts(policy, generator)
+        prompts = [ids for ids, _ in self.prompts_at(questions, 0)]
+        result = generate_from_ids(
+            self.reasoner,
+            prompts,
+            self.soft_thinking.max_thinking,
+            max_new_tokens or self.config.sampling.max_new_tokens,
+            eos_id=self.vocab.eos_id,
+            eot_id=policy.end_id,
+            pad_id=self.pad_id,
+            thought_fn=thought_fn,
+            temperature=temperature,
+            generator=generator,
+            stop_fn=policy.stop_fn,
+            top_k=top_k,
+            top_p=top_p,
+        )
+        ids = thinking_completion_ids(
+            recorder.recorded().sample["ids"], result.thought_mask, policy.end_id, result.token_ids
+        )
+        texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
+        return GeneratedAnswers(
+            texts=texts,
+            predictions=[extract_answer(t, self.fmt) for t in texts],
+            n_latent=list(result.n_latent_tokens),
+            n_language=list(result.n_language_tokens),
+            n_reasoning_language=[0] * len(texts),  # the reasoning is the soft tokens (n_latent)
         )
 
     # ----------------------------------------------------------------- Lightning hooks

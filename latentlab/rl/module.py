@@ -1,4 +1,6 @@
-"""GRPOModule: the LightningModule of `task: latent_rl`, GRPO on the discrete tokens of a CoT / no-CoT reasoner.
+"""GRPOModule: the LightningModule of `task: latent_rl`: GRPO on the discrete tokens of a CoT / no-CoT reasoner,
+Latent-GRPO on the Gumbel thoughts of a Latent-SFT reasoner, SofT-GRPO on the soft-thinking tokens of a CoT one,
+ATP-Latent RL on the Gaussian latents and stop decisions of an ATP-Latent one.
 
 It wires the pure pieces together (manual optimisation): one training batch = ``rl.prompts_per_step`` questions,
 
@@ -42,9 +44,13 @@ from latentlab.configs import ExperimentConfig
 from latentlab.eval.metrics import answers_match
 from latentlab.io import write_jsonl
 from latentlab.optim import TRAIN_STREAM, VAL_STREAM, adamw_warmup_cosine, derive_seed
-from latentlab.reasoning.latent_sft import GumbelMixturePolicy
+from latentlab.reasoning.atp_policy import ATPLatentPolicy
+from latentlab.reasoning.curriculum import n_thoughts_for
 from latentlab.reasoning.module import LatentCoTModule
+from latentlab.reasoning.replay import ThoughtPolicy
+from latentlab.reasoning.soft_thinking import thinking_completion_ids
 from latentlab.rl.advantages import FillInfo, GenerationBatch, fill_batch, first_token_selection, group_advantages
+from latentlab.rl.atp import decode_latent_steps
 from latentlab.rl.policy_loss import check_policy_loss_config, policy_loss
 from latentlab.rl.rewards import REWARDS, Scores, score
 from latentlab.rl.rollout import (
@@ -117,18 +123,37 @@ class GRPOModule(L.LightningModule):
         """Training batches rolled out so far (saved in checkpoints; sets the completion-log cadence)."""
         self.topk_logprobs = config.policy_loss.topk
         """K of mu's top-K list the rollouts record for DPPO's top-K divergences; 0 = none (every other loss)."""
-        self.latent = config.reasoning.method == "latent_sft"
-        """Latent-GRPO: rollouts draw Gumbel thoughts (``thought_policy``) before the language tokens."""
+        self.soft = config.soft_thinking is not None
+        """SofT-GRPO: rollouts write the reasoning in soft-thinking tokens, then the answer in language tokens."""
+        self.atp = config.reasoning.method == "atp_latent"
+        """ATP-Latent RL: rollouts draw the CVAE's Gaussian latents and stop decisions."""
+        self.latent = config.reasoning.method == "latent_sft" or self.soft or self.atp
+        """Rollouts draw thoughts (``thought_policy``) before the language tokens: Latent-GRPO, SofT-GRPO or
+        ATP-Latent RL."""
 
-    def thought_policy(self, model: torch.nn.Module) -> GumbelMixturePolicy:
-        """Latent-GRPO's thought policy on ``model`` (the policy's reasoner, or the frozen reference)."""
-        return self.policy.gumbel_thoughts(model)
+    def thought_policy(self, model: torch.nn.Module) -> ThoughtPolicy:
+        """The thought policy on ``model`` (the policy's reasoner, or the frozen reference): SofT-GRPO's soft-thinking
+        tokens, or Latent-GRPO's Gumbel thoughts."""
+        if self.atp:  # the CVAE heads are the policy's own (latent_rl refuses a reference for atp_latent)
+            return ATPLatentPolicy(self.policy.cvae)
+        return self.policy.soft_policy(model) if self.soft else self.policy.gumbel_thoughts(model)
+
+    def n_slots(self) -> int:
+        """Thought slots of a rollout: SofT-GRPO's max_thinking, Latent-SFT's max_latents, ATP-Latent's M * c."""
+        cfg = self.config
+        if self.soft:
+            return cfg.soft_thinking.max_thinking
+        if self.atp:
+            return n_thoughts_for(None, cfg.reasoning.final_stage, cfg.reasoning.curriculum)
+        return cfg.reasoning.max_latents
 
     # ----------------------------------------------------------------- weights
 
     def load_reasoner_from(self, source: str | Path) -> None:
-        """Start from a latent_cot run's reasoner (``reasoning.init_from``); then freeze the reference copy."""
+        """Start from a latent_cot run's reasoner (``reasoning.init_from``; atp_latent: and its CVAE)."""
         self.policy.load_reasoner_from(source)
+        if self.atp:
+            self.policy.load_cvae_from(source)
 
     def make_reference(self) -> None:
         """A frozen copy of the policy's reasoner as it is now (``rl.reference``); not saved in checkpoints."""
@@ -213,21 +238,36 @@ class GRPOModule(L.LightningModule):
         with torch.no_grad(), autocast(self.device, cfg.rl.rollout_precision):
             if self.latent:
                 reasoner = self.policy.reasoner
+                policy = self.thought_policy(reasoner)
                 rolled = latent_rollout(
                     reasoner,
                     prompts,
                     G,
-                    self.thought_policy(reasoner),
-                    n_slots=cfg.reasoning.max_latents,
-                    eot_id=self.policy.thought_tokens.eot_id,
+                    policy,
+                    n_slots=self.n_slots(),
+                    eot_id=policy.end_id if self.soft else self.policy.thought_tokens.eot_id,
                     **sampling,
                 )
             else:
                 rolled = rollout(self.policy.reasoner, prompts, G, top_k_logprobs=self.topk_logprobs, **sampling)
-        texts = self.policy.tokenizer.batch_decode(rolled.token_ids, skip_special_tokens=True)
+        completions = rolled.token_ids
+        if self.soft:  # the reward reads the whole text: the thinking block's recorded tokens, its end, the answer
+            completions = thinking_completion_ids(
+                rolled.thoughts.sample["ids"], rolled.thought_mask, rolled.eot_id, rolled.token_ids
+            )
+        texts = self.policy.tokenizer.batch_decode(completions, skip_special_tokens=True)
         row_questions = [q for q in questions for _ in range(G)]
         golds = [str(a) for a in answers for _ in range(G)]
-        scores = score(row_questions, texts, cfg.reward, answer=golds, completion_lengths=rolled.completion_lengths)
+        columns = {"answer": golds, "completion_lengths": rolled.completion_lengths}
+        if "coherence" in cfg.reward.weights:  # ATP-Latent: the steps the frozen decoder reads from the latents
+            columns["decoded_steps"] = decode_latent_steps(
+                self.policy.cvae,
+                rolled.thoughts.sample["z"],
+                rolled.thought_mask.sum(dim=1),
+                self.policy.vocab.eos_id,
+                self.policy.tokenizer,
+            )
+        scores = score(row_questions, texts, cfg.reward, **columns)
         scores = scores._replace(valid=self._valid(scores.valid, rolled))
         return {
             "rollouts": rolled,
@@ -249,13 +289,14 @@ class GRPOModule(L.LightningModule):
         return valid
 
     def _sequence(self, rolled: Rollouts) -> tuple[Tensor, Tensor]:
-        """(mu, mask) [N, L] of the actions the loss sees: the thought slots first (latent rollouts), then tokens."""
+        """(mu, mask) [N, L] of the actions the loss sees: the thought slots first (latent rollouts: the used ones and
+        the exit slot, ``Rollouts.action_mask``), then the tokens."""
         mu, mask = rolled.tempered_logprobs.to(self.device), rolled.mask.to(self.device)
         if rolled.thoughts is None:
             return mu, mask
-        used = rolled.thought_mask.to(self.device).bool()
-        mu_thoughts = torch.where(used, rolled.thoughts.logp.to(self.device).float(), 0.0)
-        return torch.cat([mu_thoughts, mu], dim=1), torch.cat([used, mask.bool()], dim=1)
+        acted = rolled.action_mask.to(self.device)  # the used slots and the exit slot
+        mu_thoughts = torch.where(acted, rolled.thoughts.logp.to(self.device).float(), 0.0)
+        return torch.cat([mu_thoughts, mu], dim=1), torch.cat([acted, mask.bool()], dim=1)
 
     def _rollout(self, questions: list[str], answers: list[str]) -> tuple[dict[str, Any] | None, FillInfo]:
         """Roll out chunks of ``rl.prompts_per_step`` questions through ``fill_batch`` (dynamic sampling, or one draw
@@ -353,7 +394,8 @@ class GRPOModule(L.LightningModule):
                 rows_d = rows.to(self.device)
                 sub = select_rows(rolled, rows)
                 prompts = [data["prompts"][int(r) // rolled.group_size] for r in rows[:: rolled.group_size]]
-                flip = data["row_advantages"][rows_d] <= 0
+                # the sign-preserving flip is Latent-GRPO's (SofT-GRPO and ATP-Latent have none)
+                flip = data["row_advantages"][rows_d] <= 0 if cfg.reasoning.method == "latent_sft" else None
                 logp, pi_topk = self._recompute(
                     self.policy.reasoner, sub, prompts, cfg.rl.train_precision, with_topk, flip
                 )

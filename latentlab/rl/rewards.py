@@ -213,7 +213,8 @@ def _call(name: str, fn: RewardFn, prompts: list[str], completions: list[str], c
 
 
 def score(prompts: list[str], completions: list[str], config: RewardConfig, **columns: Any) -> Scores:
-    """Every reward in ``config.weights`` on the N completions, and total = sum_name weight * reward.
+    """Every reward in ``config.weights`` on the N completions, and total = sum_name weight * reward (times its gate
+    reward for a name in ``config.gates``).
 
     prompts, completions: [N] (prompt-major: each prompt repeated G times); columns: per-sample lists of N entries
     (e.g. ``answer``, ``completion_lengths``) or other values, passed to every reward with ``reward_config=config``.
@@ -235,6 +236,7 @@ def score(prompts: list[str], completions: list[str], config: RewardConfig, **co
     total = torch.zeros(n, dtype=torch.float64)
     valid = torch.ones(n, dtype=torch.bool)
     per_reward: dict[str, Tensor] = {}
+    raw: dict[str, Tensor] = {}
     for name, fn in functions.items():
         values = _call(name, fn, list(prompts), list(completions), columns)
         skipped = torch.tensor([value is None for value in values], dtype=torch.bool)
@@ -243,5 +245,8 @@ def score(prompts: list[str], completions: list[str], config: RewardConfig, **co
         )
         per_reward[name] = scores.float()
         valid &= ~skipped
-        total += config.weights[name] * torch.where(skipped, 0.0, scores)
+        raw[name] = torch.where(skipped, 0.0, scores)
+    for name in functions:
+        term = raw[name] * raw[config.gates[name]] if name in config.gates else raw[name]
+        total += config.weights[name] * term
     return Scores(total=torch.where(valid, total, 0.0).float(), per_reward=per_reward, valid=valid)

@@ -88,6 +88,21 @@ class Rollouts:
     """The id fed after the thoughts (``<eot>``) of a latent rollout."""
 
     @property
+    def action_mask(self) -> Tensor | None:
+        """[N, n] bool, latent rollouts: the slots whose choice is an action of the thought policy: the used ones and,
+        for a chain that ended, the slot where it ended (its exit decision: SofT-GRPO's end token, ATP-Latent's
+        stop, Latent-GRPO's un-noised exit record); None for rollouts of language tokens only."""
+        if self.thought_mask is None:
+            return None
+        used = self.thought_mask.bool()
+        n = used.shape[1]
+        ended = used.sum(dim=1)
+        exit_slot = torch.zeros_like(used)
+        rows = torch.nonzero(ended < n).squeeze(-1)
+        exit_slot[rows, ended[rows]] = True
+        return used | exit_slot
+
+    @property
     def num_prompts(self) -> int:
         return self.completion_ids.shape[0] // self.group_size
 
@@ -248,7 +263,8 @@ class LatentRecomputed(NamedTuple):
     """What ``recompute_latent`` returns, both with gradients."""
 
     thought_logp: Tensor
-    """[N, n] the policy's log-density of each recorded thought; 0 on the slots a row did not use."""
+    """[N, n] the policy's log-density of each recorded choice; 0 off ``Rollouts.action_mask`` (the used slots and
+    the exit slot)."""
     token_logp: Tensor
     """[N, T] log pi of each completion token at the rollout's temperature (no top-k / top-p); 0 on padding."""
 
@@ -294,8 +310,8 @@ def recompute_latent(
     out = thought_forward(model, batch, thought_fn=thought_fn)
     offset = 0 if rollouts.eot_id is None else 1
     token_logp = label_logprobs(lm.get_output_embeddings(), out.predictor_hidden, batch.suffix_labels, temperature)
-    used = batch.thought_mask.bool()
-    thought_logp = torch.where(used, trace.stacked().float(), 0.0)
+    acted = rollouts.action_mask.to(device)
+    thought_logp = torch.where(acted, trace.stacked().float(), 0.0)
     return LatentRecomputed(thought_logp, token_logp[:, offset:].float())
 
 
