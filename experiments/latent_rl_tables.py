@@ -1,17 +1,21 @@
 """Issue 15's tables on the tiny arithmetic task: RL on latent thoughts against its supervised start, and ablations.
 
 Usage: python experiments/latent_rl_tables.py [--tables main ablations] [--seeds 0 1 2] [--rows latent_grpo ...]
-           [--results-dir results] [--evals-dir checkpoints/latent_rl_tables_evals] [--jobs 2] [--overwrite]
+           [--budget-steps 300] [--results-dir results] [--evals-dir checkpoints/latent_rl_tables_evals] [--jobs 2]
+           [--overwrite]
 
 1. The supervised starts, each fitted once as ``checkpoints/<config name>/reproduce`` unless it exists: the CoT
    reasoner (``paper_configs/tiny/coconut_arithmetic_cot.yaml``) and, from it, the Latent-SFT reasoner
    (``paper_configs/tiny/latent_sft_arithmetic.yaml``).
-2. Every RL row x seed is one ``latentlab fit`` of the row's tiny config with ``seed`` and ``reasoning.init_from``
-   set, as ``checkpoints/<config name>/seed<N>``; a finished run is reused and an interrupted one resumed
+2. Every RL row x seed is one ``latentlab fit`` of the row's tiny config with ``seed``, ``reasoning.init_from`` and
+   ``--budget-steps`` optimizer steps (300: the same for every row; SofT-GRPO's 35-slot thinking blocks make its
+   batches ~3x slower than discrete GRPO's on this CPU), as ``checkpoints/<config name>/seed<N>_steps<M>`` (the
+   discrete GRPO runs of ``experiments/rl_tables.py --tables losses`` are reused); a finished run is reused and an
+   interrupted one resumed
    (``experiments/rl_tables.py`` fits and evaluates them: the same workers). ``--jobs 2`` runs two at once, one
    thread each.
-3. Every run, and each start under each seed's sampling stream, is evaluated on the same 500 held-out questions with
-   32 samples a question under the row's own sampling (Latent-GRPO: Gumbel thoughts, then tokens at the row's
+3. Every run, and each start once (the first seed's sampling stream, as that row's policy before any update), is
+   evaluated on the same first 200 held-out questions with 32 samples a question under the row's own sampling (Latent-GRPO: Gumbel thoughts, then tokens at the row's
    temperature; discrete GRPO: tokens) for the unbiased pass@k, k = 1, 2, 4, 8, 16, 32; plus greedy accuracy and, for
    latent rows, the greedy accuracy when every question reads another question's thoughts (the shuffled-thought
    control). Predictions go to ``--evals-dir`` (large, untracked).
@@ -44,7 +48,10 @@ from latentlab.io import refuse_existing, write_bytes, write_json  # noqa: E402
 
 PASS_K = [1, 2, 4, 8, 16, 32]
 SAMPLES = 32
-EVAL_OVERRIDES = {"sampling.num_samples": SAMPLES, "eval.pass_k": PASS_K}
+QUESTIONS = 200
+EVAL_OVERRIDES = {"sampling.num_samples": SAMPLES, "eval.pass_k": PASS_K, "eval.limit": QUESTIONS}
+"""Every evaluation: the first 200 held-out questions x 32 samples (6,400 answers: a pass@1 standard error of about
+0.01 from the questions alone; SofT-GRPO's ~35-slot thinking blocks take ~2.5 min an evaluation on one thread)."""
 
 
 @dataclass(frozen=True)
@@ -194,7 +201,7 @@ def passk_png(curves: dict[str, list[dict]], title: str) -> bytes:
         axis.errorbar(PASS_K, means, yerr=sds, label=label, color=f"C{index // 2}", linestyle=style, marker="o")
     axis.set_xscale("log", base=2)
     axis.set_xticks(PASS_K, [str(k) for k in PASS_K])
-    axis.set(xlabel="k (samples)", ylabel="unbiased pass@k, 500 test questions", title=title)
+    axis.set(xlabel="k (samples)", ylabel=f"unbiased pass@k, {QUESTIONS} test questions", title=title)
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
     return rl_tables._png(figure)
@@ -208,6 +215,7 @@ def run_tables(
     overwrite: bool,
     workers: int = 1,
     evals_dir: str = "checkpoints/latent_rl_tables_evals",
+    budget_steps: int = 300,
 ) -> dict[str, list[dict]]:
     unknown = [key for key in rows or [] if key not in ROWS]
     if unknown:
@@ -221,52 +229,55 @@ def run_tables(
     starts: dict[str, Path] = {}
     for key in sorted({ROWS[k].start for k in wanted}):
         fitted_start(key, starts)
-    command = "python experiments/latent_rl_tables.py --tables " + " ".join(tables)
+    command = f"python experiments/latent_rl_tables.py --budget-steps {budget_steps} --tables " + " ".join(tables)
     command += " --seeds " + " ".join(map(str, seeds)) + (f" --rows {' '.join(rows)}" if rows else "")
     evals = Path(evals_dir) if Path(evals_dir).is_absolute() else REPO / evals_dir
     jobs = [(key, seed) for key in wanted for seed in seeds]
     trained = {}
     for start in sorted({ROWS[k].start for k in wanted}):  # train_all takes one start at a time
-        mine = [(ROWS[k].row, s, None) for k, s in jobs if ROWS[k].start == start]
+        mine = [(ROWS[k].row, s, budget_steps) for k, s in jobs if ROWS[k].start == start]
         trained |= train_all(mine, starts[start], workers)
     eval_jobs = []
-    for key in wanted:  # each start under each seed's sampling stream, evaluated with its RL row's settings
+    for key in wanted:  # each start once (the first seed's sampling stream), with its RL row's settings
         rl_row, init_dir = ROWS[key], starts[ROWS[key].start]
         name = load_config(REPO / rl_row.row.config).name
+        eval_jobs.append((rl_row, seeds[0], init_dir, None, evals / f"{name}_start" / f"seed{seeds[0]}"))
         for seed in seeds:
-            eval_jobs.append((rl_row, seed, init_dir, None, evals / f"{name}_start" / f"seed{seed}"))
-            run_dir = trained[(key, seed, None)][0]
-            eval_jobs.append((rl_row, seed, init_dir, run_dir, evals / name / f"seed{seed}"))
+            run_dir = trained[(key, seed, budget_steps)][0]
+            eval_jobs.append((rl_row, seed, init_dir, run_dir, evals / name / run_dir.name))
     scores = iter(evaluate_all(eval_jobs, workers))
     results: dict[str, dict] = {}
     for key in wanted:
-        entry = results.setdefault(key, {"start": [], "runs": []})
+        start_score = next(scores)
+        entry = results.setdefault(key, {"start": [start_score], "runs": []})
         for seed in seeds:
-            start_score, run_score = next(scores), next(scores)
-            run_dir, fit_s = trained[(key, seed, None)]
-            entry["start"].append(start_score)
+            run_score = next(scores)
+            run_dir, fit_s = trained[(key, seed, budget_steps)]
             entry["runs"].append({"seed": seed, "eval": run_score, "fit_s": fit_s, "curve": train_curve(run_dir)})
             print(
                 f"{ROWS[key].row.label} seed {seed}: pass@1 {run_score['pass@1']:.3f} (start "
                 f"{start_score['pass@1']:.3f}), fit {fit_s:.0f}s",
                 flush=True,
             )
-    header = {"seeds": seeds, "samples": SAMPLES, "pass_k": PASS_K, "command": command}
+    header = {"seeds": seeds, "samples": SAMPLES, "pass_k": PASS_K, "budget_steps": budget_steps, "command": command}
     header["starts"] = {k: str(p.relative_to(REPO) if p.is_relative_to(REPO) else p) for k, p in starts.items()}
     written = {}
     for table in tables:
         keys = [k for k in TABLE_ROWS[table] if k in results]
         if keys:
-            written[table] = write(table, keys, results, out / STEMS[table], command)
+            written[table] = write(table, keys, results, out / STEMS[table], command, budget_steps)
             write_json(out / f"{STEMS[table]}.settings.json", header)
     return written
 
 
 def _gains(result: dict) -> list[float]:
-    return [r["eval"]["pass@1"] - s["pass@1"] for r, s in zip(result["runs"], result["start"])]
+    """Each seed's pass@1 against its start's (evaluated once, on the first seed's sampling stream)."""
+    return [r["eval"]["pass@1"] - result["start"][0]["pass@1"] for r in result["runs"]]
 
 
-def write(table: str, keys: list[str], results: dict[str, dict], stem: Path, command: str) -> list[dict]:
+def write(
+    table: str, keys: list[str], results: dict[str, dict], stem: Path, command: str, budget_steps: int = 300
+) -> list[dict]:
     lines, curves = [], {}
     shown_starts = set()
     for key in keys:
@@ -296,9 +307,10 @@ def write(table: str, keys: list[str], results: dict[str, dict], stem: Path, com
     n = results[keys[0]]["start"][0]["questions"]
     title = (
         f"RL on latent thoughts, tiny arithmetic: held-out unbiased pass@k over {len(results[keys[0]]['runs'])} seeds "
-        f"(mean ± sd), {n} test questions x {SAMPLES} samples under each method's own sampling"
+        f"(mean ± sd), {n} test questions x {SAMPLES} samples under each method's own sampling, {budget_steps} "
+        "optimizer steps a run"
         if table == "main"
-        else f"Latent-GRPO ablations from the same Latent-SFT start: {n} test questions x {SAMPLES} samples"
+        else f"Ablations, each from its method's start: {n} test questions x {SAMPLES} samples, {budget_steps} steps"
     )
     write_table(lines, stem, title, command=command)
     write_bytes(stem.with_suffix(".png"), passk_png(curves, title.split(":")[0]))
@@ -314,6 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace existing tables (runs are reused)")
     parser.add_argument("--jobs", type=int, default=1, help="runs fitted / evaluated at once (1 thread each)")
     parser.add_argument("--evals-dir", default="checkpoints/latent_rl_tables_evals", help="where evaluations go")
+    parser.add_argument("--budget-steps", type=int, default=300, help="optimizer steps of every run (same for all)")
     args = parser.parse_args(argv)
     started = time.time()
     try:
@@ -321,7 +334,18 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--seeds: expected distinct non-negative integers, got {args.seeds}")
         if args.jobs < 1:
             raise ConfigError(f"--jobs: expected >= 1, got {args.jobs}")
-        run_tables(args.tables, args.seeds, args.rows, args.results_dir, args.overwrite, args.jobs, args.evals_dir)
+        if args.budget_steps < 1:
+            raise ConfigError(f"--budget-steps: expected a number of optimizer steps >= 1, got {args.budget_steps}")
+        run_tables(
+            args.tables,
+            args.seeds,
+            args.rows,
+            args.results_dir,
+            args.overwrite,
+            args.jobs,
+            args.evals_dir,
+            args.budget_steps,
+        )
     except LatentLabError as err:
         print(f"latent_rl_tables: error: {err}", file=sys.stderr)
         return 2

@@ -419,3 +419,26 @@ def test_a_malformed_benchmark_file_fails_before_any_evaluation(tmp_path, capsys
     assert low_difficulty.main([*argv, "--results-dir", str(out), "--evals-dir", str(evals)]) == 2
     assert f"{bad}: record 1 (ID chal-7): field 'Answer' must be" in capsys.readouterr().err
     assert not out.exists() and not evals.exists()  # nothing was evaluated or written
+
+
+def test_last_number_extraction_only_where_there_is_no_marker():
+    from latentlab.configs.reasoning import ReasoningEvalConfig
+    from latentlab.reasoning.evaluate import extracted, last_number
+    from latentlab.reasoning.module import GeneratedAnswers
+
+    assert [last_number(t) for t in ("so it is 42.", "1,000 apples, then 7", "x = -2.5", "none")] == [
+        "42",
+        "7",
+        "-2.5",
+        "",
+    ]
+    answers = GeneratedAnswers(
+        texts=["a 3 then ### 5", "so the answer is 12."],
+        predictions=["5", "so the answer is 12."],
+        n_latent=[0, 0],
+        n_language=[5, 6],
+        n_reasoning_language=[3, 6],
+    )
+    assert extracted(answers, ReasoningEvalConfig()).predictions == ["5", "so the answer is 12."]
+    lenient = extracted(answers, ReasoningEvalConfig(answer_extraction="last_number"))
+    assert lenient.predictions == ["5", "12"]

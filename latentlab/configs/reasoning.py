@@ -413,6 +413,10 @@ class ReasoningEvalConfig(EvalConfig):
     pass_k: list[int] = field(default_factory=lambda: [1])
     """pass@k cut-offs. With sampling.num_samples 1, pass@1 is the greedy accuracy; otherwise every pass@k uses the
     unbiased estimator over sampling.num_samples sampled answers (so num_samples >= max(pass_k))."""
+    answer_extraction: Literal["marker", "last_number"] = "marker"
+    """marker: the answer is what follows the last "###" (else the whole text), as the reasoners are trained to
+    write; last_number: where there is no marker, the last number in the text (a zero-shot model that was never
+    taught the marker, e.g. "... so the answer is 42.")."""
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -24,6 +24,8 @@ reads the next question's thoughts. Near ``accuracy`` it says the thoughts carry
 
 from __future__ import annotations
 
+import dataclasses
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -33,13 +35,14 @@ import torch
 
 from latentlab.configs import ExperimentConfig, SamplingConfig, config_root
 from latentlab.configs.loader import read_resolved
+from latentlab.configs.reasoning import ReasoningEvalConfig
 from latentlab.data.schema import CoTExample
 from latentlab.errors import ConfigError
 from latentlab.eval.metrics import answers_match, pass_at_k
 from latentlab.eval.report import PlotSpec, format_markdown_table, write_table
 from latentlab.io import refuse_existing, staged_dir, write_json, write_jsonl
 from latentlab.optim import TRAIN_STREAM, derive_seed
-from latentlab.reasoning.curriculum import n_latent_steps
+from latentlab.reasoning.curriculum import DEFAULT_FORMAT, n_latent_steps
 from latentlab.reasoning.cvae import decode_steps
 from latentlab.reasoning.data import latent_step_texts, load_cot_split
 from latentlab.reasoning.module import GeneratedAnswers, LatentCoTModule
@@ -201,9 +204,14 @@ def evaluate_cot(
     sample_tokens: list[tuple[torch.Tensor, torch.Tensor]] = []  # reasoning and generated tokens, [B, n] per batch
     for batch_index, batch in enumerate(_batches(examples, ev.batch_size)):
         questions = [ex.question for ex in batch]
-        greedy = module.generate_answers(questions, stage, max_new_tokens=sampling.max_new_tokens)
+        greedy = extracted(module.generate_answers(questions, stage, max_new_tokens=sampling.max_new_tokens), ev)
         shuffled = (
-            module.generate_answers(questions, stage, max_new_tokens=sampling.max_new_tokens, shuffle_thoughts=True)
+            extracted(
+                module.generate_answers(
+                    questions, stage, max_new_tokens=sampling.max_new_tokens, shuffle_thoughts=True
+                ),
+                ev,
+            )
             if run.latent and len(batch) > 1
             else None
         )
@@ -212,7 +220,9 @@ def evaluate_cot(
             generator = torch.Generator(device=module.device).manual_seed(
                 derive_seed(config.seed, TRAIN_STREAM, batch_index)
             )
-            sampled = sample_answers(module, questions, stage, sampling, n_samples, generator, rows_per_call)
+            sampled = extracted(
+                sample_answers(module, questions, stage, sampling, n_samples, generator, rows_per_call), ev
+            )
             sample_correct.append(score_samples(sampled, [ex.answer for ex in batch], n_samples))
             sample_tokens.append(sample_token_counts(sampled, n_samples))
         for b, ex in enumerate(batch):
@@ -279,6 +289,25 @@ def evaluate_cot(
             command=command,
         )
     return CoTEvalResult(out_dir=target, rows=[row], summary=summary)
+
+
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+
+
+def last_number(text: str) -> str:
+    """The last number in ``text`` ("1,000" and "-2.5" included), or "" when it has none."""
+    found = _NUMBER.findall(text)
+    return found[-1].rstrip(".,") if found else ""
+
+
+def extracted(answers: GeneratedAnswers, ev: ReasoningEvalConfig) -> GeneratedAnswers:
+    """``answers`` with ``eval.answer_extraction`` applied: ``last_number`` takes the last number of a text that has
+    no answer marker (``marker``, the default, keeps ``extract_answer``'s predictions)."""
+    if ev.answer_extraction == "marker":
+        return answers
+    marker = DEFAULT_FORMAT.answer_prefix.strip()
+    predictions = [p if marker in t else last_number(t) for p, t in zip(answers.predictions, answers.texts)]
+    return dataclasses.replace(answers, predictions=predictions)
 
 
 def sample_answers(
