@@ -29,23 +29,12 @@ from latentlab.rl.rollout import latent_rollout, recompute_latent
 from latentlab.rl.task import load_policy
 from latentlab.training import fit
 from tests.conftest import REPO
+from tests.test_rl_module import DATA
 from tests.test_thoughts import EXAMPLES, tiny_model, tiny_tokenizer
 
 TINY_SFT = REPO / "paper_configs/tiny/latent_sft_arithmetic.yaml"
 TINY_LATENT_GRPO = REPO / "paper_configs/tiny/latent_grpo_arithmetic.yaml"
 TINY_REASONER = {"tiny": {"arch": "gpt2", "layers": 2, "hidden": 32, "heads": 2}}
-DATA = {
-    "reasoning.data.num_train": 8,
-    "reasoning.data.num_val": 4,
-    "reasoning.data.num_test": 4,
-    "reasoning.data.batch_size": 4,
-    "reasoning.reasoner": TINY_REASONER,
-    "reasoning.val_generate_batches": 1,
-    "sampling.max_new_tokens": 8,
-    "trainer.progress_bar": False,
-    "trainer.num_threads": 1,
-    "eval.batch_size": 2,
-}
 
 
 def policy_setup(noise: str = "one_sided", topk: int = 4, top_p: float = 1.0):

@@ -136,38 +136,27 @@ class LatentCoTModule(L.LightningModule):
 
     # ----------------------------------------------------------------- weights
 
-    def load_reasoner_from(self, source: str | Path) -> None:
-        """Start from the reasoner weights of a run directory (its last.ckpt) or a .ckpt (``reasoning.init_from``)."""
+    def _init_state(self, source: str | Path, prefix: str, target: nn.Module, what: str, hint: str) -> None:
+        """Load ``target`` from the ``prefix`` entries of a run directory's last.ckpt or a .ckpt, checked first."""
         path = Path(source)
         ckpt = path / "last.ckpt" if path.is_dir() else path
         if not ckpt.exists():
             raise ConfigError(f"key 'reasoning.init_from': no checkpoint at {ckpt} (expected a run dir or a .ckpt)")
-        state = load_lightning_checkpoint(ckpt)["state_dict"]
-        reasoner = strip_prefixes(state, ("reasoner.",))
-        check_state_dict(
-            self.reasoner.state_dict(),
-            reasoner,
-            f"reasoning.init_from {ckpt}",
-            "this reasoner",
-            hint="it must come from a run with the same reasoning.reasoner",
-        )
-        self.reasoner.load_state_dict(reasoner)
+        state = strip_prefixes(load_lightning_checkpoint(ckpt)["state_dict"], (prefix,))
+        check_state_dict(target.state_dict(), state, f"reasoning.init_from {ckpt}", what, hint=hint)
+        target.load_state_dict(state)
+
+    def load_reasoner_from(self, source: str | Path) -> None:
+        """Start from the reasoner weights of a run directory (its last.ckpt) or a .ckpt (``reasoning.init_from``)."""
+        hint = "it must come from a run with the same reasoning.reasoner"
+        self._init_state(source, "reasoner.", self.reasoner, "this reasoner", hint)
 
     def load_cvae_from(self, source: str | Path) -> None:
         """The CVAE weights of an atp_latent run (ATP-Latent RL starts from its SFT run's heads and decoder)."""
         if self.cvae is None:
             raise ConfigError("load_cvae_from: this reasoner has no CVAE (method is not atp_latent)")
-        path = Path(source)
-        ckpt = path / "last.ckpt" if path.is_dir() else path
-        state = strip_prefixes(load_lightning_checkpoint(ckpt)["state_dict"], ("cvae.",))
-        check_state_dict(
-            self.cvae.state_dict(),
-            state,
-            f"reasoning.init_from {ckpt}",
-            "this CVAE",
-            hint="it must come from an atp_latent run with the same reasoning.cvae shapes",
-        )
-        self.cvae.load_state_dict(state)
+        hint = "it must come from an atp_latent run with the same reasoning.cvae shapes"
+        self._init_state(source, "cvae.", self.cvae, "this CVAE", hint)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["latent_cot"] = {"last_reset_epoch": self.last_reset_epoch, "vocab_size": len(self.tokenizer)}

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from latentlab.errors import ConfigError, DataError
 from latentlab.reasoning.replay import RecordedThoughts, ThoughtPolicy, recording_thoughts, replaying_thoughts
 from latentlab.reasoning.thoughts import (
+    GenerationResult,
     _causal_lm,
     _pad,
     check_sampling,
@@ -165,6 +166,20 @@ def rollout(
         top_k=top_k,
         top_p=top_p,
     )
+    return _as_rollouts(result, group_size, temperature, top_k, top_p, eos_id, pad_id)
+
+
+def _as_rollouts(
+    result: GenerationResult,
+    group_size: int,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    eos_id: int,
+    pad_id: int,
+    **latent,
+) -> Rollouts:
+    """The ``Rollouts`` of one ``generate_from_ids`` result (``latent``: the thought fields of a latent rollout)."""
     mask = result.token_mask
     ended = ((result.generated_ids == eos_id) & mask).any(dim=1)
     top_ids = None if result.top_ids is None else result.top_ids.masked_fill(~mask[..., None], pad_id)
@@ -184,6 +199,7 @@ def rollout(
         top_p=top_p,
         eos_id=eos_id,
         pad_id=pad_id,
+        **latent,
     )
 
 
@@ -233,25 +249,15 @@ def latent_rollout(
         top_k=top_k,
         top_p=top_p,
     )
-    mask = result.token_mask
-    ended = ((result.generated_ids == eos_id) & mask).any(dim=1)
     used = result.thought_mask.long()
-    return Rollouts(
-        completion_ids=result.generated_ids.masked_fill(~mask, pad_id),
-        token_ids=result.token_ids,
-        mask=mask,
-        lengths=mask.sum(dim=1),
-        truncated=~ended,
-        logprobs=result.chosen_logprobs,
-        tempered_logprobs=result.tempered_logprobs,
-        top_logprobs=None,
-        top_ids=None,
-        group_size=group_size,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        eos_id=eos_id,
-        pad_id=pad_id,
+    return _as_rollouts(
+        result,
+        group_size,
+        temperature,
+        top_k,
+        top_p,
+        eos_id,
+        pad_id,
         thoughts=recorder.recorded(),
         thought_mask=used,
         exited=used.sum(dim=1) < n_slots,
