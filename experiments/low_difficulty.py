@@ -376,7 +376,13 @@ def notes(config: ExperimentConfig, rows: list[dict], benchmarks: list[Benchmark
         interval = "Wilson score interval of k right of n"
     lines = [
         "",
-        f"- accuracy: {accuracy}; answers match the gold number after normalisation (`answers_match`).",
+        f"- accuracy: {accuracy}; answers match the gold number after normalisation (`answers_match`). The answer "
+        + (
+            'is what follows the last "###" or, in a text without it, the last number (eval.answer_extraction: '
+            "last_number)."
+            if config.eval.answer_extraction == "last_number"
+            else 'is what follows the last "###", else the whole text.'
+        ),
         f"- ci95_low, ci95_high: 95% interval, {interval}.",
     ]
     counts = [row["questions"] for row in rows if row["questions"]]
@@ -483,6 +489,7 @@ def low_difficulty(
         "limit": limit,
         "accuracy": "sampled pass@1" if sampled else "greedy pass@1",
         "interval": f"bootstrap ({BOOTSTRAP_RESAMPLES} resamples)" if sampled else "wilson",
+        "answer_extraction": reasoner.config.eval.answer_extraction,
         "sampling": dataclasses.asdict(reasoner.config.sampling),
         "eval_batch_size": reasoner.config.eval.batch_size,
         "overrides": reasoner.overrides,
