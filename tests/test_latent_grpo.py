@@ -25,6 +25,7 @@ from latentlab.reasoning.latent_sft import (
 )
 from latentlab.reasoning.thoughts import add_thought_tokens
 from latentlab.rl.advantages import first_token_selection, group_advantages
+from latentlab.rl.rewards import REWARDS
 from latentlab.rl.rollout import latent_rollout, recompute_latent
 from latentlab.rl.task import load_policy
 from latentlab.training import fit
@@ -112,7 +113,9 @@ def test_flip_keeps_value_and_sign_and_bounds_the_gradient():
     assert g_flip[0, 1] == pytest.approx(g_plain[0, 1])
 
 
-def test_exit_uses_the_unnoised_scores_and_log_prob_matches_draw():
+def test_exit_feeds_the_unnoised_mixture_but_records_the_noisy_scores():
+    """The exit decision and what would be fed there carry no noise; the record (and so the loss) keeps the noisy
+    scores, so a correct chain's exit slot pushes its <eot> up (see GumbelMixturePolicy's docstring)."""
     model, tokens, policy = policy_setup("one_sided")
     direction = torch.randn(model.config.n_embd, generator=torch.Generator().manual_seed(5))
     signs = torch.tensor([1.0, 1.0, -1.0, -1.0, -1.0, -1.0])
@@ -123,8 +126,12 @@ def test_exit_uses_the_unnoised_scores_and_log_prob_matches_draw():
     stop = policy.stop_fn(0)
     assert stop[:2].all() and not stop[2:].any()
     logp = policy.thoughts.logits(hidden).log_softmax(-1)
+    clean = logp.topk(policy.topk, dim=-1)
+    unnoised = mixture_thought(policy.thoughts.embedding, clean.indices, clean.values)
+    assert torch.allclose(draw.fed[:2], unnoised[:2], atol=1e-6)
+    assert not torch.allclose(draw.fed[2:], unnoised[2:], atol=1e-4)  # the others are noisy mixtures
     d = draw.sample["scores"] - logp.gather(-1, draw.sample["ids"])
-    assert torch.allclose(d[:2], torch.zeros_like(d[:2]), atol=1e-6)  # the exit slot's record: no noise
+    assert bool((d >= -1e-6).all()) and bool((d[:2] > 0).any())  # the exit rows' record is noisy too
     recomputed = policy.log_prob(0, hidden, draw.fed, draw.sample)
     assert torch.allclose(recomputed, draw.logp, atol=1e-6)
 
@@ -299,8 +306,23 @@ def sft_run(tmp_path_factory) -> Path:
     return fit(load_config(TINY_SFT, overrides), run_name="r").run_dir
 
 
-def test_latent_grpo_end_to_end(sft_run, tmp_path):
+@pytest.fixture
+def varied_reward():
+    """A reward that varies within a group even for an untrained reasoner (whose answers are never parsable)."""
+    REWARDS.register(
+        "test_latent_distinct", lambda prompts, completions, **_: [float(len(set(c))) for c in completions]
+    )
+    try:
+        yield "test_latent_distinct"
+    finally:
+        del REWARDS._items["test_latent_distinct"]
+
+
+@pytest.mark.parametrize("freeze", [False, True])
+def test_latent_grpo_end_to_end(sft_run, tmp_path, freeze, varied_reward):
     overrides = {
+        "rl.freeze_embeddings": freeze,
+        "reward.weights": {varied_reward: 1.0},
         **DATA,
         "reasoning.init_from": str(sft_run),
         "reasoning.curriculum.stage_epochs": [0, 1, 1, 1, 1],
@@ -326,6 +348,12 @@ def test_latent_grpo_end_to_end(sft_run, tmp_path):
     policy = load_policy(run)
     answers = policy.generate_answers(["1 + 2 = ?"], policy.config.reasoning.final_stage)
     assert 0 <= answers.n_latent[0] <= 5
+    start = load_policy(run)  # the same architecture, then the SFT run's weights
+    start.load_reasoner_from(sft_run)
+    same = torch.equal(policy.reasoner.get_input_embeddings().weight, start.reasoner.get_input_embeddings().weight)
+    assert same == freeze  # frozen embeddings stay the SFT run's; otherwise the update moves them
+    moved = policy.reasoner.transformer.h[0].attn.c_attn.weight
+    assert not torch.equal(moved, start.reasoner.transformer.h[0].attn.c_attn.weight)
 
 
 # ---------------------------------------------------------------- SofT-GRPO end to end

@@ -218,6 +218,9 @@ class RLConfig:
     log_completions_every: int = 0
     """Write the rollouts, with their rewards, to `<run_dir>/completions.jsonl` every this many training batches
     (0 = never)."""
+    freeze_embeddings: bool = False
+    """Keep the reasoner's input embeddings (and an LM head tied to them) fixed (Latent-GRPO's freeze_embedding):
+    a latent thought mixes embedding rows, so updating them moves every thought and every token at once."""
 
     def __post_init__(self) -> None:
         for key in ("prompts_per_step", "update_epochs", "loss_scale_growth_interval"):

@@ -19,8 +19,13 @@ through the softmax weights.
 2. g ~ Gumbel(0, 1) per vocabulary entry, clamped to [lo, hi]; one-sided noise shifts it by -lo (so g >= 0), then
    ``noise_scale`` multiplies it;
 3. the scores y = log p + g; the thought is the mixture of the top-K ids of y with weights softmax(y / tau_g);
-4. where the *un-noised* argmax is ``<eot>`` the chain ends at this slot (the exit carries no noise); that slot is
-   masked by ``stop_fn`` and its record is the un-noised top-K, so its recovered noise is 0.
+4. where the *un-noised* argmax is ``<eot>`` the chain ends at this slot (the exit carries no noise: what would be
+   fed there is the un-noised top-K mixture); that slot is masked by ``stop_fn``, but its record is still the noisy
+   (ids, y), as the reference stores it, and it counts in the loss (``Rollouts.action_mask``). That matters: a
+   correct chain's exit slot is the only place where its ``<eot>`` (a top candidate there) is pushed up. With the
+   exit slot left out (or recorded un-noised, so d = 0 and no gradient), only failing chains moved ``<eot>``, down
+   at their last latent slot, and the tiny runs drifted to longer chains that answered worse (3.5 -> 4 latents,
+   training reward 0.38 -> 0.30 in 150 batches).
 
 The record per slot is (ids, y). The training log-density of a slot (``log_prob``) rebuilds nothing: the fed thought
 is replayed as recorded (detached); it recovers d_i = y_i - log p_i at the recorded ids under the *current* logits
@@ -159,11 +164,14 @@ class GumbelMixturePolicy:
         noisy = kept + self.noise(logp.shape, generator, logp.device)
         top = noisy.topk(self.topk, dim=-1)
         clean = logp.topk(self.topk, dim=-1)
-        ids = torch.where(exiting[:, None], clean.indices, top.indices)
-        scores = torch.where(exiting[:, None], clean.values, top.values)
-        fed = mixture_thought(self.thoughts.embedding, ids, scores, self.config.gumbel_temperature)
-        d = scores - logp.gather(-1, ids)
-        return ThoughtDraw(fed.to(hidden.dtype), soft_token_log_density(d), {"ids": ids, "scores": scores})
+        tau = self.config.gumbel_temperature
+        fed = torch.where(
+            exiting[:, None],
+            mixture_thought(self.thoughts.embedding, clean.indices, clean.values, tau),
+            mixture_thought(self.thoughts.embedding, top.indices, top.values, tau),
+        )
+        d = top.values - logp.gather(-1, top.indices)
+        return ThoughtDraw(fed.to(hidden.dtype), soft_token_log_density(d), {"ids": top.indices, "scores": top.values})
 
     def log_prob(self, index: int, hidden: Tensor, fed: Tensor, sample: dict[str, Tensor]) -> Tensor:
         if "ids" not in sample or "scores" not in sample:

@@ -515,7 +515,10 @@ class GRPOModule(L.LightningModule):
             self.log("val/latent_tokens", sum(answers.n_latent) / n, batch_size=n)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        return adamw_warmup_cosine(self.policy.parameters(), self.config.optim, self.total_optimizer_steps())
+        if self.config.rl.freeze_embeddings:  # the embedding rows (and a tied LM head) stay as the SFT run left them
+            self.policy.reasoner.get_input_embeddings().weight.requires_grad_(False)
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        return adamw_warmup_cosine(params, self.config.optim, self.total_optimizer_steps())
 
     def total_optimizer_steps(self) -> int:
         """``trainer.max_steps``, or the rollout batches of the run x optimizer steps per batch (with dynamic

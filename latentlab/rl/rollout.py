@@ -91,8 +91,8 @@ class Rollouts:
     @property
     def action_mask(self) -> Tensor | None:
         """[N, n] bool, latent rollouts: the slots whose choice is an action of the thought policy: the used ones and,
-        for a chain that ended, the slot where it ended (its exit decision: SofT-GRPO's end token, ATP-Latent's
-        stop, Latent-GRPO's un-noised exit record); None for rollouts of language tokens only."""
+        for a chain that ended, the slot where it ended (SofT-GRPO's end token, ATP-Latent's stop, Latent-GRPO's
+        noisy record at its exit); None for rollouts of language tokens only."""
         if self.thought_mask is None:
             return None
         used = self.thought_mask.bool()
