@@ -467,3 +467,12 @@ def test_reward_weights_and_gates_replace_their_base():
         load_config(REPO / "paper_configs/tiny/grpo_arithmetic.yaml", {"reward.weights": {"coherence": 1.0}})
     with pytest.raises(ConfigError, match="gates.answer"):
         load_config(REPO / "paper_configs/tiny/grpo_arithmetic.yaml", {"reward.gates": {"answer": "format"}})
+
+
+def test_latent_sft_run_evaluates_with_the_shuffled_thought_control(sft_run, tmp_path):
+    from latentlab.reasoning.evaluate import evaluate_cot
+
+    overrides = {**DATA, "eval.limit": 2, "sampling.num_samples": 2, "eval.pass_k": [1, 2]}
+    result = evaluate_cot(load_config(TINY_SFT, overrides), checkpoint=sft_run, out_dir=tmp_path / "eval")
+    row = result.rows[0]
+    assert row["method"] == "Latent-SFT" and "shuffled_thought_accuracy" in row and "pass@2" in row

@@ -71,7 +71,13 @@ def table_plot(metric: str = "accuracy") -> PlotSpec:
     return PlotSpec(kind="scatter", metrics=(metric,), label_column="method", x="reasoning_tokens_mean")
 
 
-METHOD_LABELS = {"no_cot": "No-CoT", "cot": "CoT", "coconut": "Coconut", "atp_latent": "ATP-Latent"}
+METHOD_LABELS = {
+    "no_cot": "No-CoT",
+    "cot": "CoT",
+    "coconut": "Coconut",
+    "atp_latent": "ATP-Latent",
+    "latent_sft": "Latent-SFT",
+}
 TOKEN_COLUMNS = ["latent_tokens_mean", "language_tokens_mean", "reasoning_tokens_mean", "generated_tokens_mean"]
 
 
