@@ -176,15 +176,20 @@ def _evaluate(config, checkpoint: Path, out_dir: Path) -> None:
 # Tables
 
 
+def _fmt(values: list[float], digits: int = 3) -> str:
+    """mean ± sd over seeds; one evaluation (a start) is its value alone."""
+    return f"{values[0]:.{digits}f}" if len(values) == 1 else fmt(values, digits)
+
+
 def _summary(label: str, scored: list[dict], extra: dict) -> dict:
     line = {"method": label, "seeds": len(scored)}
     for k in (1, 8, 32):
-        line[f"pass@{k}"] = fmt([r[f"pass@{k}"] for r in scored])
-    line["reasoning_tokens"] = fmt([r["sample_reasoning_tokens_mean"] for r in scored], 2)
-    line["latent_tokens"] = fmt([r["latent_tokens_mean"] for r in scored], 2)
-    line["greedy_accuracy"] = fmt([r["accuracy"] for r in scored])
+        line[f"pass@{k}"] = _fmt([r[f"pass@{k}"] for r in scored])
+    line["reasoning_tokens"] = _fmt([r["sample_reasoning_tokens_mean"] for r in scored], 2)
+    line["latent_tokens"] = _fmt([r["latent_tokens_mean"] for r in scored], 2)
+    line["greedy_accuracy"] = _fmt([r["accuracy"] for r in scored])
     shuffled = [r.get("shuffled_thought_accuracy") for r in scored]
-    line["shuffled_thought_accuracy"] = fmt(shuffled) if all(v is not None for v in shuffled) else "n/a (no thoughts)"
+    line["shuffled_thought_accuracy"] = _fmt(shuffled) if all(v is not None for v in shuffled) else "n/a (no thoughts)"
     return line | extra
 
 
