@@ -30,6 +30,7 @@ from latentlab.rl.rollout import latent_rollout, recompute_latent
 from latentlab.rl.task import load_policy
 from latentlab.training import fit
 from tests.conftest import REPO
+from tests.test_reasoning_task import TINY_CVAE
 from tests.test_rl_module import DATA
 from tests.test_thoughts import EXAMPLES, tiny_model, tiny_tokenizer
 
@@ -291,6 +292,27 @@ def metrics_rows(run_dir: Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
+def rl_overrides(tmp_path: Path, init_dir: Path, **extra) -> dict:
+    """A seconds-long latent_rl run from ``init_dir``: 2 prompts x 4 rollouts, 2 optimizer steps, every rollout kept
+    (an untrained reasoner never answers)."""
+    return {
+        **DATA,
+        "reasoning.init_from": str(init_dir),
+        "reasoning.data.batch_size": 2,
+        "advantage.group_size": 4,
+        "advantage.invalid_samples": [],
+        "rl.prompts_per_step": 2,
+        "rl.minibatch_size": 8,
+        "rl.log_completions_every": 1,
+        "trainer.max_steps": 2,
+        "trainer.checkpoint_every_n_steps": 2,
+        "trainer.val_check_interval": None,
+        "trainer.limit_val_batches": 1,
+        "output_dir": str(tmp_path / "runs"),
+        **extra,
+    }
+
+
 @pytest.fixture(scope="module")
 def sft_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("latent_sft")
@@ -320,25 +342,16 @@ def varied_reward():
 
 @pytest.mark.parametrize("freeze", [False, True])
 def test_latent_grpo_end_to_end(sft_run, tmp_path, freeze, varied_reward):
-    overrides = {
-        "rl.freeze_embeddings": freeze,
-        "reward.weights": {varied_reward: 1.0},
-        **DATA,
-        "reasoning.init_from": str(sft_run),
-        "reasoning.curriculum.stage_epochs": [0, 1, 1, 1, 1],
-        "reasoning.latent_sft.max_latents": 5,
-        "reasoning.data.batch_size": 2,
-        "advantage.group_size": 4,
-        "advantage.invalid_samples": [],  # an untrained reasoner never answers: keep every rollout
-        "rl.prompts_per_step": 2,
-        "rl.minibatch_size": 8,
-        "rl.log_completions_every": 1,
-        "trainer.max_steps": 2,
-        "trainer.checkpoint_every_n_steps": 2,
-        "trainer.val_check_interval": None,
-        "trainer.limit_val_batches": 1,
-        "output_dir": str(tmp_path / "runs"),
-    }
+    overrides = rl_overrides(
+        tmp_path,
+        sft_run,
+        **{
+            "rl.freeze_embeddings": freeze,
+            "reward.weights": {varied_reward: 1.0},
+            "reasoning.curriculum.stage_epochs": [0, 1, 1, 1, 1],
+            "reasoning.latent_sft.max_latents": 5,
+        },
+    )
     run = fit(load_config(TINY_LATENT_GRPO, overrides), run_name="r").run_dir
     rows = metrics_rows(run)
     logged = {key for row in rows for key, value in row.items() if value}
@@ -370,23 +383,7 @@ def cot_run(tmp_path_factory) -> Path:
 
 
 def test_soft_grpo_end_to_end(cot_run, tmp_path):
-    overrides = {
-        **DATA,
-        "reasoning.init_from": str(cot_run),
-        "reasoning.data.batch_size": 2,
-        "soft_thinking.max_thinking": 6,
-        "advantage.group_size": 4,
-        "advantage.invalid_samples": [],
-        "reward.weights": {"format": 1.0},
-        "rl.prompts_per_step": 2,
-        "rl.minibatch_size": 8,
-        "rl.log_completions_every": 1,
-        "trainer.max_steps": 2,
-        "trainer.checkpoint_every_n_steps": 2,
-        "trainer.val_check_interval": None,
-        "trainer.limit_val_batches": 1,
-        "output_dir": str(tmp_path / "runs"),
-    }
+    overrides = rl_overrides(tmp_path, cot_run, **{"soft_thinking.max_thinking": 6, "reward.weights": {"format": 1.0}})
     run = fit(load_config(REPO / "paper_configs/tiny/soft_grpo_arithmetic.yaml", overrides), run_name="r").run_dir
     rows = metrics_rows(run)
     first = next(row for row in rows if row.get("train/ratio_mean"))
@@ -406,21 +403,10 @@ def test_soft_thinking_needs_a_cot_reasoner():
 
 # ---------------------------------------------------------------- ATP-Latent RL end to end
 
-TINY_ATP_CVAE = {
-    "thoughts_per_step": 1,
-    "latent_dim": 8,
-    "mlp_dim": 16,
-    "text_embed_dim": 8,
-    "text_dim": 8,
-    "decoder_embed_dim": 8,
-    "decoder_hidden_dim": 16,
-    "stop_head": True,
-}
-
 
 @pytest.mark.parametrize("stop_head", [True, False])
 def test_atp_latent_rl_end_to_end(tmp_path, stop_head):
-    cvae = {**TINY_ATP_CVAE, "stop_head": stop_head}
+    cvae = {**TINY_CVAE, "stop_head": stop_head}
     curriculum = {"thoughts_per_step": 1, "max_latent_stage": 2, "pad_latent_to_max": not stop_head}
     shapes = {**DATA, "reasoning.cvae": cvae, "reasoning.curriculum": curriculum}
     sft_overrides = {
@@ -432,21 +418,7 @@ def test_atp_latent_rl_end_to_end(tmp_path, stop_head):
         "output_dir": str(tmp_path / "sft"),
     }
     sft = fit(load_config(REPO / "paper_configs/tiny/atp_latent_arithmetic.yaml", sft_overrides), run_name="r").run_dir
-    overrides = {
-        **shapes,
-        "reasoning.init_from": str(sft),
-        "reasoning.data.batch_size": 2,
-        "advantage.group_size": 4,
-        "advantage.invalid_samples": [],
-        "rl.prompts_per_step": 2,
-        "rl.minibatch_size": 8,
-        "rl.log_completions_every": 1,
-        "trainer.max_steps": 2,
-        "trainer.checkpoint_every_n_steps": 2,
-        "trainer.val_check_interval": None,
-        "trainer.limit_val_batches": 1,
-        "output_dir": str(tmp_path / "runs"),
-    }
+    overrides = rl_overrides(tmp_path, sft, **shapes)
     config = load_config(REPO / "paper_configs/tiny/atp_latent_rl_arithmetic.yaml", overrides)
     assert config.reward.gates == {"coherence": "answer"}
     run = fit(config, run_name="r").run_dir
