@@ -48,6 +48,11 @@ def test_every_row_config_loads_and_starts_from_its_supervised_method(tables):
         assert config.reasoning.init_from.endswith(f"{start.name}/reproduce"), key
         if config.soft_thinking is not None:
             assert key == "soft_grpo"
+        if config.reasoning.method == "atp_latent":  # the CVAE's shapes and prior must be its SFT run's
+            shaped = ("latent_dim", "thoughts_per_step", "prior", "mlp_dim", "text_embed_dim", "text_dim",
+                      "decoder_embed_dim", "decoder_hidden_dim", "stop_head")  # fmt: skip
+            rl_cvae, sft_cvae = config.reasoning.cvae, start.reasoning.cvae
+            assert {k: getattr(rl_cvae, k) for k in shaped} == {k: getattr(sft_cvae, k) for k in shaped}, key
     for table, keys in tables.TABLE_ROWS.items():
         assert set(keys) <= set(tables.ROWS), table
 
