@@ -448,3 +448,14 @@ def test_latent_sft_run_evaluates_with_the_shuffled_thought_control(sft_run, tmp
     result = evaluate_cot(load_config(TINY_SFT, overrides), checkpoint=sft_run, out_dir=tmp_path / "eval")
     row = result.rows[0]
     assert row["method"] == "Latent-SFT" and "shuffled_thought_accuracy" in row and "pass@2" in row
+
+
+def test_soft_thinking_end_text_must_start_the_answer_marker():
+    """Checked once, when the module is built: thinking must end where the trained answer marker starts."""
+    from latentlab.rl.module import GRPOModule
+
+    config = load_config(
+        REPO / "paper_configs/tiny/soft_grpo_arithmetic.yaml", {**DATA, "soft_thinking.end_text": "<<"}
+    )
+    with pytest.raises(ConfigError, match=r"soft_thinking.end_text.*'<<'.*thinking must end where the answer starts"):
+        GRPOModule(config)

@@ -50,10 +50,7 @@ from latentlab.configs.reasoning import GumbelThoughtsConfig
 from latentlab.errors import ConfigError
 from latentlab.reasoning.replay import ThoughtDraw
 from latentlab.reasoning.sampling import filter_logits, gumbel_noise
-
-
-def _lm(model: nn.Module) -> nn.Module:
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
+from latentlab.reasoning.thoughts import _causal_lm
 
 
 def mixture_thought(embedding: Tensor, ids: Tensor, scores: Tensor, temperature: float = 1.0) -> Tensor:
@@ -74,7 +71,7 @@ class VocabMixtureThoughts:
     """
 
     def __init__(self, model: nn.Module, topk: int, eot_id: int):
-        lm = _lm(model)
+        lm = _causal_lm(model)
         self.head = lm.get_output_embeddings()
         self.embedding = lm.get_input_embeddings().weight
         if not 1 <= topk <= self.embedding.shape[0]:

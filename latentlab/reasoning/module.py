@@ -22,7 +22,14 @@ from latentlab.errors import ConfigError
 from latentlab.eval.metrics import answers_match
 from latentlab.optim import TRAIN_STREAM, VAL_STREAM, adamw_warmup_cosine, derive_seed
 from latentlab.reasoning.atp_policy import ATPLatentPolicy
-from latentlab.reasoning.curriculum import DEFAULT_FORMAT, CoTTextFormat, LayoutVocab, build_prompt, extract_answer
+from latentlab.reasoning.curriculum import (
+    DEFAULT_FORMAT,
+    CoTTextFormat,
+    LayoutVocab,
+    build_prompt,
+    extract_answer,
+    n_thoughts_for,
+)
 from latentlab.reasoning.cvae import LatentStepCVAE, LatentTrace, beta_schedule, elbo_loss, stop_loss, stop_targets
 from latentlab.reasoning.data import CoTBatch
 from latentlab.reasoning.latent_sft import GumbelMixturePolicy, VocabMixtureThoughts
@@ -131,6 +138,8 @@ class LatentCoTModule(L.LightningModule):
         z from the Gaussian and the stop head; latent_sft samples Gumbel thoughts under either task)."""
         self.soft_thinking = getattr(config, "soft_thinking", None)
         """SofT-GRPO's soft-thinking settings (a latent_rl config's ``soft_thinking``); None: discrete reasoning."""
+        self.end_of_thinking_id = None if self.soft_thinking is None else self._end_of_thinking_id()
+        """SofT-GRPO: the first token of ``soft_thinking.end_text``, checked once, here (None without soft thinking)."""
         self.last_reset_epoch = 0
         """Epoch whose start last reset the optimizer (saved in checkpoints, so a resumed epoch is not reset twice)."""
 
@@ -215,14 +224,21 @@ class LatentCoTModule(L.LightningModule):
         model = self.reasoner if model is None else model
         return GumbelMixturePolicy(model, r.latent_sft.topk, self.thought_tokens.eot_id, r.latent_sft.gumbel)
 
-    def prompts_at(self, questions: Sequence[str], stage: int) -> list[tuple[list[int], int]]:
-        """(prefix ids, thought slots) of each question at ``stage``; latent_sft gets its whole budget of slots
-        (``reasoning.max_latents``), since its chain ends where the reasoner predicts ``<eot>``."""
+    def thought_slots(self, stage: int) -> int:
+        """Thought slots of every answer at ``stage`` (the inference rule, no gold steps): SofT-GRPO's
+        ``soft_thinking.max_thinking``; latent_sft's whole budget (``reasoning.max_latents``), since its chain ends
+        where the reasoner predicts ``<eot>``; otherwise ``n_thoughts_for(None, stage)``."""
         r = self.config.reasoning
-        prompts = [build_prompt(q, stage, r.curriculum, self.vocab, self.fmt) for q in questions]
-        if r.method == "latent_sft":
-            prompts = [(ids, r.max_latents if n else 0) for ids, n in prompts]
-        return prompts
+        if self.soft_thinking is not None:
+            return self.soft_thinking.max_thinking
+        n = n_thoughts_for(None, stage, r.curriculum)
+        return r.max_latents if r.method == "latent_sft" and n else n
+
+    def prompts_at(self, questions: Sequence[str], stage: int) -> list[tuple[list[int], int]]:
+        """(prefix ids, thought slots: ``thought_slots(stage)``) of each question at ``stage``."""
+        r = self.config.reasoning
+        slots = self.thought_slots(stage)
+        return [(build_prompt(q, stage, r.curriculum, self.vocab, self.fmt)[0], slots) for q in questions]
 
     # ----------------------------------------------------------------- generation (validation and evaluation)
 
@@ -291,7 +307,7 @@ class LatentCoTModule(L.LightningModule):
         latents = None
         if trace is not None and trace.z:
             latents = self.cvae.group(LatentTrace.stack(trace.z))
-        elif self.cvae is not None and thought_fn is not None and recorder is not None and recorder.draws:
+        elif recorder is not None and recorder.draws:  # the ATP-Latent policy's sampled z
             latents = self.cvae.group(recorder.recorded().sample["z"])
         return GeneratedAnswers(
             texts=texts,
@@ -310,8 +326,7 @@ class LatentCoTModule(L.LightningModule):
         config = self.soft_thinking if noise else dataclasses.replace(self.soft_thinking, noise_factor=0.0)
         return SoftThinkingPolicy(self.reasoner if model is None else model, config, self.end_of_thinking_id)
 
-    @property
-    def end_of_thinking_id(self) -> int:
+    def _end_of_thinking_id(self) -> int:
         """The first token of ``soft_thinking.end_text``, which must start the answer marker the layouts encode."""
         end_id = end_of_thinking_id(self.tokenizer, self.soft_thinking.end_text)
         marker = self.vocab.encode(self.fmt.answer_prefix)
@@ -337,11 +352,11 @@ class LatentCoTModule(L.LightningModule):
         recorded tokens, the end token and the generated ones."""
         policy = self.soft_policy(noise=temperature > 0)
         thought_fn, recorder = recording_thoughts(policy, generator)
-        prompts = [ids for ids, _ in self.prompts_at(questions, 0)]
+        prompts = self.prompts_at(questions, 0)
         result = generate_from_ids(
             self.reasoner,
-            prompts,
-            self.soft_thinking.max_thinking,
+            [ids for ids, _ in prompts],
+            [n for _, n in prompts],
             max_new_tokens or self.config.sampling.max_new_tokens,
             eos_id=self.vocab.eos_id,
             eot_id=policy.end_id,

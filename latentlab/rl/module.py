@@ -45,7 +45,6 @@ from latentlab.eval.metrics import answers_match
 from latentlab.io import write_jsonl
 from latentlab.optim import TRAIN_STREAM, VAL_STREAM, adamw_warmup_cosine, derive_seed
 from latentlab.reasoning.atp_policy import ATPLatentPolicy
-from latentlab.reasoning.curriculum import n_thoughts_for
 from latentlab.reasoning.module import LatentCoTModule
 from latentlab.reasoning.replay import ThoughtPolicy
 from latentlab.reasoning.soft_thinking import thinking_completion_ids
@@ -137,15 +136,6 @@ class GRPOModule(L.LightningModule):
         if self.atp:  # the CVAE heads are the policy's own (latent_rl refuses a reference for atp_latent)
             return ATPLatentPolicy(self.policy.cvae)
         return self.policy.soft_policy(model) if self.soft else self.policy.gumbel_thoughts(model)
-
-    def n_slots(self) -> int:
-        """Thought slots of a rollout: SofT-GRPO's max_thinking, Latent-SFT's max_latents, ATP-Latent's M * c."""
-        cfg = self.config
-        if self.soft:
-            return cfg.soft_thinking.max_thinking
-        if self.atp:
-            return n_thoughts_for(None, cfg.reasoning.final_stage, cfg.reasoning.curriculum)
-        return cfg.reasoning.max_latents
 
     # ----------------------------------------------------------------- weights
 
@@ -244,7 +234,7 @@ class GRPOModule(L.LightningModule):
                     prompts,
                     G,
                     policy,
-                    n_slots=self.n_slots(),
+                    n_slots=self.policy.thought_slots(cfg.reasoning.final_stage),
                     eot_id=policy.end_id if self.soft else self.policy.thought_tokens.eot_id,
                     **sampling,
                 )
@@ -284,7 +274,7 @@ class GRPOModule(L.LightningModule):
         valid = scorable.clone() if "unparsable" in reasons else torch.ones_like(scorable)
         if "truncated" in reasons:
             valid &= ~rolled.truncated.cpu()
-        if "no_exit" in reasons and rolled.exited is not None:
+        if "no_exit" in reasons and rolled.exited is not None:  # latent rollouts only
             valid &= rolled.exited.cpu()
         return valid
 

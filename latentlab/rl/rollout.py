@@ -83,10 +83,16 @@ class Rollouts:
     mu [N, n] and its record (every slot, masked ones too). None for rollouts of language tokens only."""
     thought_mask: Tensor | None = None
     """[N, n] long: 1 on the slots each row used (its chain ended where the policy's ``stop_fn`` said)."""
-    exited: Tensor | None = None
-    """[N] bool: the chain ended before its n slots ran out (``False``: it never left latent mode)."""
     eot_id: int | None = None
     """The id fed after the thoughts (``<eot>``) of a latent rollout."""
+
+    @property
+    def exited(self) -> Tensor | None:
+        """[N] bool, latent rollouts: the chain ended before its n slots ran out (``False``: it never left latent
+        mode); None for rollouts of language tokens only."""
+        if self.thought_mask is None:
+            return None
+        return self.thought_mask.sum(dim=1) < self.thought_mask.shape[1]
 
     @property
     def action_mask(self) -> Tensor | None:
@@ -249,7 +255,6 @@ def latent_rollout(
         top_k=top_k,
         top_p=top_p,
     )
-    used = result.thought_mask.long()
     return _as_rollouts(
         result,
         group_size,
@@ -259,8 +264,7 @@ def latent_rollout(
         eos_id,
         pad_id,
         thoughts=recorder.recorded(),
-        thought_mask=used,
-        exited=used.sum(dim=1) < n_slots,
+        thought_mask=result.thought_mask.long(),
         eot_id=eot_id,
     )
 
@@ -441,7 +445,7 @@ def concat_rollouts(parts: Sequence[Rollouts]) -> Rollouts:
         )
     return dataclasses.replace(
         first,
-        **{name: cat(name) for name in (*tensors, "top_logprobs", "top_ids", "thought_mask", "exited")},
+        **{name: cat(name) for name in (*tensors, "top_logprobs", "top_ids", "thought_mask")},
         token_ids=[row for part in parts for row in part.token_ids],
         thoughts=thoughts,
     )
@@ -456,7 +460,7 @@ def select_rows(rolled: Rollouts, rows: Tensor) -> Rollouts:
     tensors = ("completion_ids", "mask", "lengths", "truncated", "logprobs", "tempered_logprobs", "top_logprobs")
     return dataclasses.replace(
         rolled,
-        **{name: take(getattr(rolled, name)) for name in (*tensors, "top_ids", "thought_mask", "exited")},
+        **{name: take(getattr(rolled, name)) for name in (*tensors, "top_ids", "thought_mask")},
         token_ids=[rolled.token_ids[i] for i in rows.tolist()],
         thoughts=None if rolled.thoughts is None else rolled.thoughts.rows(rows.to(rolled.thoughts.fed.device)),
     )
