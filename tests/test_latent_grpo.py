@@ -22,6 +22,8 @@ from latentlab.reasoning.latent_sft import (
     gumbel_log_density,
     mixture_thought,
     soft_token_log_density,
+    step_label_loss,
+    step_label_targets,
 )
 from latentlab.reasoning.thoughts import add_thought_tokens
 from latentlab.rl.advantages import first_token_selection, group_advantages
@@ -170,6 +172,34 @@ def test_supervise_eot_labels_the_exit():
     assert on.suffix_labels[1:] == off.suffix_labels[1:]
 
 
+def test_step_labels_cut_each_group_into_its_thoughts():
+    step_ids = torch.tensor([[[5, 6, 7, 0], [8, 0, 0, 0]]])  # group 0: 3 tokens, group 1: 1 token
+    ids, mask = step_label_targets(step_ids, torch.tensor([[3, 1]]), thoughts_per_group=2)
+    assert ids.shape == (1, 4, 4)
+    labels = [ids[0, s][mask[0, s]].tolist() for s in range(4)]
+    assert labels == [[5, 6], [7], [8], []]  # the first chunk takes the extra token; an empty chunk has no label
+    one, one_mask = step_label_targets(step_ids, torch.tensor([[3, 0]]), thoughts_per_group=1)
+    assert [one[0, s][one_mask[0, s]].tolist() for s in range(2)] == [[5, 6, 7], []]
+    with pytest.raises(ConfigError, match="thoughts_per_group"):
+        step_label_targets(step_ids, torch.tensor([[3, 1]]), thoughts_per_group=0)
+
+
+def test_step_label_loss_is_the_bag_cross_entropy_of_used_labelled_slots():
+    logp = torch.log(torch.tensor([[[0.5, 0.25, 0.25], [0.1, 0.1, 0.8], [1 / 3, 1 / 3, 1 / 3]]]))
+    ids = torch.tensor([[[0, 1], [2, 0], [0, 0]]])
+    mask = torch.tensor([[[True, True], [True, False], [False, False]]])  # slot 2 has no label
+    used = torch.tensor([[1, 1, 1]])
+    expected = (-(math.log(0.5) + math.log(0.25)) / 2 - math.log(0.8)) / 2
+    assert float(step_label_loss(logp, ids, mask, used)) == pytest.approx(expected)
+    # an unused slot does not count, and no labelled used slot gives 0
+    assert float(step_label_loss(logp, ids, mask, torch.tensor([[1, 0, 1]]))) == pytest.approx(-math.log(0.125) / 2)
+    assert float(step_label_loss(logp, ids, mask, torch.tensor([[0, 0, 1]]))) == 0.0
+    # the gradient raises exactly the labelled tokens' log-probs
+    leaf = logp.clone().requires_grad_(True)
+    step_label_loss(leaf, ids, mask, used).backward()
+    assert (leaf.grad[0, 0, :2] < 0).all() and leaf.grad[0, 0, 2] == 0 and (leaf.grad[0, 2] == 0).all()
+
+
 # ---------------------------------------------------------------- advantages
 
 
@@ -260,6 +290,7 @@ def test_latent_rollout_recomputes_mu_exactly_and_is_seeded():
     [
         (TINY_SFT, {"reasoning.curriculum.supervise_eot": False}, "supervise_eot"),
         (TINY_SFT, {"reasoning.method": "coconut"}, "latent_sft"),
+        (TINY_SFT, {"reasoning.latent_sft.step_label_weight": -1.0}, "step_label_weight"),
         (REPO / "paper_configs/tiny/grpo_arithmetic.yaml", {"advantage.invalid_samples": ["no_exit"]}, "no_exit"),
         (TINY_LATENT_GRPO, {"reasoning.method": "cot"}, "latent_sft"),
         (TINY_LATENT_GRPO, {"reasoning.latent_sft.gumbel.clamp_low": 0.5}, "clamp_low"),

@@ -103,6 +103,45 @@ class VocabMixtureThoughts:
         return self.exiting
 
 
+def step_label_targets(step_ids: Tensor, step_lengths: Tensor, thoughts_per_group: int) -> tuple[Tensor, Tensor]:
+    """The tokens each thought slot is labelled with: ``step_ids`` [B, G, L] / ``step_lengths`` [B, G] (``CoTBatch``:
+    the text of each thought group) -> (ids, mask) [B, G * c, L].
+
+    Group g's tokens are cut into c = ``thoughts_per_group`` contiguous chunks, the first ones a token longer when L
+    does not divide (``torch.tensor_split``); slot g * c + j is labelled with chunk j. A slot whose chunk is empty
+    (a short step, or a group past the latent steps) has an all-False mask row and no label.
+    """
+    if thoughts_per_group < 1:
+        raise ConfigError(f"thoughts_per_group must be >= 1, got {thoughts_per_group}")
+    B, G, L = step_ids.shape
+    c = thoughts_per_group
+    ids = torch.zeros(B, G * c, L, dtype=torch.long, device=step_ids.device)
+    mask = torch.zeros(B, G * c, L, dtype=torch.bool, device=step_ids.device)
+    for b in range(B):
+        for g in range(G):
+            tokens = step_ids[b, g, : int(step_lengths[b, g])]
+            for j, chunk in enumerate(torch.tensor_split(tokens, c)):
+                ids[b, g * c + j, : len(chunk)] = chunk
+                mask[b, g * c + j, : len(chunk)] = True
+    return ids, mask
+
+
+def step_label_loss(logp: Tensor, label_ids: Tensor, label_mask: Tensor, thought_mask: Tensor) -> Tensor:
+    """Mean over the labelled used slots of -mean_t log p(t) over the slot's label tokens t: the cross-entropy of the
+    slot's distribution against its chunk's tokens as a bag (each token at its count / chunk length).
+
+    logp [B, n, V] (the log-softmax that makes each thought), label_ids / label_mask [B, n, L]
+    (``step_label_targets``), thought_mask [B, n]. 0 when no used slot has a label.
+    """
+    n = min(logp.shape[1], label_ids.shape[1])
+    logp, label_ids, label_mask = logp[:, :n], label_ids[:, :n], label_mask[:, :n]
+    picked = logp.gather(-1, label_ids)  # [B, n, L]
+    counts = label_mask.sum(dim=-1)  # [B, n]
+    per_slot = -(picked * label_mask).sum(dim=-1) / counts.clamp(min=1)
+    labelled = (counts > 0) & thought_mask[:, :n].bool()
+    return (per_slot * labelled).sum() / labelled.sum().clamp(min=1)
+
+
 def gumbel_log_density(d: Tensor) -> Tensor:
     """log of the standard Gumbel density at d: -d - exp(-d) (elementwise)."""
     return -d - torch.exp(-d)

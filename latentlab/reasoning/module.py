@@ -32,7 +32,12 @@ from latentlab.reasoning.curriculum import (
 )
 from latentlab.reasoning.cvae import LatentStepCVAE, LatentTrace, beta_schedule, elbo_loss, stop_loss, stop_targets
 from latentlab.reasoning.data import CoTBatch
-from latentlab.reasoning.latent_sft import GumbelMixturePolicy, VocabMixtureThoughts
+from latentlab.reasoning.latent_sft import (
+    GumbelMixturePolicy,
+    VocabMixtureThoughts,
+    step_label_loss,
+    step_label_targets,
+)
 from latentlab.reasoning.soft_thinking import SoftThinkingPolicy, end_of_thinking_id, thinking_completion_ids
 from latentlab.reasoning.thoughts import (
     ThoughtFn,
@@ -192,8 +197,16 @@ class LatentCoTModule(L.LightningModule):
             losses["answer_ce"] = out.loss
             losses["loss"] = out.loss
             if hooks is not None and batch.thoughts.n_thoughts:
-                losses["stay_ce"] = hooks.stay_loss(out.thought_contexts, batch.thoughts.thought_mask.to(self.device))
+                used = batch.thoughts.thought_mask.to(self.device)
+                losses["stay_ce"] = hooks.stay_loss(out.thought_contexts, used)
                 losses["loss"] = out.loss + r.latent_sft.exit_weight * losses["stay_ce"]
+                if r.latent_sft.step_label_weight > 0:
+                    ids, mask = step_label_targets(
+                        batch.step_ids.to(self.device), batch.step_lengths, r.curriculum.thoughts_per_step
+                    )
+                    logp = hooks.logits(out.thought_contexts).log_softmax(dim=-1)
+                    losses["step_label_ce"] = step_label_loss(logp, ids, mask.to(self.device), used)
+                    losses["loss"] = losses["loss"] + r.latent_sft.step_label_weight * losses["step_label_ce"]
             return losses
         step_ids, lengths = batch.step_ids.to(self.device), batch.step_lengths.to(self.device)
         thought_fn, trace = self.cvae.training_hook(self.cvae.encode_steps(step_ids, lengths), generator)
