@@ -5,9 +5,16 @@
 Keys are L2-normalised float32 (clustered by default: random unit centres plus Gaussian noise, re-normalised), queries
 are fresh points around the same centres. Every index is built, saved and searched through ``LatentIndex``, so the
 numbers include its checks, its id mapping and its sha256 manifest. Recall@k is measured against exact inner-product
-search (``faiss.knn``) on the same keys. Bytes per item are read from the saved files (index, keys) and computed for
-the latent store at ``--latent-dim`` in float32 and float16 (the .npy header is amortised), then divided by
-``--text-bytes``, the mean raw-text size of the evidence each latent replaces in the generator's prompt.
+search (``faiss.knn``) on the same keys. Bytes per item are read from the saved files (index, keys, latents and the
+latent codec's file), then divided by ``--text-bytes``, the mean raw-text size of the evidence each latent replaces
+in the generator's prompt.
+
+The latent stores (float32, float16, int8 and each ``--latent-pq MxNBITS``) are measured once, apart from the key
+indexes: a memory of ``min(--n, --latent-sample)`` latents at ``--latent-dim`` per store, saved; bytes per item are
+its latents file over its count plus the codec file (codebooks, whatever the count) over ``--n``. Their
+reconstruction error against the float32 latents (relative MSE = sum |z - z'|^2 / sum |z|^2, and the mean cosine of
+z with z') is measured on those synthetic latents (``make_latents``: a shared mean, low-rank structure, per-dimension
+scales with a few outlier dimensions, noise) and, with ``--latents-from DIR``, on the real latents of a saved memory.
 
 Build and save are timed once per index. Searching is timed over ``--repeats`` rounds with the indexes as arms:
 every index of a dimension is built and saved first, then reopened from disk (keys and latents memory-mapped) and,
@@ -33,7 +40,9 @@ import numpy as np
 from timing import Spread, ratios, round_orders, spread
 
 from latentlab.data.schema import Evidence
+from latentlab.errors import LatentLabError
 from latentlab.memory.index import IndexConfig, LatentIndex
+from latentlab.memory.latent_store import reconstruction_error
 
 
 @dataclass
@@ -50,13 +59,34 @@ class Row:
     recall_at_k: float
     index_bytes_per_item: float
     keys_bytes_per_item: float
-    latent_f32_bytes_per_item: float
-    latent_f16_bytes_per_item: float
-    ratio_to_text_f32: float
-    ratio_to_text_f16: float
+    latent_bytes_per_item: dict[str, float]
+    """By latent store (``LatentStoreRow.store``): its latents file plus its codec file, per item."""
+    ratio_to_text: dict[str, float]
+    """By latent store: (index + keys + latent store) bytes per item / ``--text-bytes``."""
     repeats: int = 1
     spreads: dict[str, dict[str, float]] = field(default_factory=dict)
     """``timing.Spread`` fields over the search rounds by measurement, e.g. ``{"batch_qps": {"median": .., ...}}``."""
+
+
+@dataclass
+class LatentStoreRow:
+    """One latent store (``IndexConfig.latent_dtype`` and its parameters): what it costs and what it loses."""
+
+    store: str
+    latent_dtype: str
+    latent_pq_m: int | None
+    latent_pq_nbits: int
+    latents_bytes_per_item: float
+    codec_bytes_per_item: float
+    bytes_per_item: float
+    float32_over_this: float
+    add_s: float
+    """Seconds of ``add``: training the codec (int8, pq) and encoding ``count`` latents."""
+    count: int
+    relative_mse: float
+    mean_cosine: float
+    real: dict[str, float] | None = None
+    """Reconstruction error on ``--latents-from``'s latents (None: not given, or too few to train this codec)."""
 
 
 def unit_rows(x: np.ndarray) -> np.ndarray:
@@ -78,6 +108,31 @@ def make_keys(
             gaussian = centres[rng.integers(0, len(centres), stop - start)] + noise / math.sqrt(dim) * gaussian
         keys[start:stop] = unit_rows(gaussian)
     return keys
+
+
+def make_latents(count: int, dim: int, rng: np.random.Generator, rank: int = 32) -> np.ndarray:
+    """Synthetic hidden-state-like latents [count, dim] float32.
+
+    A shared mean, ``rank`` random directions plus isotropic noise, scaled per dimension (log-normal, and 1% of
+    dimensions 10x larger: the outlier features of LLM hidden states, which a per-dimension quantiser must span).
+    """
+    scale = np.exp(0.5 * rng.standard_normal(dim)).astype(np.float32)
+    scale[rng.choice(dim, max(1, dim // 100), replace=False)] *= 10
+    mean = rng.standard_normal(dim).astype(np.float32)
+    basis = rng.standard_normal((rank, dim)).astype(np.float32) / math.sqrt(rank)
+    factors = rng.standard_normal((count, rank), dtype=np.float32)
+    noise = 0.3 * rng.standard_normal((count, dim), dtype=np.float32)
+    return ((mean + factors @ basis + noise) * scale).astype(np.float32)
+
+
+def benchmark_data(args: argparse.Namespace, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(keys [n, dim], queries [queries, dim], exact top-k rows [queries, k])``, the same for the same arguments."""
+    rng = np.random.default_rng([args.seed, dim])
+    centres = unit_rows(rng.standard_normal((args.clusters, dim), dtype=np.float32))
+    keys = make_keys(args.n, centres, args.noise, rng, args.data)
+    queries = make_keys(args.queries, centres, args.noise, rng, args.data)  # fresh points, same centres
+    _, exact = faiss.knn(queries, keys, args.k, metric=faiss.METRIC_INNER_PRODUCT)
+    return keys, queries, exact
 
 
 def default_factories(n: int) -> list[str]:
@@ -121,6 +176,83 @@ def build(workdir: Path, keys: np.ndarray, factory: str, args: argparse.Namespac
     return Built(path, build_s, save_s, files["index"]["bytes"] / n, files["keys"]["bytes"] / n)
 
 
+def latent_store_specs(args: argparse.Namespace) -> dict[str, dict]:
+    """``IndexConfig`` fields of each latent store to measure, by label (float32, float16, int8, pqMxNBITS)."""
+    specs: dict[str, dict] = {name: {"latent_dtype": name} for name in ("float32", "float16", "int8")}
+    for setting in args.latent_pq:
+        m, _, nbits = setting.partition("x")
+        specs[f"pq{m}x{nbits or 8}"] = {"latent_dtype": "pq", "latent_pq_m": int(m), "latent_pq_nbits": int(nbits or 8)}
+    return specs
+
+
+def store_latents(path: Path, latents: np.ndarray, fields: dict, args: argparse.Namespace) -> tuple[LatentIndex, float]:
+    """A saved Flat memory holding ``latents`` in the given store (8-dim dummy keys), and the seconds ``add`` took."""
+    count = len(latents)
+    keys = unit_rows(np.random.default_rng(count).standard_normal((count, 8), dtype=np.float32))
+    spec = IndexConfig("Flat", max_train_keys=args.train_keys, **fields)
+    memory = LatentIndex.create(path, 8, latents.shape[1], "benchmark", spec)
+    start = time.perf_counter()
+    memory.add([Evidence(id=str(i)) for i in range(count)], keys, latents)
+    add_s = time.perf_counter() - start
+    memory.save()
+    return memory, add_s
+
+
+def measure_latent_stores(workdir: Path, args: argparse.Namespace) -> list[LatentStoreRow]:
+    """Bytes per item (from the saved files) and reconstruction error of each latent store; see the module doc."""
+    count = min(args.n, args.latent_sample)
+    latents = make_latents(count, args.latent_dim, np.random.default_rng([args.seed, args.latent_dim]))
+    real = None
+    if args.latents_from is not None:
+        source = LatentIndex.open(args.latents_from, verify=False)
+        real = source.latents_at(np.arange(len(source)))
+        if real.shape[1] != args.latent_dim:
+            raise SystemExit(
+                f"{args.latents_from} holds latents of size {real.shape[1]}, not --latent-dim {args.latent_dim}"
+            )
+    rows = []
+    for store, fields in latent_store_specs(args).items():
+        path = workdir / f"latents-{store}"
+        memory, add_s = store_latents(path, latents, fields, args)
+        files = memory.info()["files"]
+        latents_bytes = files["latents"]["bytes"] / count
+        codec_bytes = files["codec"]["bytes"] / args.n if "codec" in files else 0.0
+        error = reconstruction_error(latents, memory.latents_at(np.arange(count)))
+        del memory
+        shutil.rmtree(path)
+        real_error = None
+        if real is not None:
+            try:
+                memory, _ = store_latents(path, real, fields, args)
+            except LatentLabError as err:  # e.g. fewer real latents than 2**nbits
+                print(f"  {store} on {args.latents_from}: skipped ({err})", flush=True)
+            else:
+                real_error = {**reconstruction_error(real, memory.latents_at(np.arange(len(real)))), "count": len(real)}
+                del memory
+                shutil.rmtree(path)
+        rows.append(
+            LatentStoreRow(
+                store=store,
+                latent_dtype=fields["latent_dtype"],
+                latent_pq_m=fields.get("latent_pq_m"),
+                latent_pq_nbits=fields.get("latent_pq_nbits", 8),
+                latents_bytes_per_item=latents_bytes,
+                codec_bytes_per_item=codec_bytes,
+                bytes_per_item=latents_bytes + codec_bytes,
+                float32_over_this=0.0,
+                add_s=add_s,
+                count=count,
+                real=real_error,
+                **error,
+            )
+        )
+        print(f"  latent store {store}: measured", flush=True)
+    float32 = rows[0].bytes_per_item
+    for row in rows:
+        row.float32_over_this = float32 / row.bytes_per_item
+    return rows
+
+
 def search_round(memory: LatentIndex, queries: np.ndarray, args: argparse.Namespace) -> tuple[list[float], float]:
     """Seconds of each of ``--single-queries`` one-query searches, and of one batched search of all queries."""
     single = []
@@ -133,7 +265,13 @@ def search_round(memory: LatentIndex, queries: np.ndarray, args: argparse.Namesp
     return single, time.perf_counter() - start
 
 
-def measure(built: dict[str, Built], queries: np.ndarray, exact: np.ndarray, args: argparse.Namespace) -> list[Row]:
+def measure(
+    built: dict[str, Built],
+    queries: np.ndarray,
+    exact: np.ndarray,
+    stores: list[LatentStoreRow],
+    args: argparse.Namespace,
+) -> list[Row]:
     """Search rounds over the built indexes (reopened from disk), interleaved; one row per index."""
     memories = {factory: LatentIndex.open(b.path, verify=False) for factory, b in built.items()}
     recall = {}
@@ -151,7 +289,7 @@ def measure(built: dict[str, Built], queries: np.ndarray, exact: np.ndarray, arg
             batch_qps[factory].append(len(queries) / batch_s)
     del memories
     first, dim = next(iter(built)), queries.shape[1]
-    lat32, lat16 = (npy_bytes_per_item(args.n, args.latent_dim, t) for t in ("float32", "float16"))
+    latent_bytes = {store.store: store.bytes_per_item for store in stores}
     rows = []
     for factory, b in built.items():
         spreads: dict[str, Spread] = {
@@ -172,10 +310,11 @@ def measure(built: dict[str, Built], queries: np.ndarray, exact: np.ndarray, arg
                 recall_at_k=recall[factory],
                 index_bytes_per_item=b.index_bytes_per_item,
                 keys_bytes_per_item=b.keys_bytes_per_item,
-                latent_f32_bytes_per_item=lat32,
-                latent_f16_bytes_per_item=lat16,
-                ratio_to_text_f32=(b.index_bytes_per_item + b.keys_bytes_per_item + lat32) / args.text_bytes,
-                ratio_to_text_f16=(b.index_bytes_per_item + b.keys_bytes_per_item + lat16) / args.text_bytes,
+                latent_bytes_per_item=latent_bytes,
+                ratio_to_text={
+                    store: (b.index_bytes_per_item + b.keys_bytes_per_item + value) / args.text_bytes
+                    for store, value in latent_bytes.items()
+                },
                 repeats=args.repeats,
                 spreads={name: asdict(value) for name, value in spreads.items()},
             )
@@ -199,16 +338,49 @@ def format_spreads(rows: list[Row]) -> str:
 def format_table(rows: list[Row], k: int) -> str:
     header = (
         f"{'d':>4} {'index':<14} {'build s':>8} {'save s':>7} {'p50 ms':>7} {'p99 ms':>7} {'batch q/s':>10} "
-        f"{'R@' + str(k):>6} {'idx B':>7} {'keys B':>7} {'lat32 B':>8} {'lat16 B':>8} {'/text32':>8} {'/text16':>8}"
+        f"{'R@' + str(k):>6} {'idx B':>7} {'keys B':>7}"
     )
     lines = [header, "-" * len(header)]
     for r in rows:
         lines.append(
             f"{r.key_dim:>4} {r.factory:<14} {r.build_s:>8.2f} {r.save_s:>7.2f} {r.single_p50_ms:>7.3f} "
             f"{r.single_p99_ms:>7.3f} {r.batch_qps:>10.0f} {r.recall_at_k:>6.3f} {r.index_bytes_per_item:>7.0f} "
-            f"{r.keys_bytes_per_item:>7.0f} {r.latent_f32_bytes_per_item:>8.0f} {r.latent_f16_bytes_per_item:>8.0f} "
-            f"{r.ratio_to_text_f32:>8.1f} {r.ratio_to_text_f16:>8.1f}"
+            f"{r.keys_bytes_per_item:>7.0f}"
         )
+    return "\n".join(lines)
+
+
+def format_bytes_table(rows: list[Row]) -> str:
+    """Per index and latent store: total bytes per item (index + keys + latents) and that over the raw text."""
+    stores = list(rows[0].latent_bytes_per_item)
+    header = f"{'d':>4} {'index':<14} " + " ".join(f"{store:>16}" for store in stores)
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        cells = []
+        for store in stores:
+            total = r.index_bytes_per_item + r.keys_bytes_per_item + r.latent_bytes_per_item[store]
+            cells.append(f"{f'{total:.0f} B {r.ratio_to_text[store]:.1f}x':>16}")
+        lines.append(f"{r.key_dim:>4} {r.factory:<14} " + " ".join(cells))
+    return "\n".join(lines)
+
+
+def format_latent_table(stores: list[LatentStoreRow], real_source: Path | None) -> str:
+    real = f" {'real MSE':>9} {'real cos':>9}" if real_source is not None else ""
+    header = (
+        f"{'store':<10} {'latents B':>9} {'codec B':>8} {'total B':>8} {'f32/this':>8} {'add s':>7} "
+        f"{'rel MSE':>9} {'mean cos':>9}{real}"
+    )
+    lines = [header, "-" * len(header)]
+    for s in stores:
+        line = (
+            f"{s.store:<10} {s.latents_bytes_per_item:>9.1f} {s.codec_bytes_per_item:>8.2f} {s.bytes_per_item:>8.1f} "
+            f"{s.float32_over_this:>8.1f} {s.add_s:>7.2f} {s.relative_mse:>9.2e} {s.mean_cosine:>9.6f}"
+        )
+        if real_source is not None:
+            line += (
+                f" {s.real['relative_mse']:>9.2e} {s.real['mean_cosine']:>9.6f}" if s.real else f" {'-':>9} {'-':>9}"
+            )
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -221,11 +393,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--k", type=int, default=10, help="neighbours per query (recall@k)")
     parser.add_argument("--factories", nargs="+", default=None, help="FAISS factory strings (default: Flat, IVF, HNSW)")
     parser.add_argument("--nprobe", type=int, default=16, help="IVF lists visited per query")
-    parser.add_argument("--ef-search", type=int, default=64, help="HNSW candidate list per query")
+    parser.add_argument("--ef-search", type=int, default=IndexConfig().ef_search, help="HNSW candidate list per query")
     parser.add_argument(
         "--train-keys", type=int, default=None, help="IVF trains on a sample of this many keys (default: FAISS's cap)"
     )
     parser.add_argument("--latent-dim", type=int, default=576, help="latent size H (576: SmolLM2-135M)")
+    parser.add_argument(
+        "--latent-pq",
+        nargs="*",
+        default=["72x8", "144x8"],
+        help="product-quantised latent stores to measure, as MxNBITS (M sub-quantizers must divide --latent-dim)",
+    )
+    parser.add_argument(
+        "--latent-sample", type=int, default=100_000, help="latents the latent stores are measured on (at most --n)"
+    )
+    parser.add_argument(
+        "--latents-from", type=Path, default=None, help="a saved memory whose real latents also measure the error"
+    )
     parser.add_argument("--text-bytes", type=float, default=150.0, help="mean bytes of raw text one item replaces")
     parser.add_argument("--data", choices=["clustered", "random"], default="clustered", help="key distribution")
     parser.add_argument("--clusters", type=int, default=1000, help="cluster centres for --data clustered")
@@ -258,18 +442,15 @@ def main(argv: list[str] | None = None) -> list[Row]:
     rows: list[Row] = []
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+        stores = measure_latent_stores(Path(tmp), args)
         for dim in args.dims:
-            rng = np.random.default_rng([args.seed, dim])
-            centres = unit_rows(rng.standard_normal((args.clusters, dim), dtype=np.float32))
-            keys = make_keys(args.n, centres, args.noise, rng, args.data)
-            queries = make_keys(args.queries, centres, args.noise, rng, args.data)  # fresh points, same centres
-            _, exact = faiss.knn(queries, keys, args.k, metric=faiss.METRIC_INNER_PRODUCT)
+            keys, queries, exact = benchmark_data(args, dim)
             built = {}
             for factory in factories:
                 built[factory] = build(Path(tmp), keys, factory, args)
                 print(f"  d={dim} {factory}: built at {time.perf_counter() - started:.0f} s", flush=True)
             del keys
-            rows += measure(built, queries, exact, args)
+            rows += measure(built, queries, exact, stores, args)
             print(f"  d={dim}: {args.repeats} search rounds done at {time.perf_counter() - started:.0f} s", flush=True)
             for b in built.values():
                 shutil.rmtree(b.path)
@@ -277,10 +458,19 @@ def main(argv: list[str] | None = None) -> list[Row]:
     print(f"search over {args.repeats} interleaved rounds (seed {args.seed}): median (IQR, min-max, n)")
     print(format_spreads(rows))
     print(
-        f"bytes per item: idx = FAISS index file, keys = stored float32 keys (the source for training and rebuilds), "
-        f"lat = latent store at H={args.latent_dim}; /text = (idx + keys + lat) / {args.text_bytes:g} bytes of text. "
-        f"Total wall time {time.perf_counter() - started:.0f} s."
+        f"bytes per item: idx = FAISS index file, keys = stored float32 keys (the source for training and rebuilds). "
+        f"Per latent store at H={args.latent_dim}: idx + keys + latents (+ codec), and that / {args.text_bytes:g} "
+        f"bytes of text:"
     )
+    print(format_bytes_table(rows))
+    print(
+        f"latent stores on {stores[0].count} synthetic latents (codec file amortised over n={args.n}); "
+        f"f32/this = float32 bytes over this store's; reconstruction error against the float32 latents"
+        + (f", also on the real latents of {args.latents_from}" if args.latents_from else "")
+        + ":"
+    )
+    print(format_latent_table(stores, args.latents_from))
+    print(f"Total wall time {time.perf_counter() - started:.0f} s.")
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         report = {
@@ -292,6 +482,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
             },
             "wall_s": time.perf_counter() - started,
             "results": [asdict(row) for row in rows],
+            "latent_stores": [asdict(store) for store in stores],
         }
         args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         print(f"wrote {args.out}")

@@ -226,7 +226,7 @@ def test_manifest_records_everything(tmp_path):
         "factory": "IVF16,Flat",
         "metric": "inner_product",
         "nprobe": 5,
-        "ef_search": 64,
+        "ef_search": IndexConfig().ef_search,
         "latent_dtype": "float32",
     }
     assert {key: manifest[key] for key in expected} == expected

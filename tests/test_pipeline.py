@@ -75,6 +75,23 @@ def test_build_search_answer_and_reopen(trained):
     assert answer.context_tokens > 3 and answer.prompt_tokens > answer.context_tokens
 
 
+def test_memory_opened_as_shards_searches_like_one_memory(trained):
+    config, run, tmp = trained
+    corpus = generate_world(num_people=30, seed=0).corpus()[:40]
+    build_memory(tmp / "export", corpus, tmp / "whole", batch_size=16, progress=False)
+    build_memory(tmp / "export", corpus[:25], tmp / "shard-a", batch_size=16, progress=False)
+    build_memory(tmp / "export", corpus[25:], tmp / "shard-b", batch_size=16, progress=False)
+    questions = ["Where was somebody born?", "Who is a pilot?"]
+    whole = LatentMemory.open(tmp / "whole").search(questions, k=5)
+    sharded = LatentMemory.open([tmp / "shard-a", tmp / "shard-b"])
+    hits = sharded.search(questions, k=5)
+    assert [[h.id for h in row] for row in hits] == [[h.id for h in row] for row in whole]
+    for row, expected in zip(hits, whole):
+        assert [h.score for h in row] == pytest.approx([h.score for h in expected], abs=1e-5)
+    answer = sharded.answer(questions[0], k=3)
+    assert [h.id for h in answer.hits] == [h.id for h in hits[0][:3]]
+
+
 def test_memory_refuses_another_compressor(trained):
     config, run, tmp = trained
     corpus = generate_world(num_people=30, seed=0).corpus()[:10]

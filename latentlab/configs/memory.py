@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 from latentlab.configs.common import BackboneConfig, EvalConfig, LoraSpec, positive_or_null, require
 
@@ -208,6 +208,11 @@ class DataConfig:
         positive_or_null(self.limit_val, "limit_val")
 
 
+LatentCodecName = Literal["float32", "float16", "int8", "pq"]
+LATENT_CODECS = get_args(LatentCodecName)
+"""How a memory can store its latents (``IndexConfig.latent_dtype``); ``latentlab.memory.latent_store`` codes each."""
+
+
 def training_keys_needed(factory: str) -> int:
     """Fewest keys FAISS needs to train ``factory``: one per IVF list, 2**nbits per PQ codebook (0: no training)."""
     needed = 0
@@ -228,13 +233,23 @@ class IndexConfig:
     (and 2**nbits for PQ), otherwise ``add`` raises rather than silently shrinking nlist."""
     nprobe: int = 16
     """IVF lists visited per query (ignored by index types without IVF)."""
-    ef_search: int = 64
-    """HNSW candidate-list size per query (ignored by index types without HNSW)."""
-    latent_dtype: Literal["float32", "float16"] = "float32"
-    """Storage type of the latents on disk; ``latents_for`` always returns float32."""
+    ef_search: int = 320
+    """HNSW candidate-list size per query (ignored by index types without HNSW). 320: the smallest tried that reaches
+    recall@10 >= 0.95 on ``benchmarks/hnsw_sweep.py`` (HNSW32, 50k clustered keys, d=256: 0.959; 64 gave 0.882);
+    recall at a given ef falls as the memory grows, so measure yours with that script."""
+    latent_dtype: LatentCodecName = "float32"
+    """How the latents are stored; ``latents_for`` always decodes them to float32. `float32` (exact), `float16`,
+    `int8` (FAISS scalar quantiser, 1 byte a value, per-dimension min/max of the first ``add``'s latents; later
+    values outside that range are clipped), `pq` (FAISS product quantiser: ``latent_pq_m`` codes of
+    ``latent_pq_nbits`` bits a latent, codebooks trained on the first ``add``'s latents)."""
+    latent_pq_m: int | None = None
+    """`pq` only (and required there): sub-quantizers M; must divide the latent size H. Bytes a latent:
+    M * nbits / 8 (M=72, nbits=8: 72 bytes for H=576, against 2304 in float32)."""
+    latent_pq_nbits: int = 8
+    """`pq` only: bits of each sub-quantizer's code, 1..16; the first ``add`` needs at least 2**nbits items."""
     max_train_keys: int | None = None
-    """IVF/PQ train on a seeded sample of at most this many keys (k-means time grows with it); None = all of the
-    first ``add``'s keys, which FAISS itself caps at 256 per IVF list."""
+    """IVF/PQ keys and `pq` latents train on a seeded sample of at most this many rows (k-means time grows with
+    it); None = all of the first ``add``'s, which FAISS itself caps at 256 per centroid."""
     batch_size: int = 32
     """Evidence items compressed per batch while building (not part of what a memory records)."""
 
@@ -256,17 +271,47 @@ class IndexConfig:
                 name,
                 f"must be a positive integer, got {value!r}",
             )
-        fewest = max(1, training_keys_needed(self.factory))
+        require(
+            self.latent_dtype in LATENT_CODECS,
+            "latent_dtype",
+            f"must be one of {', '.join(LATENT_CODECS)}, got {self.latent_dtype!r}",
+        )
+        if self.latent_dtype == "pq":
+            require(
+                isinstance(self.latent_pq_m, int) and not isinstance(self.latent_pq_m, bool) and self.latent_pq_m >= 1,
+                "latent_pq_m",
+                f"must be a positive integer dividing the latent size with latent_dtype 'pq', got {self.latent_pq_m!r}",
+            )
+            require(
+                isinstance(self.latent_pq_nbits, int) and 1 <= self.latent_pq_nbits <= 16,
+                "latent_pq_nbits",
+                f"must be an integer in 1..16, got {self.latent_pq_nbits!r}",
+            )
+        else:  # a pq setting that nothing reads would be a silently ignored key
+            for name, unused in (("latent_pq_m", None), ("latent_pq_nbits", 8)):
+                require(
+                    getattr(self, name) == unused,
+                    name,
+                    f"is only read with latent_dtype 'pq' (latent_dtype is '{self.latent_dtype}'); "
+                    f"set latent_dtype: pq or drop {name}",
+                )
+        fewest = max(1, training_keys_needed(self.factory), self.latent_training_rows_needed())
         require(
             self.max_train_keys is None or (isinstance(self.max_train_keys, int) and self.max_train_keys >= fewest),
             "max_train_keys",
-            f"must be null or an integer >= {fewest} (what '{self.factory}' needs to train), got {self.max_train_keys!r}",
+            f"must be null or an integer >= {fewest} (what '{self.factory}' and latent_dtype '{self.latent_dtype}' "
+            f"need to train), got {self.max_train_keys!r}",
         )
-        require(
-            self.latent_dtype in ("float32", "float16"),
-            "latent_dtype",
-            f"must be 'float32' or 'float16', got {self.latent_dtype!r}",
-        )
+
+    def latent_training_rows_needed(self) -> int:
+        """Fewest latents the first ``add`` must hold to train the latent codec: 2**nbits for `pq`, else 0."""
+        return 2**self.latent_pq_nbits if self.latent_dtype == "pq" else 0
+
+    def latent_codec_params(self) -> dict:
+        """The latent codec's parameters beside ``latent_dtype`` (only `pq` has any)."""
+        if self.latent_dtype != "pq":
+            return {}
+        return {"latent_pq_m": self.latent_pq_m, "latent_pq_nbits": self.latent_pq_nbits}
 
     def searched_as(self) -> dict:
         """What a built memory records of this section (the build batch size leaves no trace in the files)."""
@@ -275,6 +320,8 @@ class IndexConfig:
             "nprobe": self.nprobe,
             "ef_search": self.ef_search,
             "latent_dtype": self.latent_dtype,
+            "latent_pq_m": self.latent_pq_m,
+            "latent_pq_nbits": self.latent_pq_nbits,
             "max_train_keys": self.max_train_keys,
         }
 

@@ -8,7 +8,9 @@ Layout of a memory directory::
     manifest.json       format version, compressor fingerprint, dims, count, factory, metric, name/sha256/bytes per file
     index.<gen>.faiss   FAISS index over the L2-normalised d-dim keys (inner product); label = row of the stores
     keys.<gen>.npy      the keys themselves [count, key_dim] float32: the source the index is trained and rebuilt from
-    latents.<gen>.npy   the H-dim latents [count, latent_dim] (float32 or float16)
+    latents.<gen>.npy   the H-dim latents as the codec ``latent_dtype`` stores them (see ``latent_store``): float32 or
+                        float16 [count, latent_dim], or uint8 codes [count, code_width] for int8 and pq
+    codec.<gen>.faiss   int8 and pq only: the codec's trained state (an empty FAISS IndexScalarQuantizer / IndexPQ)
     items.<gen>.jsonl   one Evidence record per row, in row order
 
 ``manifest.json`` is the single commit point: ``save`` writes the data files under the next generation's names,
@@ -34,6 +36,7 @@ from latentlab import io as atomic_io
 from latentlab.configs.memory import IndexConfig, training_keys_needed
 from latentlab.data.schema import Evidence, iter_jsonl, to_record
 from latentlab.errors import ConfigError, DataError, IndexError_
+from latentlab.memory.latent_store import LatentCodec, new_codec, saved_codec
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -42,9 +45,11 @@ METRIC = "inner_product"
 NORM_TOLERANCE = 1e-3
 """Keys must have |norm - 1| below this: the retrieval head L2-normalises them, so anything else is a bug upstream."""
 
-_SUFFIX = {"index": ".faiss", "keys": ".npy", "latents": ".npy", "items": ".jsonl"}
-_DATA_FILE = re.compile(r"^(index|keys|latents|items)\.\d+\.(faiss|npy|jsonl)$")
-_TEMP_FILE = re.compile(r"^\.(index|keys|latents|items|manifest)\..*\.tmp$")
+_SUFFIX = {"index": ".faiss", "keys": ".npy", "latents": ".npy", "items": ".jsonl", "codec": ".faiss"}
+_REQUIRED_FILES = ("index", "keys", "latents", "items")
+"""Every memory has these; ``codec`` only where its latent codec is trained (int8, pq)."""
+_DATA_FILE = re.compile(r"^(index|keys|latents|items|codec)\.\d+\.(faiss|npy|jsonl)$")
+_TEMP_FILE = re.compile(r"^\.(index|keys|latents|items|codec|manifest)\..*\.tmp$")
 
 
 def _faiss_message(err: Exception) -> str:
@@ -137,7 +142,8 @@ def _as_matrix(values: Any, rows: int, dim: int, what: str, where: str) -> np.nd
 
 def _check_vectors(items: Sequence[Evidence], keys: np.ndarray, latents: np.ndarray, latent_dtype: str) -> None:
     """Keys finite and unit-norm, latents finite in their storage dtype; DataError naming the first bad item."""
-    for what, matrix in (("key", keys), (f"latent (as {latent_dtype})", latents.astype(latent_dtype, copy=False))):
+    stored_as = latent_dtype if latent_dtype in ("float32", "float16") else "float32"  # what int8 / pq encode
+    for what, matrix in (("key", keys), (f"latent (as {stored_as})", latents.astype(stored_as, copy=False))):
         finite = np.isfinite(matrix).all(axis=1)
         if not finite.all():
             bad = int(np.flatnonzero(~finite)[0])
@@ -150,6 +156,34 @@ def _check_vectors(items: Sequence[Evidence], keys: np.ndarray, latents: np.ndar
             f"item '{items[bad].id}' has a key of L2 norm {norms[bad]:.6f}; keys must be L2-normalised "
             f"(|norm - 1| <= {NORM_TOLERANCE}), e.g. keys / np.linalg.norm(keys, axis=1, keepdims=True)"
         )
+
+
+def faiss_search(index: faiss.Index, query_keys: Any, k: int, key_dim: int, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """``index.search`` after checking ``query_keys [n, key_dim]`` and ``k`` (IndexError_ naming ``what``):
+    ``(scores [n, k] float32, labels [n, k] int64)``, label -1 and score -inf where there is no k-th result."""
+    queries = np.asarray(query_keys)
+    if queries.ndim != 2 or queries.shape[1] != key_dim:
+        raise IndexError_(
+            f"query keys have shape {tuple(queries.shape)}, i.e. dimension "
+            f"{queries.shape[-1] if queries.ndim else '?'}, but {what} has key_dim "
+            f"{key_dim} (expected an array of shape [n, {key_dim}]; use q[None] for one query)"
+        )
+    if not isinstance(k, (int, np.integer)) or k < 1:
+        raise IndexError_(f"k must be a positive integer, got {k!r}")
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    if index.ntotal == 0:  # an untrained (hence empty) IVF index cannot even be searched
+        n = queries.shape[0]
+        return np.full((n, k), -np.inf, np.float32), np.full((n, k), -1, np.int64)
+    scores, labels = index.search(queries, int(k))
+    scores[labels < 0] = -np.inf
+    return scores, labels
+
+
+def _training_sample(rows: np.ndarray, limit: int | None) -> np.ndarray:
+    """At most ``limit`` of ``rows`` (all when None), drawn with a fixed seed and kept in row order."""
+    if limit is None or len(rows) <= limit:
+        return rows
+    return rows[np.sort(np.random.default_rng(0).choice(len(rows), limit, replace=False))]
 
 
 def _parse_item(obj: Any, where: str, base_dir: Path | None) -> Evidence:
@@ -200,6 +234,8 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
         raise IndexError_(f"{manifest_path}: metric '{manifest['metric']}' is not supported (expected '{METRIC}')")
     for role in _SUFFIX:
         entry = manifest["files"].get(role)
+        if entry is None and role not in _REQUIRED_FILES:
+            continue
         if not isinstance(entry, dict) or not all(
             isinstance(entry.get(k), t) for k, t in (("name", str), ("sha256", str), ("bytes", int))
         ):
@@ -222,9 +258,10 @@ class LatentIndex:
         latent_dim: int,
         spec: IndexConfig,
         faiss_index: faiss.Index,
+        codec: LatentCodec,
         items: list[Evidence],
         keys: np.ndarray,
-        latents: np.ndarray,
+        latent_codes: np.ndarray,
         generation: int = 0,
     ) -> None:
         """Use ``LatentIndex.create`` or ``LatentIndex.open``."""
@@ -234,14 +271,15 @@ class LatentIndex:
         self.latent_dim = latent_dim
         self.spec = spec
         self._faiss = faiss_index
+        self._codec = codec
         self._generation = generation
         self._dirty = generation == 0
-        self._set_rows(items, keys, latents)
+        self._set_rows(items, keys, latent_codes)
 
-    def _set_rows(self, items: list[Evidence], keys: np.ndarray, latents: np.ndarray) -> None:
+    def _set_rows(self, items: list[Evidence], keys: np.ndarray, latent_codes: np.ndarray) -> None:
         self._items = items
         self._keys = keys
-        self._latents = latents
+        self._latent_codes = latent_codes  # [count, codec.code_width]; decoded per request
         self._row_of = {item.id: row for row, item in enumerate(items)}
         # Indexing this with FAISS labels maps -1 (no result) to the trailing None.
         self._id_table = np.array([item.id for item in items] + [None], dtype=object)
@@ -269,6 +307,7 @@ class LatentIndex:
                 f"{path} already holds a built memory ({MANIFEST_NAME}); open it with LatentIndex.open, "
                 f"or choose another directory"
             )
+        codec = new_codec(spec, latent_dim)
         return cls(
             path,
             fingerprint,
@@ -276,9 +315,10 @@ class LatentIndex:
             latent_dim,
             spec,
             _new_faiss_index(key_dim, spec),
+            codec,
             [],
             np.zeros((0, key_dim), np.float32),
-            np.zeros((0, latent_dim), spec.latent_dtype),
+            np.zeros((0, codec.code_width), codec.code_dtype),
         )
 
     @classmethod
@@ -298,7 +338,7 @@ class LatentIndex:
                 f"it with the compressor that built it"
             )
         files: dict[str, Path] = {}
-        for role in _SUFFIX:
+        for role in [role for role in _SUFFIX if role in manifest["files"]]:
             entry = manifest["files"][role]
             file = path / entry["name"]
             if not file.is_file():
@@ -312,9 +352,25 @@ class LatentIndex:
                 raise IndexError_(f"{file}: sha256 differs from the one recorded in {manifest_path} (file corrupted)")
             files[role] = file
         try:
-            faiss_index = faiss.read_index(str(files["index"]))
-        except RuntimeError as err:
-            raise IndexError_(f"{files['index']}: not a readable FAISS index ({_faiss_message(err)})") from None
+            spec = IndexConfig(
+                factory=manifest["factory"],
+                nprobe=manifest["nprobe"],
+                ef_search=manifest["ef_search"],
+                latent_dtype=manifest["latent_dtype"],
+                latent_pq_m=manifest.get("latent_pq_m"),
+                latent_pq_nbits=manifest.get("latent_pq_nbits", 8),  # absent before latents could be quantised
+                max_train_keys=manifest.get("max_train_keys"),
+            )
+        except ConfigError as err:  # e.g. a latent codec this latentlab does not know
+            raise IndexError_(f"{manifest_path}: {err}; open it with the latentlab that built it, or rebuild") from None
+        read = {}
+        for role in [role for role in ("index", "codec") if role in files]:
+            try:
+                read[role] = faiss.read_index(str(files[role]))
+            except RuntimeError as err:
+                raise IndexError_(f"{files[role]}: not a readable FAISS {role} file ({_faiss_message(err)})") from None
+        faiss_index = read["index"]
+        codec = saved_codec(spec, manifest, read.get("codec"), files.get("codec"), manifest_path)
         arrays = {}
         for role in ("keys", "latents"):
             try:
@@ -330,8 +386,8 @@ class LatentIndex:
             (files["index"], "vectors", faiss_index.ntotal, count),
             (files["index"], "dimension", faiss_index.d, key_dim),
             (files["keys"], "shape", arrays["keys"].shape, (count, key_dim)),
-            (files["latents"], "shape", arrays["latents"].shape, (count, latent_dim)),
-            (files["latents"], "dtype", str(arrays["latents"].dtype), manifest["latent_dtype"]),
+            (files["latents"], "shape", arrays["latents"].shape, (count, codec.code_width)),
+            (files["latents"], "dtype", str(arrays["latents"].dtype), str(codec.code_dtype)),
             (files["items"], "items", len(items), count),
         ]
         for file, what, found, expected in checks:
@@ -339,13 +395,6 @@ class LatentIndex:
                 raise IndexError_(f"{file}: {what} {found}, but {manifest_path} says {expected}")
         if repeats := _duplicate_ids(item.id for item in items):
             raise IndexError_(f"{files['items']}: duplicate id '{next(iter(repeats))}'")
-        spec = IndexConfig(
-            factory=manifest["factory"],
-            nprobe=manifest["nprobe"],
-            ef_search=manifest["ef_search"],
-            latent_dtype=manifest["latent_dtype"],
-            max_train_keys=manifest.get("max_train_keys"),
-        )
         _apply_search_params(faiss_index, spec)
         memory = cls(
             path,
@@ -354,6 +403,7 @@ class LatentIndex:
             latent_dim,
             spec,
             faiss_index,
+            codec,
             items,
             arrays["keys"],
             arrays["latents"],
@@ -368,7 +418,8 @@ class LatentIndex:
 
         Everything is checked before anything changes: a duplicate id (within ``items`` or with the memory) raises
         DataError naming it, a wrong dimension raises IndexError_ naming both; the memory is then left as it was.
-        An untrained index (IVF, PQ) is trained here on all stored keys plus the new ones.
+        An untrained index (IVF, PQ) is trained here on all stored keys plus the new ones, an untrained latent codec
+        (int8, pq) on the new latents (nothing is stored before the first add); later adds encode with it.
         """
         items = list(items)
         where = str(self.path)
@@ -382,15 +433,26 @@ class LatentIndex:
         if clash := next((item.id for item in items if item.id in self._row_of), None):
             raise DataError(f"id '{clash}' is already in the memory at {where}; remove it first to replace it")
         _check_vectors(items, keys, latents, self.spec.latent_dtype)
+        codec = self._codec if self._codec.is_trained else self._trained_codec(latents)
         all_keys = np.concatenate([self._keys, keys])
-        all_latents = np.concatenate([self._latents, latents.astype(self.spec.latent_dtype)])
+        all_codes = np.concatenate([self._latent_codes, codec.encode(latents)])
         if self._faiss.is_trained:
             self._faiss.add(keys)
         else:
             self._faiss = self._trained_index(all_keys)
             self._faiss.add(all_keys)
-        self._set_rows(self._items + items, all_keys, all_latents)
+        self._codec = codec
+        self._set_rows(self._items + items, all_keys, all_codes)
         self._dirty = True
+
+    def _trained_codec(self, latents: np.ndarray) -> LatentCodec:
+        """The memory's latent codec trained on ``latents`` (a seeded sample of ``max_train_keys`` for pq)."""
+        if self._codec.trains_on_sample:  # max_train_keys >= 2**nbits: a sample is never too small to train
+            latents = _training_sample(latents, self.spec.max_train_keys)
+        try:
+            return self._codec.trained(latents, where=str(self.path))
+        except RuntimeError as err:
+            raise IndexError_(f"{self.path}: training {self._codec.describe()} failed: {_faiss_message(err)}") from None
 
     def _trained_index(self, keys: np.ndarray) -> faiss.Index:
         needed = training_keys_needed(self.spec.factory)
@@ -401,11 +463,8 @@ class LatentIndex:
                 f"(about count / 39, e.g. 'IVF{max(1, len(keys) // 39)},Flat') or 'Flat'"
             )
         index = _new_faiss_index(self.key_dim, self.spec)
-        limit = self.spec.max_train_keys
-        if limit is not None and len(keys) > limit:
-            keys = keys[np.sort(np.random.default_rng(0).choice(len(keys), limit, replace=False))]
         try:
-            index.train(keys)
+            index.train(_training_sample(keys, self.spec.max_train_keys))
         except RuntimeError as err:
             raise IndexError_(f"{self.path}: training '{self.spec.factory}' failed: {_faiss_message(err)}") from None
         return index
@@ -428,12 +487,12 @@ class LatentIndex:
         keep = np.ones(len(self._items), dtype=bool)
         keep[[self._row_of[item_id] for item_id in ids]] = False
         kept_keys = np.ascontiguousarray(self._keys[keep])
-        kept_latents = np.ascontiguousarray(self._latents[keep])
+        kept_codes = np.ascontiguousarray(self._latent_codes[keep])  # codes stay as they are: no re-encoding
         kept_items = [item for item, kept in zip(self._items, keep) if kept]
         self._faiss.reset()
         if len(kept_keys):
             self._faiss.add(kept_keys)
-        self._set_rows(kept_items, kept_keys, kept_latents)
+        self._set_rows(kept_items, kept_keys, kept_codes)
         self._dirty = True
 
     def set_search_params(self, nprobe: int | None = None, ef_search: int | None = None) -> None:
@@ -447,27 +506,17 @@ class LatentIndex:
         self._dirty = True
 
     # ------------------------------------------------------------------ search and lookup
+    @property
+    def faiss_index(self) -> faiss.Index:
+        """The FAISS index over the keys (label = row); for searching only: ``add``/``remove`` may replace it."""
+        return self._faiss
+
     def search_positions(self, query_keys: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
         """FAISS's contract: ``query_keys [n, key_dim]`` -> ``(scores [n, k] float32, positions [n, k] int64)``.
 
         Positions are rows of the stores, -1 where there is no k-th result; their score is then -inf.
         """
-        queries = np.asarray(query_keys)
-        if queries.ndim != 2 or queries.shape[1] != self.key_dim:
-            raise IndexError_(
-                f"query keys have shape {tuple(queries.shape)}, i.e. dimension "
-                f"{queries.shape[-1] if queries.ndim else '?'}, but the memory at {self.path} has key_dim "
-                f"{self.key_dim} (expected an array of shape [n, {self.key_dim}]; use q[None] for one query)"
-            )
-        if not isinstance(k, (int, np.integer)) or k < 1:
-            raise IndexError_(f"k must be a positive integer, got {k!r}")
-        queries = np.ascontiguousarray(queries, dtype=np.float32)
-        if self._faiss.ntotal == 0:
-            n = queries.shape[0]
-            return np.full((n, k), -np.inf, np.float32), np.full((n, k), -1, np.int64)
-        scores, positions = self._faiss.search(queries, int(k))
-        scores[positions < 0] = -np.inf
-        return scores, positions
+        return faiss_search(self._faiss, query_keys, k, self.key_dim, f"the memory at {self.path}")
 
     def search(self, query_keys: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
         """``query_keys [n, key_dim]`` -> ``(scores [n, k] float32, ids [n, k])``, best first.
@@ -477,7 +526,8 @@ class LatentIndex:
         scores, positions = self.search_positions(query_keys, k)
         return scores, self._id_table[positions]
 
-    def _rows(self, ids: Iterable[str | None]) -> np.ndarray:
+    def positions_for(self, ids: Iterable[str]) -> np.ndarray:
+        """Rows ``[len(ids)]`` int64 (what ``search_positions`` returns) of the given ids; IndexError_ if unknown."""
         rows = []
         for item_id in ids:
             row = self._row_of.get(item_id)  # type: ignore[arg-type]
@@ -487,8 +537,8 @@ class LatentIndex:
         return np.asarray(rows, dtype=np.int64)
 
     def latents_for(self, ids: Iterable[str]) -> np.ndarray:
-        """Latents ``[len(ids), latent_dim]`` float32 of the given ids, in that order."""
-        return np.asarray(self._latents[self._rows(ids)], dtype=np.float32)
+        """Latents ``[len(ids), latent_dim]`` float32 of the given ids, in that order (decoded from their codes)."""
+        return self._codec.decode(self._latent_codes[self.positions_for(ids)])
 
     def latents_at(self, positions: Any) -> np.ndarray:
         """Latents ``positions.shape + (latent_dim,)`` float32 of rows from ``search_positions`` (no -1 allowed)."""
@@ -498,12 +548,12 @@ class LatentIndex:
                 f"positions must lie in [0, {len(self._items)}) for the memory at {self.path}; got "
                 f"{int(positions.min())}..{int(positions.max())} (-1 marks a missing search result)"
             )
-        flat = np.asarray(self._latents[positions.reshape(-1)], dtype=np.float32)
+        flat = self._codec.decode(self._latent_codes[positions.reshape(-1)])
         return flat.reshape(*positions.shape, self.latent_dim)
 
     def items_for(self, ids: Iterable[str]) -> list[Evidence]:
         """The evidence records of the given ids, in that order."""
-        return [self._items[row] for row in self._rows(ids)]
+        return [self._items[row] for row in self.positions_for(ids)]
 
     @property
     def ids(self) -> list[str]:
@@ -526,9 +576,11 @@ class LatentIndex:
         writers: dict[str, Callable[[Path], object]] = {
             "index": lambda file: _write_faiss(file, self._faiss),
             "keys": lambda file: atomic_io.write_npy(file, self._keys),
-            "latents": lambda file: atomic_io.write_npy(file, self._latents),
+            "latents": lambda file: atomic_io.write_npy(file, self._latent_codes),
             "items": lambda file: atomic_io.write_jsonl(file, (to_record(item) for item in self._items)),
         }
+        if (state := self._codec.state()) is not None:
+            writers["codec"] = lambda file: _write_faiss(file, state)
         files = {}
         for role, write in writers.items():
             file = self.path / f"{role}.{generation}{_SUFFIX[role]}"
@@ -556,6 +608,7 @@ class LatentIndex:
             "nprobe": self.spec.nprobe,
             "ef_search": self.spec.ef_search,
             "latent_dtype": self.spec.latent_dtype,
+            **self.spec.latent_codec_params(),
             "max_train_keys": self.spec.max_train_keys,
             "generation": generation,
             "files": files,

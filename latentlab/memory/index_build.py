@@ -274,8 +274,14 @@ def _refuse_or_reuse_finished(
             f"yourself to replace it"
         )
     memory = LatentIndex.open(out_dir, fingerprint=fingerprint)
-    wanted = (key_dim, latent_dim, spec.factory, spec.latent_dtype)
-    found_layout = (memory.key_dim, memory.latent_dim, memory.spec.factory, memory.spec.latent_dtype)
+    wanted = (key_dim, latent_dim, spec.factory, spec.latent_dtype, spec.latent_codec_params())
+    found_layout = (
+        memory.key_dim,
+        memory.latent_dim,
+        memory.spec.factory,
+        memory.spec.latent_dtype,
+        memory.spec.latent_codec_params(),
+    )
     if found_layout != wanted or memory.items_for(memory.ids) != items:
         raise IndexError_(
             f"{out_dir} already holds a finished memory with fingerprint '{fingerprint}' but different items, "
@@ -323,7 +329,7 @@ def build_index(
     shards once all exist, so it is identical to an uninterrupted build. The corpus is read into memory first:
     ids are checked (empty corpus or a duplicate id: DataError) before anything is written.
 
-    The same arguments (the plan: fingerprint, dimensions, factory, latent dtype, batch size and corpus) are
+    The same arguments (the plan: fingerprint, dimensions, factory, latent codec, batch size and corpus) are
     required to resume or reuse. ``out_dir`` must not exist, be empty, hold a finished memory or an unfinished
     build of this plan; anything else is refused (IndexError_ naming the first offending file) and left untouched.
     One build at a time per ``out_dir``: a second one raises IndexError_ naming the pid holding ``.build.lock``.
@@ -353,6 +359,7 @@ def build_index(
             "latent_dim": latent_dim,
             "factory": spec.factory,
             "latent_dtype": spec.latent_dtype,
+            **spec.latent_codec_params(),  # only pq has any: plans of unfinished float builds stay as they were
             "batch_size": batch_size,
             "count": len(items),
             "corpus_sha256": _corpus_sha256(items),

@@ -2,11 +2,13 @@
 
 ``LatentMemory.open(DIR)`` needs nothing but the directory: the compressor that built the memory is stored
 beside the index (config + trainable weights, a few MB) and its fingerprint must match the manifest.
+``LatentMemory.open([DIR1, DIR2, ...])`` searches several shards of one memory as one (``index_shards``).
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +21,7 @@ from latentlab.data.schema import Evidence, titled
 from latentlab.errors import DataError, IndexError_, LatentLabError
 from latentlab.memory.checkpoint import WEIGHTS, compressor_fingerprint, export_compressor, load_model
 from latentlab.memory.index import LatentIndex, build_index
+from latentlab.memory.index_shards import ShardedLatentIndex
 from latentlab.memory.model import LatentMemoryModel
 from latentlab.memory.prompting import Prompt
 
@@ -99,23 +102,34 @@ def build_memory(
 class LatentMemory:
     """A built memory and the model that built it: ``search`` and ``answer``, batched."""
 
-    def __init__(self, model: LatentMemoryModel, index: LatentIndex | None, batch_size: int = 16):
+    def __init__(self, model: LatentMemoryModel, index: LatentIndex | ShardedLatentIndex | None, batch_size: int = 16):
         self.model = model
         self.index = index
         self.batch_size = batch_size
 
     @classmethod
-    def open(cls, path: str | Path, compressor: str | Path | None = None, verify: bool = True) -> LatentMemory:
-        """Open a memory; ``compressor`` (default: the one stored in it) must be the one that built it."""
-        path = Path(path)
-        if not path.is_dir():
-            raise IndexError_(f"no such memory directory: {path}")
-        source = Path(compressor) if compressor is not None else path / COMPRESSOR_DIR
+    def open(
+        cls,
+        path: str | os.PathLike | Sequence[str | os.PathLike],
+        compressor: str | Path | None = None,
+        verify: bool = True,
+    ) -> LatentMemory:
+        """Open a memory, or a list of its shards searched as one; ``compressor`` (default: the one stored in the
+        first directory) must be the one that built every shard."""
+        paths = [Path(path)] if isinstance(path, (str, os.PathLike)) else [Path(p) for p in path]
+        if not paths:
+            raise IndexError_("no memory directory given")
+        for directory in paths:
+            if not directory.is_dir():
+                raise IndexError_(f"no such memory directory: {directory}")
+        source = Path(compressor) if compressor is not None else paths[0] / COMPRESSOR_DIR
         if compressor is None and not (source / WEIGHTS).exists():
-            raise IndexError_(f"{path}: no {COMPRESSOR_DIR}/{WEIGHTS} (is this a memory built by latentlab?)")
+            raise IndexError_(f"{paths[0]}: no {COMPRESSOR_DIR}/{WEIGHTS} (is this a memory built by latentlab?)")
         model = load_model(source)
-        index = LatentIndex.open(path, fingerprint=compressor_fingerprint(model), verify=verify)
-        return cls(model, index)
+        fingerprint = compressor_fingerprint(model)
+        if isinstance(path, (str, os.PathLike)):
+            return cls(model, LatentIndex.open(paths[0], fingerprint=fingerprint, verify=verify))
+        return cls(model, ShardedLatentIndex.open(paths, fingerprint=fingerprint, verify=verify))
 
     @property
     def generator(self):
