@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -165,6 +166,58 @@ def _add_explain(sub: argparse._SubParsersAction) -> None:
     p.add_argument("question")
 
 
+def _cmd_data(args: argparse.Namespace, extra: list[str]) -> int:
+    from latentlab.configs.loader import project_root
+    from latentlab.data.hotpotqa_splits import DEFAULT_EVALUATION, DEFAULT_SOURCES, describe, make_hotpotqa_splits
+
+    # As the YAMLs and tests find the shared datasets: $LATENTLAB_SHARED_DATA, else ../shared/data beside the project.
+    data_dir = Path(
+        args.data_dir or os.environ.get("LATENTLAB_SHARED_DATA") or project_root(Path.cwd()).parent / "shared/data"
+    )
+    sources = args.source or [data_dir / p for p in DEFAULT_SOURCES]
+    evaluation = args.exclude or [data_dir / p for p in DEFAULT_EVALUATION]
+    splits = make_hotpotqa_splits(
+        args.out,
+        sources,
+        evaluation,
+        val_fraction=args.val_fraction,
+        test_fraction=args.test_fraction,
+        seed=args.seed,
+        min_supporting_paragraphs=args.min_supporting_paragraphs,
+        overwrite=args.overwrite,
+    )
+    print(describe(splits))
+    print(f"written to {args.out}")
+    return 0
+
+
+def _add_data(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("data", help="build data sets from official files (hotpotqa-splits: real training splits)")
+    p.add_argument("action", choices=["hotpotqa-splits"])
+    p.add_argument("--out", required=True, help="output folder (train/val/test/unlabelled JSONL + manifest.json)")
+    p.add_argument(
+        "--data-dir", default=None, help="shared data folder (default: $LATENTLAB_SHARED_DATA or ../shared/data)"
+    )
+    p.add_argument(
+        "--source", action="append", help="official HotpotQA file to split (repeatable; default: train + fullwiki)"
+    )
+    p.add_argument(
+        "--exclude",
+        action="append",
+        help="evaluation file whose questions stay out of every split (repeatable; default: the dev-distractor file)",
+    )
+    p.add_argument("--val-fraction", type=float, default=0.1, help="share of each source's questions in val")
+    p.add_argument("--test-fraction", type=float, default=0.1, help="share of each source's questions in test")
+    p.add_argument("--seed", type=int, default=0, help="seed of the assignment of questions to splits")
+    p.add_argument(
+        "--min-supporting-paragraphs",
+        type=int,
+        default=1,
+        help="questions with fewer supporting paragraphs in their context go to unlabelled text (2: both hops)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder (else refused)")
+
+
 class _UsageError(LatentLabError):
     pass
 
@@ -181,6 +234,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse._SubParsersAction], None], Callable
     "evaluate": (_add_evaluate, _cmd_evaluate, True),
     "demo": (_add_demo, _cmd_demo, True),
     "explain": (_add_explain, _cmd_explain, False),
+    "data": (_add_data, _cmd_data, False),
 }
 
 

@@ -74,6 +74,7 @@ def test_hotpotqa_fixture_exact_records_and_skip_counts():
             ],
             # ["Kestrel Observatory", 2] is one past the paragraph's last sentence: skipped, not fatal.
             supporting=[f"{arin}#0", f"{kestrel}#1"],
+            question_type="bridge",
         ),
         QAExample(
             id="q-compare-2",
@@ -86,6 +87,7 @@ def test_hotpotqa_fixture_exact_records_and_skip_counts():
             ],
             # ["Orrin Cove", 0] names a paragraph absent from the context (as in fullwiki): skipped.
             supporting=[f"{lumen}#0"],
+            question_type="comparison",
         ),
     ]
     assert (stats.questions, stats.sentences, stats.supporting) == (2, 7, 3)
@@ -152,6 +154,8 @@ HOTPOT_OK = {
         ({"context": [["T", "not a list"]]}, "context[0] must be [title, [sentence, ...]]"),
         ({"supporting_facts": [["T", "0"]]}, "supporting_facts[0] must be [title, sentence_index]"),
         ({"context": [["T", ["S0."]], ["T", ["Other."]]]}, "two different paragraphs titled 'T'"),
+        ({"type": ""}, "field 'type' must be the question type"),
+        ({"type": 1}, "field 'type' must be the question type"),
     ],
 )
 def test_hotpotqa_malformed_record_names_file_and_record(tmp_path, change, expected):
@@ -409,7 +413,7 @@ def test_real_hotpotqa_distractor_first_record_and_round_trip(tmp_path):
     examples, stats = load_hotpotqa(shared_file("hotpotqa/hotpot_dev_distractor_shared.json"))
     first = examples[0]
     assert first.id == "5a85ea095542994775f606a8"
-    assert first.answers == ["Animorphs"]
+    assert first.answers == ["Animorphs"] and first.question_type == "bridge"
     chronicles = "The Hork-Bajir Chronicles"
     assert first.supporting == [f"{chronicles}#0", f"{chronicles}#1", f"{chronicles}#2", "Animorphs#0", "Animorphs#1"]
     assert first.evidence[0].id == "Andre Norton Award#0"

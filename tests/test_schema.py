@@ -26,6 +26,23 @@ def test_qa_round_trip(tmp_path):
     assert read_qa(path) == [ex]
 
 
+def test_question_type_round_trips_and_untyped_records_stay_as_they_were(tmp_path):
+    typed = QAExample("q1", "Where?", ["Here"], [Evidence("e1", "It is here.")], ["e1"], question_type="bridge")
+    untyped = QAExample("q2", "Who?", ["Ann"], [Evidence("e2", "Ann did.")], ["e2"])
+    path = write_jsonl(tmp_path / "qa.jsonl", [typed, untyped])
+    assert read_qa(path) == [typed, untyped]
+    first, second = (json.loads(line) for line in path.read_text().splitlines())
+    assert first["question_type"] == "bridge" and "question_type" not in second
+
+
+@pytest.mark.parametrize("bad", [3, "", "  ", ["bridge"]])
+def test_a_question_type_that_is_not_a_name_is_refused_naming_line_and_field(tmp_path, bad):
+    path = tmp_path / "qa.jsonl"
+    path.write_text(json.dumps(_qa()) + "\n" + json.dumps(_qa(id="q2", question_type=bad)) + "\n")
+    with pytest.raises(DataError, match=r"qa\.jsonl:2: question 'q2' field 'question_type' must be a non-empty string"):
+        read_qa(path)
+
+
 def test_malformed_line_names_file_and_line(tmp_path):
     path = tmp_path / "qa.jsonl"
     path.write_text(json.dumps(_qa()) + "\n\n{not json\n")

@@ -341,10 +341,19 @@ class MemoryEvalConfig(EvalConfig):
     f1: Literal["squad", "hotpotqa"] = "squad"
     """Answer F1 rule: `squad` (token F1, SQuAD 2.0's empty-answer rule) or `hotpotqa` (the official HotpotQA
     script: 0 when either side normalises to yes / no / noanswer and they differ). Tables name the rule."""
+    bootstrap_resamples: int = 1000
+    """Resamples of the 95% percentile bootstrap intervals (over questions) in every table, seeded from ``seed``."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         require(self.k >= 1, "k", f"must be >= 1, got {self.k}")
+        require(
+            isinstance(self.bootstrap_resamples, int)
+            and not isinstance(self.bootstrap_resamples, bool)
+            and self.bootstrap_resamples >= 1,
+            "bootstrap_resamples",
+            f"must be a positive integer, got {self.bootstrap_resamples!r}",
+        )
         require(bool(self.methods), "methods", "must name at least one method")
         seen = set()
         for i, method in enumerate(self.methods):

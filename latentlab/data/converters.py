@@ -286,13 +286,27 @@ def _hotpot_example(record: Any, where: str, stats: HotpotQAStats) -> QAExample:
             supporting.append(f"{title}#{index}")
     stats.supporting += len(supporting)
     stats.questions += 1
-    return QAExample(id=qid, question=question, answers=[answer], evidence=evidence, supporting=supporting)
+    question_type = record.get("type")
+    if question_type is not None and (not isinstance(question_type, str) or not question_type.strip()):
+        raise DataError(
+            f"{where}: field 'type' must be the question type as a non-empty string (\"bridge\" or "
+            f'"comparison"), got {json.dumps(question_type)[:80]}'
+        )
+    return QAExample(
+        id=qid,
+        question=question,
+        answers=[answer],
+        evidence=evidence,
+        supporting=supporting,
+        question_type=question_type,
+    )
 
 
 def load_hotpotqa(path: str | os.PathLike) -> tuple[list[QAExample], HotpotQAStats]:
     """Official HotpotQA JSON (train, dev distractor or dev fullwiki) -> questions with every context sentence.
 
     Evidence ids are ``f"{title}#{sentence_index}"`` with the official index, so they match ``supporting_facts``.
+    The official ``type`` (bridge / comparison) is kept as ``question_type`` (None where a record has none).
     Supporting facts absent from the context (fullwiki retrieval missed the paragraph, or an official index past the
     paragraph's end) are skipped and counted in the stats, never fatal. Empty sentences are skipped too.
     """

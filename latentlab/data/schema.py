@@ -53,13 +53,16 @@ class Evidence:
 
 @dataclass(frozen=True)
 class QAExample:
-    """A question with its gold answers, its evidence pool and the ids of the supporting evidence."""
+    """A question with its gold answers, its evidence pool, the ids of the supporting evidence and, where the
+    dataset says, its kind (``question_type``: HotpotQA's ``bridge`` or ``comparison``)."""
 
     id: str
     question: str
     answers: list[str]
     evidence: list[Evidence] = field(default_factory=list)
     supporting: list[str] = field(default_factory=list)
+    question_type: str | None = None
+    """The dataset's own kind of question (HotpotQA's ``type``); evaluation breaks its tables down by it."""
 
     def supporting_evidence(self) -> list[Evidence]:
         by_id = {e.id: e for e in self.evidence}
@@ -226,7 +229,20 @@ def parse_qa(obj: Any, where: str, base_dir: Path | None = None) -> QAExample:
                 f"{where}: question '{qid}' lists supporting id '{sid}', which is not in its evidence list "
                 f"(known ids: {', '.join(ids[:10])}{', ...' if len(ids) > 10 else ''})"
             )
-    return QAExample(id=qid, question=question, answers=list(answers), evidence=evidence, supporting=list(supporting))
+    question_type = obj.get("question_type")
+    if question_type is not None and (not isinstance(question_type, str) or not question_type.strip()):
+        raise DataError(
+            f"{where}: question '{qid}' field 'question_type' must be a non-empty string such as \"bridge\" "
+            f"(or absent), got {json.dumps(question_type)[:80]}"
+        )
+    return QAExample(
+        id=qid,
+        question=question,
+        answers=list(answers),
+        evidence=evidence,
+        supporting=list(supporting),
+        question_type=question_type,
+    )
 
 
 def parse_cot(obj: Any, where: str, base_dir: Path | None = None) -> CoTExample:
@@ -367,10 +383,12 @@ def _clash_message(
 
 
 def to_record(item: Evidence | QAExample | CoTExample) -> dict:
-    """A JSON-ready dict; ``None`` fields of evidence are dropped."""
+    """A JSON-ready dict; ``None`` fields of evidence and an absent ``question_type`` are dropped."""
     record = asdict(item)
     if isinstance(item, QAExample):
         record["evidence"] = [{k: v for k, v in e.items() if v is not None} for e in record["evidence"]]
+        if record["question_type"] is None:
+            del record["question_type"]  # records of untyped data stay as they were
     elif isinstance(item, Evidence):
         record = {k: v for k, v in record.items() if v is not None}
     return record

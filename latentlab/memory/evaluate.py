@@ -1,7 +1,9 @@
 """Evaluate latent memory against raw-text baselines with the same frozen generator: one table row per method.
 
-Writes per-question predictions (question, gold, answer, hit ids and scores: no evidence text), a summary (JSON) and
-a table (Markdown, CSV, PNG) into a results folder that is written as a whole (``latentlab.io.staged_dir``).
+Writes per-question predictions (question, gold, answer, hit ids and scores, EM and F1: no evidence text), a summary
+(JSON) and a table (Markdown, CSV, PNG) with 95% bootstrap intervals of EM and F1 into a results folder that is
+written as a whole (``latentlab.io.staged_dir``); beside it a ``differences`` table (each method against no_retrieval
+and bm25, paired bootstrap) and, when the questions carry a type, a ``by_type`` table.
 Retrieval runs over each question's own pool (the paper's protocol) or one global memory of the corpus.
 """
 
@@ -13,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import get_args
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -21,18 +24,24 @@ from latentlab.configs.memory import MemoryMethod
 from latentlab.data.modules import corpus_of, load_qa_split
 from latentlab.data.schema import Evidence, QAExample, merge_evidence
 from latentlab.errors import ConfigError
-from latentlab.eval.metrics import QAMetrics
+from latentlab.eval.metrics import QAMetrics, exact_match, hotpotqa_f1, normalize_answer, token_f1
 from latentlab.eval.report import PlotSpec, format_markdown_table, write_table
+from latentlab.eval.uncertainty import difference_rows, group_rows, interval_columns
 from latentlab.io import refuse_existing, staged_dir, write_json, write_jsonl
 from latentlab.memory.checkpoint import load_model
 from latentlab.memory.model import LatentMemoryModel
 from latentlab.memory.pipeline import Answer, Hit, LatentMemory, answer_to_record, answer_with_text, build_memory
+from latentlab.optim import derive_seed
 from latentlab.registry import Registry
 
 TABLE_COLUMNS = (
     "method",
     "exact_match",
+    "exact_match_low",
+    "exact_match_high",
     "f1",
+    "f1_low",
+    "f1_high",
     "rouge_l",
     "recall@k",
     "precision@k",
@@ -42,7 +51,18 @@ TABLE_COLUMNS = (
     "truncated_items",
     "seconds",
 )
-"""Columns of a latent-memory table, in order (`f1` becomes `hotpotqa_f1` under ``eval.f1: hotpotqa``)."""
+"""Columns of a latent-memory table, in order (`f1*` become `hotpotqa_f1*` under ``eval.f1: hotpotqa``); `_low` and
+`_high` bound the 95% percentile bootstrap interval of the mean over questions."""
+
+BASELINES = ("no_retrieval", "bm25")
+"""The rows every other method is compared with in the ``differences`` table (those that were run)."""
+
+BOOTSTRAP_STREAM = 104_729
+"""Multiplier of the bootstrap's random stream (``derive_seed(config.seed, BOOTSTRAP_STREAM)``): every interval of
+one evaluation resamples the same questions, so rows are compared on the same draws."""
+
+YES_NO_GROUP = "yes/no answers"
+"""The ``by_type`` group of questions whose gold answer is yes or no (HotpotQA F1 scores them all-or-nothing)."""
 
 
 def table_plot(metric: str = "f1") -> PlotSpec:
@@ -53,11 +73,21 @@ def table_plot(metric: str = "f1") -> PlotSpec:
 F1_NAMES = {"squad": "SQuAD token F1 (SQuAD 2.0 empty-answer rule)", "hotpotqa": "official HotpotQA answer F1"}
 
 
+def table_metric(column: str, f1_rule: str) -> str:
+    """A table column under the F1 rule: ``f1``, ``f1_low``, ``f1_high`` name the HotpotQA F1 under `hotpotqa`."""
+    is_f1 = column == "f1" or column.startswith("f1_")
+    return f"hotpotqa_{column}" if f1_rule == "hotpotqa" and is_f1 else column
+
+
 @dataclass
 class EvalResult:
     out_dir: Path
     rows: list[dict]
     columns: tuple[str, ...] = ()
+    differences: list[dict] = field(default_factory=list)
+    """Paired bootstrap differences of each method to the baselines that ran (the ``differences`` table)."""
+    by_type: list[dict] = field(default_factory=list)
+    """Per question type rows (the ``by_type`` table); empty when the questions carry no type."""
 
     def table(self) -> str:
         return format_markdown_table(self.rows, list(self.columns) or None)
@@ -215,7 +245,8 @@ def evaluate(
     """Run each method on the configured split; returns the rows of the table (also written to disk).
 
     An existing results folder is refused unless ``overwrite`` (default: ``eval.overwrite``); the folder is
-    written whole, so a failed run leaves the earlier results as they were.
+    written whole, so a failed run leaves the earlier results as they were. Every interval takes
+    ``eval.bootstrap_resamples`` resamples, seeded from ``config.seed`` (the same seed gives the same intervals).
     """
     ev = config.eval
     methods = list(methods or ev.methods)
@@ -238,19 +269,35 @@ def evaluate(
         model = LatentMemoryModel(config).eval()
     corpus = corpus_of(config, examples) if retrieval == "global" else []
     by_id = merge_evidence(examples) | {e.id: e for e in corpus}
-    columns = tuple("hotpotqa_f1" if c == "f1" else c for c in TABLE_COLUMNS) if ev.f1 == "hotpotqa" else TABLE_COLUMNS
-    rows = []
+    columns = tuple(table_metric(c, ev.f1) for c in TABLE_COLUMNS)
+    interval_metrics = ("exact_match", table_metric("f1", ev.f1))
+    seed = derive_seed(config.seed, BOOTSTRAP_STREAM)
+    bootstrap_resamples = ev.bootstrap_resamples
+    rows, scores = [], {}
     with staged_dir(target, overwrite) as staging:
         ctx = EvalContext(config, model, examples, corpus, by_id, staging, retrieval)
         for method in methods:
             started = time.time()
             answers = METHODS.get(method)(ctx)
             rows.append(_score(method, examples, answers, ev.k, time.time() - started, ev.f1))
+            scores[method] = question_scores(examples, answers, ev.f1)
+            rows[-1].update(
+                interval_columns({m: scores[method][m] for m in interval_metrics}, seed, bootstrap_resamples)
+            )
             records = [
-                {"id": ex.id, "gold": ex.answers, "supporting": ex.supporting, **answer_to_record(a, with_text=False)}
-                for ex, a in zip(examples, answers)
+                {
+                    "id": ex.id,
+                    "gold": ex.answers,
+                    "supporting": ex.supporting,
+                    **answer_to_record(a, with_text=False),
+                    **{metric: float(values[q]) for metric, values in scores[method].items()},
+                }
+                for q, (ex, a) in enumerate(zip(examples, answers))
             ]
             write_jsonl(staging / f"predictions.{method}.jsonl", records)
+        differences = difference_rows(scores, BASELINES, interval_metrics, seed, bootstrap_resamples)
+        groups = question_groups(examples)
+        by_type = group_rows(scores, groups, interval_metrics, seed, bootstrap_resamples) if groups else []
         summary = {
             "config": config.source_file,
             "checkpoint": str(checkpoint) if checkpoint is not None else None,
@@ -258,7 +305,10 @@ def evaluate(
             "k": ev.k,
             "retrieval": retrieval,
             "f1_rule": ev.f1,
+            "bootstrap": {"interval": "percentile, 95%", "resamples": bootstrap_resamples, "seed": seed},
             "rows": rows,
+            "differences": differences,
+            "by_type": by_type,
         }
         write_json(staging / "summary.json", summary)
         # Recall and precision exist only where something was ranked (not for no_retrieval or full_context alone).
@@ -274,7 +324,53 @@ def evaluate(
             plot=table_plot("hotpotqa_f1" if ev.f1 == "hotpotqa" else "f1"),
             command=command,
         )
-    return EvalResult(out_dir=target, rows=rows, columns=columns)
+        setting = f"{ev.split} split, k={ev.k}, {retrieval} retrieval, {len(examples)} questions"
+        interval = f"95% percentile bootstrap over questions, {bootstrap_resamples} resamples, seed {seed}"
+        if differences:
+            write_table(
+                differences,
+                staging / "differences",
+                title=f"{config.name}: method - baseline, paired ({interval}); {setting}; F1 = {F1_NAMES[ev.f1]}",
+                command=command,
+            )
+        if by_type:
+            write_table(
+                by_type,
+                staging / "by_type",
+                title=f"{config.name}: by question type ({interval}); {setting}; F1 = {F1_NAMES[ev.f1]}",
+                command=command,
+            )
+    return EvalResult(out_dir=target, rows=rows, columns=columns, differences=differences, by_type=by_type)
+
+
+def question_scores(examples: list[QAExample], answers: list[Answer], f1_rule: str) -> dict[str, np.ndarray]:
+    """Per-question scores [Q] of one method: ``exact_match``, ``f1`` (SQuAD) and, under `hotpotqa`, ``hotpotqa_f1``.
+
+    The same functions as ``QAMetrics``, so each mean equals the table's number.
+    """
+    predictions = [a.answer for a in answers]
+    scorers = {"exact_match": exact_match, "f1": token_f1}
+    if f1_rule == "hotpotqa":
+        scorers["hotpotqa_f1"] = hotpotqa_f1
+    return {
+        name: np.array([score(p, ex.answers) for p, ex in zip(predictions, examples)], dtype=np.float64)
+        for name, score in scorers.items()
+    }
+
+
+def question_groups(examples: list[QAExample]) -> dict[str, list[int]]:
+    """Question indices by ``question_type`` (sorted; ``untyped`` for those without one), then the questions whose
+    gold answer is yes or no. Empty when no question carries a type: there is nothing to break down."""
+    if all(ex.question_type is None for ex in examples):
+        return {}
+    groups: dict[str, list[int]] = {}
+    for q, ex in enumerate(examples):
+        groups.setdefault(ex.question_type or "untyped", []).append(q)
+    groups = dict(sorted(groups.items()))
+    yes_no = [q for q, ex in enumerate(examples) if any(normalize_answer(g) in ("yes", "no") for g in ex.answers)]
+    if yes_no:
+        groups[YES_NO_GROUP] = yes_no
+    return groups
 
 
 def _score(method: str, examples: list[QAExample], answers: list[Answer], k: int, seconds: float, f1: str) -> dict:
