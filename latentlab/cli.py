@@ -17,10 +17,16 @@ from latentlab.errors import LatentLabError
 
 def _cmd_fit(args: argparse.Namespace, extra: list[str]) -> int:
     from latentlab.configs import load_config, parse_overrides
+    from latentlab.distributed import end_process_group, launch_rank
     from latentlab.training import fit
 
     config = load_config(args.config, parse_overrides(extra))
-    result = fit(config, run_name=args.run, resume=args.resume)
+    try:
+        result = fit(config, run_name=args.run, resume=args.resume)
+    finally:
+        end_process_group()
+    if launch_rank(config.trainer.devices) != 0:
+        return 0  # rank 0 reports the run
     print(f"run directory: {result.run_dir}")
     before, after = result.metrics.get("val_before", {}), result.metrics.get("val_after", {})
     for key in sorted(after):
@@ -36,11 +42,62 @@ def _add_fit(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", default=None, help="run directory whose last.ckpt to continue from")
 
 
-def _cmd_index(args: argparse.Namespace, extra: list[str]) -> int:
-    from latentlab.memory.index import LatentIndex
+def _compressor_checkpoint(args: argparse.Namespace, config) -> Path:
+    """``--checkpoint``, else the YAML's eval.checkpoint: the trained compressor `index build|prepare` encode with."""
+    from latentlab.configs import resolve_path
 
+    if args.checkpoint:
+        return Path(args.checkpoint)
+    if config.eval.checkpoint:
+        return resolve_path(config, "eval.checkpoint", config.eval.checkpoint)
+    raise _usage(f"index {args.action} needs a trained compressor: --checkpoint DIR or eval.checkpoint in the YAML")
+
+
+def _cmd_index_sharded(args: argparse.Namespace, extra: list[str]) -> int:
+    """`index prepare | build-shard | merge`: a memory built by many workers (``latentlab.memory.index_merge``)."""
+    from latentlab.memory import index_merge
+
+    if args.action != "prepare" and extra:
+        raise _usage(
+            f"index {args.action} takes no config overrides (the prepared build fixes them): {' '.join(extra)}"
+        )
+    if args.action == "prepare":
+        from latentlab.configs import load_config, parse_overrides
+        from latentlab.data.schema import read_corpus
+        from latentlab.memory.checkpoint import load_model
+
+        if not args.corpus or not args.out or not args.num_shards:
+            raise _usage("index prepare needs --corpus FILE, --out WORK_DIR and --num-shards N")
+        config = load_config(args.target, parse_overrides(extra))
+        model = load_model(_compressor_checkpoint(args, config), config)
+        plan = index_merge.prepare_from_model(model, read_corpus(args.corpus), args.out, args.num_shards, args.corpus)
+        print(f"prepared {plan.count} items in {plan.num_shards} shards in {args.out} ({config.index.factory})")
+    elif args.action == "build-shard":
+        if (args.shard is None) != (args.num_shards is None):
+            raise _usage(
+                "index build-shard takes --shard I with --num-shards N (or neither: torchrun's RANK, WORLD_SIZE)"
+            )
+        plan, _ = index_merge.read_plan(args.target)
+        if args.num_shards is not None and args.num_shards != plan.num_shards:
+            raise _usage(
+                f"--num-shards {args.num_shards}, but {args.target} was prepared with {plan.num_shards} shards"
+            )
+        shards = None if args.shard is None else [args.shard]
+        for result in index_merge.build_shards_from_work(args.target, shards, args.corpus):
+            print(f"shard {result.shard}: {'built' if result.built else 'already built, kept'} ({result.count} items)")
+    else:
+        if not args.out:
+            raise _usage("index merge needs --out MEMORY_DIR")
+        index = index_merge.merge_shards(args.target, args.out)
+        print(f"merged {len(index)} items into {args.out}")
+    return 0
+
+
+def _cmd_index(args: argparse.Namespace, extra: list[str]) -> int:
+    if args.action in ("prepare", "build-shard", "merge"):
+        return _cmd_index_sharded(args, extra)
     if args.action == "build":
-        from latentlab.configs import load_config, parse_overrides, resolve_path
+        from latentlab.configs import load_config, parse_overrides
         from latentlab.data.schema import read_corpus
         from latentlab.memory.checkpoint import load_model
         from latentlab.memory.pipeline import build_memory
@@ -48,18 +105,18 @@ def _cmd_index(args: argparse.Namespace, extra: list[str]) -> int:
         if not args.corpus or not args.out:
             raise _usage("index build needs --corpus FILE and --out DIR")
         config = load_config(args.target, parse_overrides(extra))
-        if args.checkpoint:
-            checkpoint = Path(args.checkpoint)
-        elif config.eval.checkpoint:
-            checkpoint = resolve_path(config, "eval.checkpoint", config.eval.checkpoint)
-        else:
-            raise _usage("index build needs a trained compressor: --checkpoint DIR or eval.checkpoint in the YAML")
+        checkpoint = _compressor_checkpoint(args, config)
         corpus = read_corpus(args.corpus)
         # The YAML in hand is honoured (index:, compressor.max_evidence_tokens, generator.*); settings the weights
         # depend on must agree with the compressor's own config (load_model checks, naming both values).
         model = load_model(checkpoint, config)
-        index = build_memory(model, corpus, args.out)
+        index = build_memory(model, corpus, args.out, skip_bad=args.skip_bad)
         print(f"built {len(index)} items into {args.out} ({config.index.factory})")
+        if args.skip_bad:
+            from latentlab.memory.pipeline import skipped_report_path
+
+            skipped = len(corpus) - len(index)
+            print(f"skipped {skipped} bad image item(s); report: {skipped_report_path(args.out)}")
     elif args.action == "search":
         from latentlab.memory.pipeline import LatentMemory
 
@@ -69,21 +126,41 @@ def _cmd_index(args: argparse.Namespace, extra: list[str]) -> int:
             raise _usage(f"-k must be >= 1, got {args.k}")
         memory = LatentMemory.open(args.target)
         for hit in memory.search(args.query, args.k):
-            print(f"{hit.score:8.4f}  {hit.id}  {(hit.title + ': ') if hit.title else ''}{hit.text}")
+            shown = f"[image {hit.image}] " if hit.modality == "image" else ""
+            print(f"{hit.score:8.4f}  {hit.id}  {shown}{(hit.title + ': ') if hit.title else ''}{hit.text or ''}")
     else:
-        print(json.dumps(LatentIndex.open(args.target, verify=True).info(), indent=2))
+        from latentlab.memory.pipeline import memory_info
+
+        print(json.dumps(memory_info(args.target), indent=2))
     return 0
 
 
 def _add_index(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("index", help="build, search or describe a latent memory")
-    p.add_argument("action", choices=["build", "search", "info"])
-    p.add_argument("target", help="build: experiment YAML; search/info: memory directory")
+    p = sub.add_parser(
+        "index",
+        help="build, search or describe a latent memory; prepare, build-shard, merge: one built by many workers",
+    )
+    p.add_argument("action", choices=["build", "search", "info", "prepare", "build-shard", "merge"])
+    p.add_argument(
+        "target", help="build, prepare: experiment YAML; search, info: memory directory; build-shard, merge: WORK_DIR"
+    )
     p.add_argument("query", nargs="?", help="search: the query text")
-    p.add_argument("--corpus", help="build: corpus JSONL ({id, text|image, title?} per line)")
-    p.add_argument("--out", help="build: output memory directory")
-    p.add_argument("--checkpoint", help="build: trained compressor (export dir, run dir or .ckpt)")
+    p.add_argument(
+        "--corpus",
+        help="build, prepare: corpus JSONL ({id, text|image, title?} per line); build-shard: default the prepared one",
+    )
+    p.add_argument("--out", help="build, merge: output memory directory; prepare: the build's WORK_DIR")
+    p.add_argument("--checkpoint", help="build, prepare: trained compressor (export dir, run dir or .ckpt)")
+    p.add_argument("--num-shards", type=int, default=None, help="prepare: shards to split the corpus into")
+    p.add_argument(
+        "--shard", type=int, default=None, help="build-shard: the shard to build (default: torchrun's RANK's)"
+    )
     p.add_argument("-k", type=int, default=5, help="search: number of hits")
+    p.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="build: leave out image items that cannot be loaded and list them in OUT.skipped.jsonl beside OUT",
+    )
 
 
 def _cmd_ask(args: argparse.Namespace, extra: list[str]) -> int:

@@ -4,6 +4,9 @@ Each run directory holds the resolved config, git commit, seed, wall time and me
 training, on the same validation batches), plus CSV/TensorBoard logs and ``last.ckpt`` for resuming.
 Nothing of a run is written until its config and (on resume) its checkpoint have been checked, a resume appends to
 the run's logs, and a fit that fails before its first checkpoint leaves no directory behind to block the rerun.
+Under ddp, fsdp or deepspeed (``trainer.strategy``, see ``latentlab.distributed``) every process runs ``fit``; only
+rank 0 writes the run's records (Lightning writes checkpoints and logs on rank 0 too), and the metrics it records
+are the mean over the ranks, each of which saw its own shard of the data.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Any
 
 from latentlab.configs import ExperimentConfig, config_root, dump_yaml, to_dict
 from latentlab.configs.loader import read_resolved
+from latentlab.distributed import check_strategy_available, launch_rank, trainer_strategy
 from latentlab.errors import ConfigError
 from latentlab.io import write_json, write_text
 from latentlab.parts import FitParts
@@ -32,10 +36,16 @@ RESUMABLE_KEYS = (
     "trainer.checkpoint_every_n_steps",
     "trainer.accelerator",
     "trainer.devices",
+    "trainer.num_nodes",
+    "trainer.strategy",
+    "trainer.process_group_backend",
+    "trainer.find_unused_parameters",
+    "trainer.fsdp",
     "eval",
 )
 """What a resume may change: how long and where it runs, and how the run is evaluated afterwards. Anything else
-would make the checkpoint continue a different experiment than the one its run directory records."""
+would make the checkpoint continue a different experiment than the one its run directory records. (Checkpoints of
+ddp and fsdp hold full, unsharded state, so a run moves between them and a single device; deepspeed's do not.)"""
 
 METRICS_ASIDE = "metrics.before_resume.csv"
 
@@ -66,8 +76,8 @@ def _holds_run(run_dir: Path) -> bool:
     return run_dir.exists() and any(run_dir.iterdir())
 
 
-def new_run_dir(config: ExperimentConfig, run_name: str | None = None) -> Path:
-    """``output_dir/name/run_name`` (a UTC timestamp when unnamed); an existing one is refused.
+def new_run_dir(config: ExperimentConfig, run_name: str | None = None, check: bool = True) -> Path:
+    """``output_dir/name/run_name`` (a UTC timestamp when unnamed); an existing one is refused (unless not ``check``).
 
     A second fit into a used directory would mix its checkpoints, logs and metrics with the first run's.
     """
@@ -75,7 +85,7 @@ def new_run_dir(config: ExperimentConfig, run_name: str | None = None) -> Path:
     if not output_root.is_absolute():
         output_root = config_root(config) / output_root
     run_dir = output_root / config.name / (run_name or datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S"))
-    if _holds_run(run_dir):
+    if check and _holds_run(run_dir):
         raise ConfigError(
             f"run directory {run_dir} already holds a run; pass another run name, or --resume {run_dir} to continue it"
         )
@@ -206,27 +216,37 @@ def fit(
 
     task = task_of(config)
     check_accelerator(config)
+    check_strategy_available(config)
     root = config_root(config)
+    # Other ranks write nothing of their own: an unnamed run's timestamp may differ on them, and the run directory
+    # they train into is rank 0's (Lightning broadcasts the checkpoint directory), returned below.
+    writer = launch_rank(config.trainer.devices) == 0
     if resume is not None:
         run_dir = Path(resume)
         ckpt_path: str | None = str(check_resume(config, run_dir))
     else:
-        run_dir, ckpt_path = new_run_dir(config, run_name), None
+        run_dir, ckpt_path = new_run_dir(config, run_name, check=writer), None
     created = not run_dir.exists()
 
     if config.trainer.num_threads:
         torch.set_num_threads(config.trainer.num_threads)
+    # The same seed on every rank: each builds the same initial model (ddp also broadcasts rank 0's weights).
     L.seed_everything(config.seed, workers=True, verbose=False)
     parts = task.build(config)  # models load and data is checked before the run directory gets anything
     parts.datamodule.setup("fit")
+    strategy = trainer_strategy(config, parts.module)  # fsdp: a wrap class the model lacks fails here
 
+    if not writer:
+        metrics, run_dir, used = _train(config, parts, run_dir, ckpt_path, callbacks, strategy)
+        used.barrier("latentlab.fit")  # until rank 0 has recorded the run: a returned fit is a complete run
+        return RunResult(run_dir=run_dir, metrics=metrics)
     run_dir.mkdir(parents=True, exist_ok=True)
     earlier_metrics = _stash_metrics(run_dir / "logs") if ckpt_path else []
     info = {"git_commit": git_commit(root), "seed": config.seed, "config_file": config.source_file}
     try:
         write_text(run_dir / "config.yaml", dump_yaml(config))
         write_json(run_dir / "run.json", info)
-        metrics = _train(config, parts, run_dir, ckpt_path, callbacks)
+        metrics, _, used = _train(config, parts, run_dir, ckpt_path, callbacks, strategy)
     except BaseException:
         if ckpt_path is None and not (run_dir / "last.ckpt").exists() and not any(run_dir.glob("step*.ckpt")):
             # Nothing resumable was made: leave no half run that would block the corrected rerun.
@@ -248,11 +268,29 @@ def fit(
     write_json(run_dir / "metrics.json", metrics)
     info.update({"finished": datetime.now(timezone.utc).isoformat(), "global_step": metrics["global_step"]})
     write_json(run_dir / "run.json", info)
+    used.barrier("latentlab.fit")
     return RunResult(run_dir=run_dir, metrics=metrics)
 
 
-def _train(config: ExperimentConfig, parts: FitParts, run_dir: Path, ckpt_path: str | None, callbacks) -> dict:
-    """The Lightning part of ``fit``: validate, train (or resume), validate again; returns the run's metrics."""
+def _mean_over_ranks(trainer, metrics: dict[str, float]) -> dict[str, float]:
+    """``metrics`` averaged over the ranks (each validated, or trained on, its own shard of the data); as they are on
+    one process. Every rank holds the same keys: they log the same names."""
+    if trainer.world_size == 1:
+        return metrics
+    import torch
+
+    device = trainer.strategy.root_device
+    return {
+        key: float(trainer.strategy.reduce(torch.tensor(value, dtype=torch.float64, device=device), reduce_op="mean"))
+        for key, value in sorted(metrics.items())
+    }
+
+
+def _train(
+    config: ExperimentConfig, parts: FitParts, run_dir: Path, ckpt_path: str | None, callbacks, strategy
+) -> tuple[dict, Path, Any]:
+    """The Lightning part of ``fit``: validate, train (or resume), validate again; returns the run's metrics, the run
+    directory the checkpoints went to (rank 0's, on every rank) and the Lightning strategy the Trainer ran."""
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
@@ -278,6 +316,8 @@ def _train(config: ExperimentConfig, parts: FitParts, run_dir: Path, ckpt_path: 
         log_every_n_steps=tc.log_every_n_steps,
         accelerator=tc.accelerator,
         devices=tc.devices,
+        num_nodes=tc.num_nodes,
+        strategy=strategy,
         precision=tc.precision,
         enable_progress_bar=tc.progress_bar,
         logger=[CSVLogger(run_dir, name="logs", version=""), TensorBoardLogger(run_dir, name="tb", version="")],
@@ -292,15 +332,17 @@ def _train(config: ExperimentConfig, parts: FitParts, run_dir: Path, ckpt_path: 
     has_val = getattr(data, "val_set", None) is not None
     before: dict[str, float] = {}
     if has_val and ckpt_path is None:
-        before = _scalars(trainer.validate(module, datamodule=data, verbose=False))
+        before = _mean_over_ranks(trainer, _scalars(trainer.validate(module, datamodule=data, verbose=False)))
     trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
     # Read before the final validate: Lightning resets callback_metrics when it runs.
     train_last = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
+    train_last = _mean_over_ranks(trainer, train_last)
     after = _scalars(trainer.validate(module, datamodule=data, verbose=False)) if has_val else {}
-    return {
+    metrics = {
         "global_step": trainer.global_step,
         "wall_time_s": round(time.time() - started, 1),
         "val_before": before,
-        "val_after": after,
+        "val_after": _mean_over_ranks(trainer, after),
         "train_last": train_last,
     }
+    return metrics, Path(checkpoint.dirpath), trainer.strategy

@@ -15,6 +15,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 TINY_LLAMA = {"tiny": {"arch": "llama", "layers": 2, "hidden": 64, "heads": 4}}
+TINY_VIT = {
+    "embed_dim": 24,
+    "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 32, "layers": 2, "head_width": 16, "mlp_ratio": 2.0},
+}
+"""A tiny random open_clip ViT (custom model config): 16 patch tokens of width 32, pooled embedding of 24."""
 
 
 def shared_file(relative: str) -> Path:

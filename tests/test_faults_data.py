@@ -14,7 +14,7 @@ from latentlab.data.converters import (
     extract_corpus,
     load_hotpotqa,
 )
-from latentlab.data.schema import Evidence, QAExample, read_corpus, read_cot, read_qa, write_jsonl
+from latentlab.data.schema import Evidence, QAExample, read_corpus, read_cot, read_qa, to_record, write_jsonl
 from latentlab.data.synthetic import generate_world, write_world
 from latentlab.errors import DataError
 
@@ -166,31 +166,32 @@ def test_synthetic_world_sharing_facts_across_questions_still_loads(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# 3. Image evidence (no image encoder yet)
+# 3. Image evidence: read with its path resolved and where it was read, loaded (and refused) later
 
 
-def test_corpus_image_item_is_refused_naming_file_line_and_id(tmp_path):
+def test_corpus_image_item_is_read_with_its_resolved_path_and_line(tmp_path):
     (tmp_path / "chart.png").write_bytes(b"\x89PNG\r\n\x1a\n")
     path = lines(tmp_path, "corpus.jsonl", {"id": "a", "text": "Text."}, {"id": "img-1", "image": "chart.png"})
-    message = message_of(read_corpus, path)
-    assert f"{path}:2:" in message
-    assert "'img-1'" in message
-    assert "image evidence is not supported yet by the text compressor" in message
+    text, image = read_corpus(path)
+    assert image == Evidence("img-1", image=str(tmp_path / "chart.png"))
+    assert image.where == f"{path}:2" and text.where == f"{path}:1"
+    # Where an item was read is not part of its content: the record written back has no such field.
+    assert "where" not in to_record(image)
 
 
-def test_qa_image_evidence_is_refused_naming_file_line_question_and_evidence_id(tmp_path):
-    (tmp_path / "chart.png").write_bytes(b"\x89PNG\r\n\x1a\n")
-    image = {"id": "img-1", "image": "chart.png", "text": "A caption."}
+def test_qa_image_evidence_is_read_naming_file_line_question_and_evidence(tmp_path):
+    image = {"id": "img-1", "image": "pics/chart.png", "text": "A caption.", "title": "Sales"}
     path = lines(tmp_path, "train.jsonl", qa("q1"), qa("q2", {"id": "t", "text": "T."}, image))
-    message = message_of(read_qa, path)
-    assert f"{path}:2 (question 'q2', evidence 1)" in message
-    assert "'img-1'" in message
-    assert "image evidence is not supported yet by the text compressor" in message
+    item = read_qa(path)[1].evidence[1]
+    assert item.image == str(tmp_path / "pics" / "chart.png") and item.title == "Sales"
+    assert item.where == f"{path}:2 (question 'q2', evidence 1)"
+    blank = lines(tmp_path, "blank.jsonl", qa("q1", {"id": "img-2", "image": " "}))
+    assert "'img-2' has a blank 'image'" in message_of(read_qa, blank)
 
 
 def test_display_text_of_an_image_item_without_text_raises_instead_of_a_placeholder():
     item = Evidence("img-1", image="chart.png", title="Sales")
-    with pytest.raises(DataError, match=r"'img-1'.*image evidence is not supported yet by the text compressor"):
+    with pytest.raises(DataError, match=r"'img-1'.*with no text description: a text reader.*has nothing to read"):
         item.display_text()
     with pytest.raises(DataError, match="'bare'.*no text"):
         Evidence("bare").display_text()

@@ -84,6 +84,43 @@ class OptimConfig:
         require(self.warmup_steps >= 0, "warmup_steps", f"must be >= 0, got {self.warmup_steps}")
 
 
+STRATEGIES = ("auto", "ddp", "fsdp", "deepspeed")
+
+
+@dataclass
+class FSDPConfig:
+    """FSDP settings (``trainer.strategy: fsdp``): which layers are wrapped (sharded) as one unit, and how."""
+
+    wrap_layers: list[str] = field(default_factory=list)
+    """Class names of the modules each wrapped in its own FSDP unit (e.g. `LlamaDecoderLayer`, `GPT2Block`); empty =
+    found from the model: the classes its transformers models list in `_no_split_modules`, else any `*DecoderLayer`."""
+    sharding_strategy: Literal["FULL_SHARD", "SHARD_GRAD_OP", "NO_SHARD", "HYBRID_SHARD"] = "FULL_SHARD"
+    """What is sharded across devices: parameters, gradients and optimizer state (FULL_SHARD), or fewer of them."""
+    cpu_offload: bool = False
+    """Keep the sharded parameters in CPU memory between uses (slower; for models that do not fit)."""
+
+
+@dataclass
+class DeepSpeedConfig:
+    """DeepSpeed ZeRO settings (``trainer.strategy: deepspeed``); passed to Lightning's DeepSpeedStrategy as they are.
+
+    Needs the `deepspeed` package (`pip install deepspeed`, with a CUDA toolchain), checked when `fit` starts.
+    """
+
+    stage: Literal[1, 2, 3] = 2
+    """ZeRO stage: 1 shards optimizer state, 2 also gradients, 3 also parameters."""
+    offload_optimizer: bool = False
+    """ZeRO-Offload: keep optimizer state in CPU memory (stage 2 or 3)."""
+    offload_parameters: bool = False
+    """Keep parameters in CPU memory (stage 3 only)."""
+    config_file: str | None = None
+    """A DeepSpeed JSON config used instead of the three keys above (relative paths: against the config root)."""
+
+    def __post_init__(self) -> None:
+        require(not self.offload_optimizer or self.stage >= 2, "offload_optimizer", "needs stage 2 or 3 (ZeRO-Offload)")
+        require(not self.offload_parameters or self.stage == 3, "offload_parameters", "needs stage 3")
+
+
 @dataclass
 class TrainerConfig:
     """Lightning Trainer settings."""
@@ -107,7 +144,22 @@ class TrainerConfig:
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps", "tpu"] = "auto"
     """Lightning accelerator; `gpu`/`cuda` without a visible GPU is an error at `fit`, not a silent CPU run."""
     devices: int = 1
-    """Number of devices."""
+    """Devices (processes) per node."""
+    strategy: Literal["auto", "ddp", "fsdp", "deepspeed"] = "auto"
+    """Lightning strategy: `auto` (Lightning's choice: one device, or ddp for several), `ddp` (data parallel: every
+    process holds the model, gradients are averaged), `fsdp` (sharded data parallel, see `fsdp`), `deepspeed` (ZeRO,
+    see `deepspeed`). The global batch is the data's batch_size x devices x num_nodes x accumulate_grad_batches."""
+    num_nodes: int = 1
+    """Machines taking part; each runs `devices` processes (launched by torchrun or Slurm, see the README)."""
+    process_group_backend: Literal["nccl", "gloo"] | None = None
+    """Collective backend of ddp/fsdp: null = Lightning's choice (nccl on GPUs, gloo on CPUs)."""
+    find_unused_parameters: bool = False
+    """ddp only: allow trainable parameters that get no gradient in a step (slower; needed when a loss with weight 0
+    leaves an adapter unused)."""
+    fsdp: FSDPConfig = field(default_factory=FSDPConfig)
+    """Read with `strategy: fsdp` only."""
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    """Read with `strategy: deepspeed` only."""
     precision: Literal["32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true"] = "32-true"
     """Lightning precision plugin."""
     progress_bar: bool = True
@@ -128,8 +180,28 @@ class TrainerConfig:
         positive_or_null(self.val_check_interval, "val_check_interval")
         positive_or_null(self.limit_val_batches, "limit_val_batches")
         positive_or_null(self.num_threads, "num_threads")
-        for name in ("log_every_n_steps", "checkpoint_every_n_steps", "devices"):
+        for name in ("log_every_n_steps", "checkpoint_every_n_steps", "devices", "num_nodes"):
             require(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
+        require(
+            self.strategy in STRATEGIES, "strategy", f"must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}"
+        )
+        # A section (or key) that the chosen strategy never reads would be a silently ignored setting.
+        for name, owner, default in (
+            ("fsdp", "fsdp", FSDPConfig()),
+            ("deepspeed", "deepspeed", DeepSpeedConfig()),
+            ("find_unused_parameters", "ddp", False),
+        ):
+            require(
+                self.strategy == owner or getattr(self, name) == default,
+                name,
+                f"is only read with strategy '{owner}' (strategy is '{self.strategy}'); set strategy: {owner} "
+                f"or drop {name}",
+            )
+        require(
+            self.process_group_backend is None or self.strategy in ("ddp", "fsdp"),
+            "process_group_backend",
+            f"is only read with strategy 'ddp' or 'fsdp' (strategy is '{self.strategy}')",
+        )
 
 
 @dataclass

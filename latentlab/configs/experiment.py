@@ -15,9 +15,11 @@ from latentlab.configs.memory import (
     CompressorConfig,
     DataConfig,
     GeneratorConfig,
+    ImageLossConfig,
     IndexConfig,
     LossConfig,
     MemoryEvalConfig,
+    SyntheticImageQAConfig,
 )
 from latentlab.configs.reasoning import ReasoningConfig, ReasoningEvalConfig
 from latentlab.configs.rl import AdvantageConfig, PolicyLossConfig, RewardConfig, RLConfig
@@ -75,10 +77,21 @@ class MemoryExperimentConfig(ExperimentConfig):
     """Memory index built by `latentlab index build` and global-retrieval evaluation."""
 
     def validate(self, fail: Fail) -> None:
-        if self.data.source != "synthetic" and not self.data.train:
+        if not self.data.source.startswith("synthetic") and not self.data.train:
             fail("data.train", f"data.source is '{self.data.source}', so a training file is required")
         if not self.compressor.train_parts:
             fail("compressor.train_parts", "names nothing to train")
+        vision = self.compressor.vision
+        if self.data.source == "synthetic_images" and vision is None:
+            fail("compressor.vision", "data.source 'synthetic_images' holds image evidence: set a vision tower")
+        if self.data.source != "synthetic_images" and self.data.synthetic_images != SyntheticImageQAConfig():
+            fail(
+                "data.synthetic_images", f"is only read with data.source 'synthetic_images' (not '{self.data.source}')"
+            )
+        if vision is None and self.loss.image != ImageLossConfig():
+            fail("loss.image", "weighs image items, which need compressor.vision (null here); drop loss.image")
+        if vision is not None and self.loss.negatives == "mined":
+            fail("loss.negatives", "'mined' ranks a corpus of texts; with compressor.vision use 'pool'")
 
 
 @dataclass

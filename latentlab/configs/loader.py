@@ -54,6 +54,9 @@ def _coerce(value: Any, tp: Any, key: str, ctx: _Ctx) -> Any:
     if tp is Any:
         return value
     if origin in (Union, types.UnionType):
+        sections = [option for option in get_args(tp) if dataclasses.is_dataclass(option)]
+        if isinstance(value, dict) and len(sections) == 1:  # an optional section: its own errors name the key
+            return _coerce(value, sections[0], key, ctx)
         errors = []
         for option in get_args(tp):
             try:

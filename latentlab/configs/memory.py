@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
-from latentlab.configs.common import BackboneConfig, EvalConfig, LoraSpec, positive_or_null, require
+from latentlab.configs.common import BackboneConfig, EvalConfig, LoraSpec, ModelSpec, positive_or_null, require
 
 COMPRESSOR_PARTS = (
     "compress_lora",
@@ -19,8 +19,86 @@ COMPRESSOR_PARTS = (
     "retrieval_head",
     "projector",
     "read_lora",
+    "vision_tower",
+    "vision_projector",
+    "image_embed_head",
 )
-"""The separately trainable parts of a compressor (``compressor.train_parts``)."""
+"""The separately trainable parts of a compressor (``compressor.train_parts``); the last three exist only with
+``compressor.vision`` (and ``vision_tower`` only when the tower is not frozen)."""
+
+VISION_MODEL_KEYS = ("embed_dim", "vision_cfg", "quick_gelu")
+"""Keys of a custom open_clip model config (``compressor.vision.model`` as a mapping): only the vision tower is built."""
+
+
+@dataclass
+class VisionConfig:
+    """The image path of the compressor: an open_clip vision tower whose patch tokens pass a projector into the
+    compressor's input embeddings, followed by the title's tokens and the memory slot (one latent per image + title)."""
+
+    model: ModelSpec = "ViT-L-14-336"
+    """An open_clip model name (`ViT-B-32`, `ViT-L-14-336`: the reference's CLIP tower; only the vision tower is
+    kept) or a custom open_clip model config `{embed_dim: E, vision_cfg: {image_size, patch_size, width, layers,
+    head_width, ...}}` (the tiny random ViT of tests and tiny twins). The tower must be a ViT: its patch tokens come
+    from open_clip's `output_tokens=True`."""
+    pretrained: str | None = None
+    """Weights of a named model: an open_clip pretrained tag (`openai`, `laion2b_s34b_b79k`; read from the hub
+    cache, so offline runs need it there) or a local weights file. null: random initialisation."""
+    image_size: int | None = None
+    """Side the images are resized to (open_clip's own preprocessing transform); null: the tower's own size."""
+    frozen: bool | None = None
+    """Whether the tower's weights stay fixed. null: frozen when pretrained, trained when randomly initialised (a
+    random tower that is never trained would be other noise at every load: no checkpoint stores a frozen tower)."""
+    projector: Literal["linear", "mlp"] = "mlp"
+    """Patch tokens (tower width W) into the compressor's embeddings H: `linear` Linear(W->H); `mlp` Linear(W->H),
+    GELU, Linear(H->H) (LLaVA-1.5's projector)."""
+    pooled_token: bool = True
+    """Put the tower's pooled embedding (through its own Linear(E->H)) before the patch tokens."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.model, str):
+            require(bool(self.model.strip()), "model", "must be an open_clip model name such as 'ViT-B-32'")
+        else:
+            for key in self.model:
+                require(
+                    key in VISION_MODEL_KEYS,
+                    f"model.{key}",
+                    f"unknown key of a custom open_clip model config (known: {', '.join(VISION_MODEL_KEYS)}; "
+                    "only the vision tower is built, so no text_cfg)",
+                )
+            embed = self.model.get("embed_dim")
+            require(
+                isinstance(embed, int) and not isinstance(embed, bool) and embed >= 1,
+                "model.embed_dim",
+                f"must be a positive integer (the pooled embedding size), got {embed!r}",
+            )
+            require(
+                isinstance(self.model.get("vision_cfg"), dict),
+                "model.vision_cfg",
+                f"must be a mapping of open_clip CLIPVisionCfg fields, got {self.model.get('vision_cfg')!r}",
+            )
+            require(
+                self.pretrained is None,
+                "pretrained",
+                "needs an open_clip model name in 'model' (a custom config has no pretrained tags)",
+            )
+        require(
+            self.pretrained is None or bool(self.pretrained.strip()),
+            "pretrained",
+            "must be a pretrained tag, a weights file or null",
+        )
+        positive_or_null(self.image_size, "image_size")
+        require(
+            not (self.frozen and self.pretrained is None),
+            "frozen",
+            "a randomly initialised tower cannot be frozen (nothing would store it); set pretrained, or frozen: "
+            "false / null",
+        )
+
+    @property
+    def trains_tower(self) -> bool:
+        """Whether the tower is trained: ``frozen`` when given, else only a randomly initialised one."""
+        return not self.frozen if self.frozen is not None else self.pretrained is None
+
 
 MemoryMethod = Literal["latent", "latent_compact", "latent_shuffled", "bm25", "dense", "no_retrieval", "full_context"]
 """Rows a latent-memory table can have; ``latentlab.memory.evaluate.METHODS`` runs each (a test keeps both equal)."""
@@ -61,6 +139,8 @@ class CompressorConfig:
     init_from: str | None = None
     """Start from a trained compressor: an exported folder (weights.safetensors) or a run directory (last.ckpt);
     relative to the project. A second stage (say, the projector alone) continues a first this way."""
+    vision: VisionConfig | None = None
+    """The image path (an open_clip tower and a projector in front of the compressor); null: text evidence only."""
 
     def __post_init__(self) -> None:
         require(self.key_dim >= 1, "key_dim", f"must be >= 1, got {self.key_dim}")
@@ -100,8 +180,31 @@ class GeneratorConfig:
 
 
 @dataclass
+class ImageLossConfig:
+    """Weights of the losses of image items (read only with ``compressor.vision``); the reference's multimodal values.
+
+    A question is an image question when one of its positives is an image; its contrastive and distillation terms
+    take these weights in place of the text ones.
+    """
+
+    embed_recon_weight: float = 5.0
+    """MSE of a head on each image latent against the tower's pooled embedding of that image (a detached target)."""
+    title_recon_weight: float = 0.5
+    """CE of the decoder rebuilding an image's title from its latent (pixels are never rebuilt)."""
+    contrast_weight: float = 0.2
+    """Multi-positive InfoNCE of image questions (other scenes in the pool are their image hard negatives)."""
+    distill_weight: float = 2.0
+    """KL(teacher || student) over the answer tokens of image questions; the teacher reads each image's text
+    description, so image questions whose positives lack one are left out of this term."""
+
+    def __post_init__(self) -> None:
+        for name in ("embed_recon_weight", "title_recon_weight", "contrast_weight", "distill_weight"):
+            require(getattr(self, name) >= 0, name, "must be >= 0")
+
+
+@dataclass
 class LossConfig:
-    """Weights and settings of the three latent-memory losses."""
+    """Weights and settings of the three latent-memory losses (and of the image terms, ``image``)."""
 
     recon_weight: float = 0.5
     """Weight of the reconstruction CE."""
@@ -139,6 +242,8 @@ class LossConfig:
     """Weight of the generator rebuilding each positive's text from its projected latent (xRAG's paraphrase
     pretraining; not in the reference, 0 = off). It teaches the projector what the frozen generator can read with
     every token of every positive, where the answer losses see a few tokens a question."""
+    image: ImageLossConfig = field(default_factory=ImageLossConfig)
+    """Weights of the image items' terms (only with ``compressor.vision``)."""
 
     def __post_init__(self) -> None:
         require(self.temperature > 0, "temperature", f"must be > 0, got {self.temperature}")
@@ -179,11 +284,43 @@ class SyntheticQAConfig:
 
 
 @dataclass
+class SyntheticImageQAConfig:
+    """Seeded image QA (``latentlab.data.synthetic_images``): pillow-rendered scenes of coloured shapes, each titled
+    with a fictional person or place; the answers are in the pictures only."""
+
+    num_scenes: int = 300
+    """Scenes (one image and one question each), split 80/10/10 into train/validation/test by scene."""
+    seed: int = 0
+    """Seed of the scenes, their titles, the questions and the splits."""
+    image_size: int = 64
+    """Side of the rendered PNGs, in pixels (the vision path resizes them to its own size)."""
+    max_shapes: int = 4
+    """Shapes per scene: 1 to this many."""
+    image_distractors: int = 3
+    """Other scenes in each question's pool (the image hard negatives)."""
+    text_distractors: int = 3
+    """Text facts in each question's pool (about its title and others'; none holds an answer)."""
+    cache_dir: str = "data/synthetic/images"
+    """Where the PNGs are written once (relative to the project); a file already there must hold the same bytes."""
+
+    def __post_init__(self) -> None:
+        require(
+            self.num_scenes >= 10, "num_scenes", f"must be >= 10 (every split needs a scene), got {self.num_scenes}"
+        )
+        require(self.image_size >= 16, "image_size", f"must be >= 16 pixels, got {self.image_size}")
+        require(1 <= self.max_shapes <= 6, "max_shapes", f"must be in 1..6, got {self.max_shapes}")
+        for name in ("image_distractors", "text_distractors"):
+            require(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
+        require(bool(self.cache_dir.strip()), "cache_dir", "must be a folder path")
+
+
+@dataclass
 class DataConfig:
     """Where the QA-with-evidence examples come from."""
 
-    source: Literal["synthetic", "jsonl", "hotpotqa"] = "synthetic"
-    """`synthetic` (generated), `jsonl` (latentlab schema) or `hotpotqa` (official JSON, converted on load)."""
+    source: Literal["synthetic", "synthetic_images", "jsonl", "hotpotqa"] = "synthetic"
+    """`synthetic` (generated text QA), `synthetic_images` (generated image QA; needs ``compressor.vision``),
+    `jsonl` (latentlab schema, text and image items) or `hotpotqa` (official JSON, converted on load)."""
     train: str | None = None
     """Training file (jsonl/hotpotqa sources)."""
     val: str | None = None
@@ -192,6 +329,8 @@ class DataConfig:
     """Test file (jsonl/hotpotqa sources)."""
     synthetic: SyntheticQAConfig = field(default_factory=SyntheticQAConfig)
     """Settings of the synthetic generator (synthetic source)."""
+    synthetic_images: SyntheticImageQAConfig = field(default_factory=SyntheticImageQAConfig)
+    """Settings of the synthetic image-QA generator (synthetic_images source)."""
     batch_size: int = 4
     """Questions per micro-batch."""
     max_positives: int = 4

@@ -5,7 +5,7 @@ Texts stay strings here; the LightningModule tokenises them, because the tokeniz
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import lightning as L
@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from latentlab.configs import DataConfig, ExperimentConfig, resolve_path
-from latentlab.data.schema import Evidence, QAExample, read_qa
+from latentlab.data.schema import Evidence, QAExample, read_qa, titled
 from latentlab.data.synthetic import World, generate_world
 from latentlab.errors import DataError
 
@@ -32,9 +32,20 @@ class QABatch:
     negative_owner: torch.Tensor  # [N] question index of each hard negative
     positive_rank: torch.Tensor | None = None  # [P] rank of each positive in its question's mined ranking
     negative_rank: torch.Tensor | None = None  # [N] likewise; None when negatives are drawn from the pool
+    positive_items: list[Evidence] = field(default_factory=list)  # [P] the positives as items (images need them)
+    negative_items: list[Evidence] = field(default_factory=list)  # [N] likewise; both empty for mined negatives
 
     def __len__(self) -> int:
         return len(self.questions)
+
+    def to(self, device: torch.device | str) -> QABatch:
+        """The batch with its tensors on ``device`` (texts and items stay as they are)."""
+        tensors = {
+            name: getattr(self, name).to(device)
+            for name in ("positive_owner", "negative_owner", "positive_rank", "negative_rank")
+            if getattr(self, name) is not None
+        }
+        return replace(self, **tensors)
 
 
 @dataclass
@@ -46,6 +57,16 @@ class QAItem:
     negatives: list[str]
     positive_rank: list[int] | None = None
     negative_rank: list[int] | None = None
+    positive_items: list[Evidence] = field(default_factory=list)
+    negative_items: list[Evidence] = field(default_factory=list)
+
+
+def reading_text(item: Evidence) -> str:
+    """The text a batch carries for an item: ``display_text`` for text items and described images (what the teacher
+    reads); a titled image without a description carries its title, an untitled one nothing."""
+    if item.image and not (item.text and item.text.strip()):
+        return titled(None, item.title or "")
+    return item.display_text()
 
 
 class QADataset(Dataset):
@@ -84,7 +105,8 @@ class QADataset(Dataset):
 
     def __getitem__(self, index: int) -> QAItem:
         example = self.examples[index]
-        positives = [e.display_text() for e in example.supporting_evidence()][: self.max_positives]
+        positive_items = example.supporting_evidence()[: self.max_positives]
+        positives = [reading_text(e) for e in positive_items]
         if self.rankings is not None:
             ranking = self.rankings[example.id]
             rank = {text: r for r, text in reversed(list(enumerate(ranking)))}
@@ -99,15 +121,26 @@ class QADataset(Dataset):
                 [rank[t] for t in negatives],
             )
         rng = np.random.default_rng((self.seed, index, self.epoch))
-        pool = [e.display_text() for e in example.negative_evidence()]
+        pool = example.negative_evidence()
         take = min(self.hard_negatives, len(pool))
-        chosen = rng.choice(len(pool), size=take, replace=False).tolist() if take else []
-        return QAItem(example, positives, [pool[i] for i in sorted(chosen)])
+        chosen = [pool[i] for i in sorted(rng.choice(len(pool), size=take, replace=False).tolist())] if take else []
+        return QAItem(
+            example,
+            positives,
+            [reading_text(e) for e in chosen],
+            positive_items=positive_items,
+            negative_items=chosen,
+        )
 
 
 def collate_qa(items: list[QAItem]) -> QABatch:
     positives, pos_owner, negatives, neg_owner, pos_rank, neg_rank = [], [], [], [], [], []
+    positive_items, negative_items = [], []
     ranked = all(item.positive_rank is not None for item in items)
+    with_items = all(
+        len(item.positive_items) == len(item.positives) and len(item.negative_items) == len(item.negatives)
+        for item in items
+    )
     for b, item in enumerate(items):
         positives += item.positives
         pos_owner += [b] * len(item.positives)
@@ -116,6 +149,9 @@ def collate_qa(items: list[QAItem]) -> QABatch:
         if ranked:
             pos_rank += item.positive_rank
             neg_rank += item.negative_rank
+        if with_items:
+            positive_items += item.positive_items
+            negative_items += item.negative_items
     return QABatch(
         question_ids=[item.example.id for item in items],
         questions=[item.example.question for item in items],
@@ -126,6 +162,8 @@ def collate_qa(items: list[QAItem]) -> QABatch:
         negative_owner=torch.tensor(neg_owner, dtype=torch.long),
         positive_rank=torch.tensor(pos_rank, dtype=torch.long) if ranked else None,
         negative_rank=torch.tensor(neg_rank, dtype=torch.long) if ranked else None,
+        positive_items=positive_items,
+        negative_items=negative_items,
     )
 
 
@@ -137,6 +175,24 @@ def synthetic_world(config: ExperimentConfig) -> World:
     )
 
 
+def synthetic_scenes(config: ExperimentConfig):
+    """The seeded image-QA set of ``data.synthetic_images`` (its PNGs written once into its cache folder)."""
+    from latentlab.configs import config_root
+    from latentlab.data.synthetic_images import generate_scenes
+
+    s = config.data.synthetic_images
+    cache = Path(s.cache_dir).expanduser()
+    return generate_scenes(
+        s.num_scenes,
+        s.seed,
+        cache if cache.is_absolute() else config_root(config) / cache,
+        image_size=s.image_size,
+        max_shapes=s.max_shapes,
+        image_distractors=s.image_distractors,
+        text_distractors=s.text_distractors,
+    )
+
+
 def load_qa_split(config: ExperimentConfig, split: str, training_limits: bool = True) -> list[QAExample]:
     """Examples of ``train``/``val``/``test`` from the configured source.
 
@@ -144,8 +200,11 @@ def load_qa_split(config: ExperimentConfig, split: str, training_limits: bool = 
     and applies ``eval.limit`` instead, so a short validation during training does not shrink the evaluated split.
     """
     data: DataConfig = config.data
+    splits = {"train": "train", "val": "validation", "test": "test"}
     if data.source == "synthetic":
-        examples = synthetic_world(config).questions[{"train": "train", "val": "validation", "test": "test"}[split]]
+        examples = synthetic_world(config).questions[splits[split]]
+    elif data.source == "synthetic_images":
+        examples = synthetic_scenes(config).questions[splits[split]]
     else:
         value = getattr(data, split)
         if value is None:
@@ -164,6 +223,8 @@ def corpus_of(config: ExperimentConfig, examples: list[QAExample]) -> list[Evide
     """
     if config.data.source == "synthetic":
         return synthetic_world(config).corpus()
+    if config.data.source == "synthetic_images":
+        return synthetic_scenes(config).corpus()
     from latentlab.data.converters import extract_corpus
 
     return extract_corpus(examples)

@@ -28,24 +28,32 @@ def titled(title: str | None, body: str) -> str:
 
 @dataclass(frozen=True)
 class Evidence:
-    """One evidence item: a sentence or passage (``text``) or an image (``image`` path) with an optional title."""
+    """One evidence item: a sentence or passage (``text``), or an image (``image`` path) with an optional title and,
+    where the data has one, a text description of the image in ``text``.
+
+    The image path is resolved when the item is read (against its file's folder); ``where`` says where it was read
+    (``corpus.jsonl:3``), so that an image that fails to load later is named with its file and line.
+    """
 
     id: str
     text: str | None = None
     image: str | None = None
     title: str | None = None
+    where: str | None = field(default=None, compare=False, repr=False)
+    """Where the item was read (``file:line``), when it was read from a file; not part of its content."""
 
     def display_text(self) -> str:
         """What the compressor, the text retrievers and a raw-text prompt read for this item (``titled``).
 
-        An item without text raises rather than reading as a placeholder such as ``"[image chart.png]"``: the
-        compressor would encode that string, and retrieval would match it, as if it were the image's content.
+        For an image item that is its text description. One without a description raises rather than reading as a
+        placeholder such as ``"[image chart.png]"``: a text reader would encode that string, and retrieval would
+        match it, as if it were the image's content.
         """
         if self.text is None or not self.text.strip():
             if self.image:
                 raise DataError(
-                    f"evidence '{self.id}' is an image ('{self.image}') with no text: image evidence is not "
-                    f"supported yet by the text compressor (expected a non-blank 'text')"
+                    f"evidence '{self.id}' is an image ('{self.image}') with no text description: a text reader "
+                    f"(BM25, dense, a raw-text prompt) has nothing to read (expected a non-blank 'text' describing it)"
                 )
             raise DataError(f"evidence '{self.id}' has no text (expected a non-blank 'text')")
         return titled(self.title, self.text)
@@ -169,12 +177,12 @@ def _optional_str(obj: dict, key: str, where: str) -> str | None:
 
 
 def parse_evidence(obj: Any, where: str, base_dir: Path | None = None) -> Evidence:
-    """An evidence (or corpus) record: ``{"id", "text", "title"?}`` with a non-blank text.
+    """An evidence (or corpus) record: ``{"id", "text"?, "image"?, "title"?}`` with a non-blank text or an image.
 
-    An ``image`` field is refused until an image encoder exists: the text compressor would otherwise encode a
-    placeholder string in its place. ``Evidence`` keeps its ``image`` field for that encoder, which will resolve the
-    path against ``base_dir`` (the file's folder) and check that it exists. A blank text is refused too: it would
-    compress to a latent that carries nothing and still take a slot in every index and batch.
+    A relative ``image`` path is resolved against ``base_dir`` (the file's folder). Whether the file exists and
+    decodes is checked where it is loaded (``latentlab.memory.vision.load_image``), with ``where`` in the message, so
+    that ``index build --skip-bad`` can build the rest. A blank text is refused: it would compress to a latent that
+    carries nothing and still take a slot in every index and batch.
     """
     if not isinstance(obj, dict):
         raise DataError(f"{where}: evidence must be a JSON object, got {json.dumps(obj)[:80]}")
@@ -187,17 +195,17 @@ def parse_evidence(obj: Any, where: str, base_dir: Path | None = None) -> Eviden
     image = _optional_str(obj, "image", where)
     title = _optional_str(obj, "title", where)
     if image is not None:
-        raise DataError(
-            f"{where}: evidence '{eid}' has an image ('{image}'): image evidence is not supported yet by the text "
-            f"compressor (expected a text item; put what the image shows in 'text' and drop 'image')"
-        )
-    if text is None:
+        if not image.strip():
+            raise DataError(f"{where}: evidence '{eid}' has a blank 'image' (expected the path of an image file)")
+        path = Path(image).expanduser()
+        image = os.path.normpath(base_dir / path) if base_dir is not None and not path.is_absolute() else str(path)
+    elif text is None:
         raise DataError(f"{where}: evidence '{eid}' has neither 'text' nor 'image' (expected a non-blank 'text')")
-    if not text.strip():
+    if text is not None and not text.strip():
         raise DataError(
             f"{where}: evidence '{eid}' has a blank 'text' {json.dumps(text)} (expected a non-blank 'text')"
         )
-    return Evidence(id=eid, text=text, title=title)
+    return Evidence(id=eid, text=text, image=image, title=title, where=where)
 
 
 def parse_qa(obj: Any, where: str, base_dir: Path | None = None) -> QAExample:
@@ -329,7 +337,7 @@ def read_qa(path: str | os.PathLike) -> list[QAExample]:
 
 
 def read_corpus(path: str | os.PathLike) -> list[Evidence]:
-    """A corpus for an index: at least one item, ids unique across the file, every item a non-blank text."""
+    """A corpus for an index: at least one item, ids unique across the file, each a non-blank text or an image."""
     numbered = _read_unique(path, parse_evidence, "since the index returns items by id")
     if not numbered:
         raise DataError(f'{path}: no evidence records (expected one JSON object {{"id", "text"}} per line)')
@@ -386,11 +394,13 @@ def to_record(item: Evidence | QAExample | CoTExample) -> dict:
     """A JSON-ready dict; ``None`` fields of evidence and an absent ``question_type`` are dropped."""
     record = asdict(item)
     if isinstance(item, QAExample):
-        record["evidence"] = [{k: v for k, v in e.items() if v is not None} for e in record["evidence"]]
+        record["evidence"] = [
+            {k: v for k, v in e.items() if v is not None and k != "where"} for e in record["evidence"]
+        ]
         if record["question_type"] is None:
             del record["question_type"]  # records of untyped data stay as they were
     elif isinstance(item, Evidence):
-        record = {k: v for k, v in record.items() if v is not None}
+        record = {k: v for k, v in record.items() if v is not None and k != "where"}
     return record
 
 

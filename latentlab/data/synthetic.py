@@ -27,7 +27,8 @@ def _name(rng: random.Random, syllables: int) -> str:
     return word.capitalize()
 
 
-def _unique_names(rng: random.Random, count: int, syllables: tuple[int, int], taken: set[str]) -> list[str]:
+def unique_names(rng: random.Random, count: int, syllables: tuple[int, int], taken: set[str]) -> list[str]:
+    """``count`` new fictional names of ``syllables`` (min, max) syllables, none in ``taken`` (which they join)."""
     names: list[str] = []
     while len(names) < count:
         name = _name(rng, rng.randint(*syllables))
@@ -69,12 +70,12 @@ def generate_world(
     """
     rng = random.Random(seed)
     taken: set[str] = set()
-    countries = _unique_names(rng, num_countries, (2, 3), taken)
-    cities = _unique_names(rng, num_cities, (2, 3), taken)
-    company_roots = _unique_names(rng, num_companies, (2, 2), taken)
+    countries = unique_names(rng, num_countries, (2, 3), taken)
+    cities = unique_names(rng, num_cities, (2, 3), taken)
+    company_roots = unique_names(rng, num_companies, (2, 2), taken)
     companies = [f"{root} {rng.choice(COMPANY_SUFFIXES)}" for root in company_roots]
-    firsts = _unique_names(rng, num_people, (2, 2), taken)
-    lasts = _unique_names(rng, num_people, (2, 3), taken)
+    firsts = unique_names(rng, num_people, (2, 2), taken)
+    lasts = unique_names(rng, num_people, (2, 3), taken)
     people = [f"{f} {last}" for f, last in zip(firsts, lasts)]
 
     facts: dict[str, str] = {}

@@ -1,7 +1,8 @@
 """A trained compressor on disk: export, load and fingerprint, in one place.
 
-An export is a folder with ``config.yaml`` (the resolved training config), ``weights.safetensors`` (the learned
-tensors only: LoRA adapters, memory slot, retrieval head, projector) and ``fingerprint.txt``. A run directory
+An export is a folder with ``config.yaml`` (the resolved training config, ``compressor.vision`` included),
+``weights.safetensors`` (the learned tensors only: LoRA adapters, memory slot, retrieval head, projector, and a
+trained vision tower with its projector) and ``fingerprint.txt``. A run directory
 (``last.ckpt``) or a ``.ckpt`` file loads the same way.
 """
 
@@ -33,11 +34,30 @@ def _is_reader(name: str) -> bool:
     return ".read." in name
 
 
+def vision_spec(config: MemoryExperimentConfig) -> dict | None:
+    """What of ``compressor.vision`` the latents depend on (the tower, its weights, image size, projector), or None."""
+    vision = config.compressor.vision
+    if vision is None:
+        return None
+    return {
+        "model": vision.model,
+        "pretrained": vision.pretrained,
+        "image_size": vision.image_size,
+        "projector": vision.projector,
+        "pooled_token": vision.pooled_token,
+    }
+
+
 def state_fingerprint(config: MemoryExperimentConfig, state: dict[str, torch.Tensor]) -> str:
-    """Identifies a trained compressor: base model spec, key size, precision and every tensor that builds or reads a
-    memory (the reconstruction decoder is left out: it plays no part in either)."""
+    """Identifies a trained compressor: base model spec, key size, precision, the vision tower (if any) and every
+    tensor that builds or reads a memory (the reconstruction decoder is left out: it plays no part in either).
+
+    A frozen pretrained tower is identified by its spec (its weights are not stored); text-only compressors keep the
+    fingerprint they had before images."""
     cfg = config.compressor
     parts = {"model": spec_name(cfg.backbone.model), "key_dim": cfg.key_dim, "precision": cfg.backbone.precision}
+    if cfg.vision is not None:
+        parts["vision"] = vision_spec(config)
     return fingerprint(parts, {k: v for k, v in state.items() if not _is_decoder(k)})
 
 
@@ -162,6 +182,7 @@ FIXED_BY_TRAINING = (
     ("compressor.read_lora", lambda c: _lora(c.compressor.read_lora)),
     ("generator.backbone.model", lambda c: spec_name(c.generator.backbone.model)),
     ("generator.backbone.precision", lambda c: c.generator.backbone.precision),
+    ("compressor.vision", vision_spec),
 )
 """Settings whose value the trained weights depend on: the config in hand must agree with the stored one."""
 

@@ -21,6 +21,17 @@ from latentlab.backbones import (
     use_adapter,
 )
 from latentlab.configs import CompressorConfig
+from latentlab.memory.vision import ImageEmbedHead, VisionEncoder
+
+_PART_PREFIXES = (
+    ("memory_slot", "memory_slot"),
+    ("retrieval_head", "retrieval_head"),
+    ("projector", "projector"),
+    ("vision.tower.", "vision_tower"),
+    ("vision.projector.", "vision_projector"),
+    ("vision.pooled_projector.", "vision_projector"),
+    ("image_embed_head.", "image_embed_head"),
+)
 
 
 def part_of(name: str) -> str:
@@ -28,8 +39,8 @@ def part_of(name: str) -> str:
     for adapter in ("compress", "query", "decode", "read"):
         if f".{adapter}." in name and "lora_" in name:
             return f"{adapter}_lora"
-    for part in ("memory_slot", "retrieval_head", "projector"):
-        if name.removeprefix("model.").removeprefix("compressor.").startswith(part):
+    for prefix, part in _PART_PREFIXES:
+        if name.removeprefix("model.").removeprefix("compressor.").startswith(prefix):
             return part
     raise ValueError(f"{name}: not a learned compressor parameter")
 
@@ -79,6 +90,10 @@ class Compressor(nn.Module):
         gen_weight = generator_embed.weight.detach().float()
         self.projector = Projector(hidden, gen_weight.shape[1], target_scale=float(gen_weight.std()))
         self.bos_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        # The image path (compressor.vision): tower + projector in front, and the head of the embedding-reconstruction
+        # loss on the latent. Absent for text-only compressors, so their checkpoints keep their keys.
+        self.vision = VisionEncoder(config.vision, hidden) if config.vision is not None else None
+        self.image_embed_head = ImageEmbedHead(hidden, self.vision.pooled_dim) if self.vision is not None else None
 
     # ----------------------------------------------------------------- tokenisation
 
@@ -129,11 +144,21 @@ class Compressor(nn.Module):
         return self.encode_ids(ids, mask, "compress")
 
     def encode_items(self, items: Sequence) -> torch.Tensor:
-        """Evidence items -> latents [N, H]: each kind of item through its evidence encoder, then the memory slot."""
-        from latentlab.memory.evidence import encode_prefix
+        """Evidence items -> latents [N, H] in input order: each kind of item through its evidence encoder (one
+        batch per kind; a latent does not depend on its batch), then the memory slot."""
+        from latentlab.memory.evidence import encode_prefix, rows_by_kind
 
-        embeds, mask = encode_prefix(self, items)
-        return self.encode_embeds(embeds, mask, "compress")
+        groups = rows_by_kind(items)
+        if len(groups) <= 1:
+            embeds, mask = encode_prefix(self, items)
+            return self.encode_embeds(embeds, mask, "compress")
+        rows, parts = [], []
+        for group in groups.values():
+            embeds, mask = encode_prefix(self, [items[i] for i in group])
+            parts.append(self.encode_embeds(embeds, mask, "compress"))
+            rows += group
+        order = torch.argsort(torch.tensor(rows, device=parts[0].device))
+        return torch.cat(parts)[order]
 
     def encode_queries(self, texts: Sequence[str]) -> torch.Tensor:
         ids, mask = self.tokenize(texts, self.config.max_query_tokens)

@@ -171,7 +171,7 @@ def _no_retrieval(ctx: EvalContext) -> list[Answer]:
 
 @_register("full_context")
 def _full_context(ctx: EvalContext) -> list[Answer]:
-    return _text_rows(ctx, [[Hit(e.id, 0.0, e.title, e.text) for e in ex.evidence] for ex in ctx.examples])
+    return _text_rows(ctx, [[Hit.of(e, 0.0) for e in ex.evidence] for ex in ctx.examples])
 
 
 def _retriever_rows(ctx: EvalContext, name: str) -> list[Answer]:
@@ -183,7 +183,7 @@ def _retriever_rows(ctx: EvalContext, name: str) -> list[Answer]:
         retrieved = retriever.search(ctx.questions, k)
     else:
         retrieved = retriever.search_pools(ctx.questions, [ex.evidence for ex in ctx.examples], k)
-    hits = [[Hit(h.id, float(h.score), ctx.by_id[h.id].title, ctx.by_id[h.id].text) for h in row] for row in retrieved]
+    hits = [[Hit.of(ctx.by_id[h.id], h.score) for h in row] for row in retrieved]
     return _text_rows(ctx, hits)
 
 
@@ -223,12 +223,7 @@ def _pool_latent_hits(memory: LatentMemory, examples: list[QAExample], k: int):
     for b in range(len(examples)):
         keep = torch.isfinite(top_scores[b])
         rows = pool[b, order[b][keep]]
-        hits.append(
-            [
-                Hit(items[i].id, float(s), items[i].title, items[i].text)
-                for i, s in zip(rows.tolist(), top_scores[b][keep].tolist())
-            ]
-        )
+        hits.append([Hit.of(items[i], s) for i, s in zip(rows.tolist(), top_scores[b][keep].tolist())])
         chosen.append(latents_all[rows])
     return hits, chosen
 

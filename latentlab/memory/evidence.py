@@ -1,8 +1,9 @@
 """Evidence encoders: the seam in front of the compressor. Items in, prefix embeddings [N, T, H] and mask out;
 the compressor then appends its memory slot and takes the latent there.
 
-Text items go through the compressor's own token embeddings. Image items have no encoder yet (the vision path is
-a later issue): they are refused here, by id, instead of being compressed as the string of their file name.
+Text items go through the compressor's own token embeddings; image items through its vision tower and projector
+(``latentlab.memory.vision``), then their title's tokens. A compressor without a vision tower refuses image items
+by id instead of compressing the string of their file name.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 from latentlab.backbones import input_embeddings
 from latentlab.data.schema import Evidence
 from latentlab.errors import DataError
+from latentlab.memory.vision import image_prefix
 from latentlab.registry import Registry
 
 
@@ -34,11 +36,20 @@ def text_prefix(compressor, items: Sequence[Evidence]) -> tuple[torch.Tensor, to
 
 ENCODERS: Registry[EvidenceEncoder] = Registry("evidence encoder")
 ENCODERS.register("text", text_prefix)
+ENCODERS.register("image", image_prefix)
 
 
 def kind_of(item: Evidence) -> str:
-    """Which encoder an item needs: `image` when it has an image, else `text`."""
+    """Which encoder an item needs (its modality): `image` when it has an image, else `text`."""
     return "image" if item.image else "text"
+
+
+def rows_by_kind(items: Sequence[Evidence]) -> dict[str, list[int]]:
+    """Row indices of ``items`` per kind, kinds in first-seen order: a mixed batch is encoded one kind at a time."""
+    rows: dict[str, list[int]] = {}
+    for i, item in enumerate(items):
+        rows.setdefault(kind_of(item), []).append(i)
+    return rows
 
 
 def encode_prefix(compressor, items: Sequence[Evidence]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -12,6 +12,8 @@ Layout of a memory directory::
                         float16 [count, latent_dim], or uint8 codes [count, code_width] for int8 and pq
     codec.<gen>.faiss   int8 and pq only: the codec's trained state (an empty FAISS IndexScalarQuantizer / IndexPQ)
     items.<gen>.jsonl   one Evidence record per row, in row order
+    invlists.<gen>.ivfdata  merged memories only (``index_merge``): the IVF index's on-disk inverted lists, mapped
+                        read-only when opened; such a memory is searched and read, not changed (add/remove refuse)
 
 ``manifest.json`` is the single commit point: ``save`` writes the data files under the next generation's names,
 then replaces the manifest atomically, then deletes the files no manifest refers to. A crash at any moment leaves
@@ -20,7 +22,6 @@ either the previous memory or the new one, never a mix; opening a memory never w
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -36,19 +37,23 @@ from latentlab import io as atomic_io
 from latentlab.configs.memory import IndexConfig, training_keys_needed
 from latentlab.data.schema import Evidence, iter_jsonl, to_record
 from latentlab.errors import ConfigError, DataError, IndexError_
+from latentlab.memory.index_manifest import (
+    _SUFFIX,
+    FORMAT_VERSION,
+    MANIFEST_NAME,
+    METRIC,
+    _sha256,
+    manifest_record,
+    read_faiss,
+    read_manifest,
+)
 from latentlab.memory.latent_store import LatentCodec, new_codec, saved_codec
 
-FORMAT_VERSION = 1
-MANIFEST_NAME = "manifest.json"
 BUILDING_DIR_NAME = ".building"
-METRIC = "inner_product"
 NORM_TOLERANCE = 1e-3
 """Keys must have |norm - 1| below this: the retrieval head L2-normalises them, so anything else is a bug upstream."""
 
-_SUFFIX = {"index": ".faiss", "keys": ".npy", "latents": ".npy", "items": ".jsonl", "codec": ".faiss"}
-_REQUIRED_FILES = ("index", "keys", "latents", "items")
-"""Every memory has these; ``codec`` only where its latent codec is trained (int8, pq)."""
-_DATA_FILE = re.compile(r"^(index|keys|latents|items|codec)\.\d+\.(faiss|npy|jsonl)$")
+_DATA_FILE = re.compile(r"^(index|keys|latents|items|codec|invlists)\.\d+\.(faiss|npy|jsonl|ivfdata)$")
 _TEMP_FILE = re.compile(r"^\.(index|keys|latents|items|codec|manifest)\..*\.tmp$")
 
 
@@ -86,14 +91,6 @@ def _apply_search_params(index: faiss.Index, spec: IndexConfig) -> None:
         base = faiss.downcast_index(base.index)
     if isinstance(base, faiss.IndexHNSW):
         base.hnsw.efSearch = spec.ef_search
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _fsync_dir(path: Path) -> None:
@@ -193,56 +190,6 @@ def _parse_item(obj: Any, where: str, base_dir: Path | None) -> Evidence:
     return Evidence(id=obj["id"], text=obj.get("text"), image=obj.get("image"), title=obj.get("title"))
 
 
-def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
-    """The manifest of the memory at ``path``, checked for its format; IndexError_ naming the file otherwise."""
-    manifest_path = Path(path) / MANIFEST_NAME
-    if not Path(path).exists():
-        raise IndexError_(f"no such memory directory: {path}")
-    if not Path(path).is_dir():
-        raise IndexError_(f"{path}: not a directory; a memory is a directory holding {MANIFEST_NAME}")
-    if not manifest_path.is_file():
-        raise IndexError_(
-            f"{manifest_path}: missing; {path} is not a built memory (build one with build_index or "
-            f"`latentlab index build`)"
-        )
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise IndexError_(f"{manifest_path}: not valid JSON ({err})") from None
-    required = {
-        "format_version": int,
-        "fingerprint": str,
-        "key_dim": int,
-        "latent_dim": int,
-        "count": int,
-        "factory": str,
-        "metric": str,
-        "nprobe": int,
-        "ef_search": int,
-        "latent_dtype": str,
-        "files": dict,
-    }
-    for key, kind in required.items():
-        if not isinstance(manifest, dict) or not isinstance(manifest.get(key), kind):
-            raise IndexError_(f"{manifest_path}: missing or malformed field '{key}' (expected {kind.__name__})")
-    if manifest["format_version"] != FORMAT_VERSION:
-        raise IndexError_(
-            f"{manifest_path}: format_version {manifest['format_version']} is not supported "
-            f"(this latentlab reads version {FORMAT_VERSION}); rebuild the memory"
-        )
-    if manifest["metric"] != METRIC:
-        raise IndexError_(f"{manifest_path}: metric '{manifest['metric']}' is not supported (expected '{METRIC}')")
-    for role in _SUFFIX:
-        entry = manifest["files"].get(role)
-        if entry is None and role not in _REQUIRED_FILES:
-            continue
-        if not isinstance(entry, dict) or not all(
-            isinstance(entry.get(k), t) for k, t in (("name", str), ("sha256", str), ("bytes", int))
-        ):
-            raise IndexError_(f"{manifest_path}: files.{role} must be an object with name, sha256 and bytes")
-    return manifest
-
-
 class LatentIndex:
     """A latent memory: FAISS search over keys, plus the latents and items of each result, saved atomically.
 
@@ -263,8 +210,10 @@ class LatentIndex:
         keys: np.ndarray,
         latent_codes: np.ndarray,
         generation: int = 0,
+        invlists: dict[str, Any] | None = None,
+        built_from: dict[str, Any] | None = None,
     ) -> None:
-        """Use ``LatentIndex.create`` or ``LatentIndex.open``."""
+        """Use ``LatentIndex.create`` or ``LatentIndex.open`` (``index_merge`` makes shards with a trained index)."""
         self.path = path
         self.fingerprint = fingerprint
         self.key_dim = key_dim
@@ -274,6 +223,8 @@ class LatentIndex:
         self._codec = codec
         self._generation = generation
         self._dirty = generation == 0
+        self._invlists = invlists  # the manifest entry of on-disk inverted lists (a merged memory), else None
+        self._built_from = built_from
         self._set_rows(items, keys, latent_codes)
 
     def _set_rows(self, items: list[Evidence], keys: np.ndarray, latent_codes: np.ndarray) -> None:
@@ -365,8 +316,8 @@ class LatentIndex:
             raise IndexError_(f"{manifest_path}: {err}; open it with the latentlab that built it, or rebuild") from None
         read = {}
         for role in [role for role in ("index", "codec") if role in files]:
-            try:
-                read[role] = faiss.read_index(str(files[role]))
+            try:  # a merged memory's inverted lists are mapped read-only from its invlists file
+                read[role] = read_faiss(files[role], ondisk=role == "index" and "invlists" in files)
             except RuntimeError as err:
                 raise IndexError_(f"{files[role]}: not a readable FAISS {role} file ({_faiss_message(err)})") from None
         faiss_index = read["index"]
@@ -408,6 +359,8 @@ class LatentIndex:
             arrays["keys"],
             arrays["latents"],
             generation=manifest.get("generation", 1),
+            invlists=manifest["files"].get("invlists"),
+            built_from=manifest.get("built_from"),
         )
         memory._dirty = False
         return memory
@@ -421,6 +374,7 @@ class LatentIndex:
         An untrained index (IVF, PQ) is trained here on all stored keys plus the new ones, an untrained latent codec
         (int8, pq) on the new latents (nothing is stored before the first add); later adds encode with it.
         """
+        self._refuse_on_disk("add to")
         items = list(items)
         where = str(self.path)
         keys = _as_matrix(keys, len(items), self.key_dim, "keys", where)
@@ -475,6 +429,7 @@ class LatentIndex:
         FAISS labels must stay equal to store rows, which IVF's remove_ids would not renumber and HNSW cannot
         do at all, so the index is reset (keeping IVF centroids and PQ codebooks) and re-filled with the kept keys.
         """
+        self._refuse_on_disk("remove from")
         ids = list(dict.fromkeys(ids))
         unknown = [item_id for item_id in ids if item_id not in self._row_of]
         if unknown:
@@ -494,6 +449,14 @@ class LatentIndex:
             self._faiss.add(kept_keys)
         self._set_rows(kept_items, kept_keys, kept_codes)
         self._dirty = True
+
+    def _refuse_on_disk(self, action: str) -> None:
+        if self._invlists is not None:
+            raise IndexError_(
+                f"cannot {action} the memory at {self.path}: it was merged from shards into read-only on-disk "
+                f"inverted lists ({self._invlists['name']}); change the corpus and build it again (index prepare, "
+                "build-shard, merge), or keep the change in a separate memory searched beside it"
+            )
 
     def set_search_params(self, nprobe: int | None = None, ef_search: int | None = None) -> None:
         """Change IVF ``nprobe`` / HNSW ``ef_search``; recorded in the manifest at the next ``save``."""
@@ -586,6 +549,8 @@ class LatentIndex:
             file = self.path / f"{role}.{generation}{_SUFFIX[role]}"
             write(file)
             files[role] = {"name": file.name, "sha256": _sha256(file), "bytes": file.stat().st_size}
+        if self._invlists is not None:  # the index file written above still reads them
+            files["invlists"] = self._invlists
         _fsync_dir(self.path)
         _write_json(self.path / MANIFEST_NAME, self._manifest(files, generation))
         _fsync_dir(self.path)
@@ -597,22 +562,16 @@ class LatentIndex:
                 stale.unlink(missing_ok=True)
 
     def _manifest(self, files: dict[str, dict], generation: int) -> dict[str, Any]:
-        return {
-            "format_version": FORMAT_VERSION,
-            "fingerprint": self.fingerprint,
-            "key_dim": self.key_dim,
-            "latent_dim": self.latent_dim,
-            "count": len(self._items),
-            "factory": self.spec.factory,
-            "metric": METRIC,
-            "nprobe": self.spec.nprobe,
-            "ef_search": self.spec.ef_search,
-            "latent_dtype": self.spec.latent_dtype,
-            **self.spec.latent_codec_params(),
-            "max_train_keys": self.spec.max_train_keys,
-            "generation": generation,
-            "files": files,
-        }
+        return manifest_record(
+            self.fingerprint,
+            self.key_dim,
+            self.latent_dim,
+            len(self._items),
+            self.spec,
+            files,
+            generation,
+            self._built_from,
+        )
 
     def info(self) -> dict[str, Any]:
         """What ``latentlab index info`` prints: manifest fields, sizes on disk and bytes per item."""

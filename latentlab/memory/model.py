@@ -18,7 +18,7 @@ from latentlab.data.schema import Evidence
 from latentlab.errors import ConfigError
 from latentlab.memory.compressor import Compressor
 from latentlab.memory.generator import Generator
-from latentlab.memory.prompting import Prompt, PromptBuilder
+from latentlab.memory.prompting import ItemCost, Prompt, PromptBuilder, item_costs
 
 
 def shares_base(config: MemoryExperimentConfig) -> bool:
@@ -77,6 +77,11 @@ class LatentMemoryModel(nn.Module):
         latents = self.compressor.encode_items(items)
         keys = self.compressor.keys(latents)
         return keys.cpu().numpy().astype(np.float32), latents.cpu().numpy().astype(np.float32)
+
+    def item_costs(self, items: Sequence[Evidence]) -> list[ItemCost]:
+        """Generator context tokens of each item as a latent, as raw text and (images) as a VLM's patch tokens."""
+        vision = self.compressor.vision
+        return item_costs(self.prompt_builder("paper"), items, vision.num_patches if vision is not None else None)
 
     @torch.no_grad()
     def query_keys(self, questions: Sequence[str], batch_size: int = 16) -> torch.Tensor:

@@ -1,7 +1,8 @@
-"""LatentMemoryModule: the LightningModule that trains the compressor end to end with its three losses.
+"""LatentMemoryModule: the LightningModule that trains the compressor end to end with its three losses (and, for image
+items, the image terms of ``loss.image``).
 
 It only wires things together: the losses are pure functions (losses.py), prompts come from prompting.py,
-and the frozen generator from generator.py.
+the frozen generator from generator.py and the image path from vision.py.
 """
 
 from __future__ import annotations
@@ -13,12 +14,19 @@ import torch
 
 from latentlab.configs import MemoryExperimentConfig, resolve_path
 from latentlab.data.modules import QABatch
+from latentlab.distributed import unwrapped_name
 from latentlab.errors import LatentLabError
 from latentlab.memory.compressor import part_of
 from latentlab.memory.generator import Generator
-from latentlab.memory.losses import distillation_kl, multi_positive_infonce, token_cross_entropy
+from latentlab.memory.losses import (
+    distillation_kl,
+    embedding_reconstruction_mse,
+    multi_positive_infonce,
+    token_cross_entropy,
+)
 from latentlab.memory.model import LatentMemoryModel
 from latentlab.memory.prompting import PromptBuilder, pack_prompts
+from latentlab.memory.vision import image_prefix
 from latentlab.optim import TRAIN_STREAM, VAL_STREAM, adamw_warmup_cosine, derive_seed
 from latentlab.weights import check_state_dict
 
@@ -152,30 +160,85 @@ class LatentMemoryModule(L.LightningModule):
             self.frozen_latents.update({(adapter, t): z for t, z in zip(missing, latents)})
         return torch.stack([self.frozen_latents[(adapter, t)] for t in texts]).to(self.device)
 
+    def image_latents(self, items: list) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image items -> (latents [I, H], the tower's pooled embeddings [I, E], detached): the tower runs once for
+        both the latent and the embedding-reconstruction target. No gradient when this run trains none of the parts
+        an image latent passes through."""
+        comp = self.compressor
+        learns = bool(self.train_parts & {"compress_lora", "memory_slot", "vision_tower", "vision_projector"})
+        with torch.set_grad_enabled(torch.is_grad_enabled() and learns):
+            pooled, tokens = comp.vision.encode(items)
+            latents = comp.encode_embeds(*image_prefix(comp, items, (pooled, tokens)), "compress")
+        return latents, pooled.detach()
+
+    def item_latents(self, batch: QABatch) -> tuple[torch.Tensor, list[int], torch.Tensor | None]:
+        """Latents [M, H] of the batch's items (positives then negatives), the rows that are images and their pooled
+        tower embeddings [I, E] (None without images). Text items go through ``latents_of``, as before images."""
+        texts = batch.positives + batch.negatives
+        items = batch.positive_items + batch.negative_items
+        image_rows = [i for i, item in enumerate(items) if item.image]
+        if not image_rows:
+            return self.latents_of(texts, "compress"), [], None
+        images = set(image_rows)
+        text_rows = [i for i in range(len(texts)) if i not in images]
+        image_latents, pooled = self.image_latents([items[i] for i in image_rows])
+        parts = [image_latents]
+        if text_rows:
+            parts.insert(0, self.latents_of([texts[i] for i in text_rows], "compress"))
+        order = torch.argsort(torch.tensor(text_rows + image_rows, device=image_latents.device))
+        return torch.cat(parts)[order], image_rows, pooled
+
     def compute_losses(self, batch: QABatch, step_seed: int) -> dict[str, torch.Tensor]:
-        """Each loss whose weight is above zero, their weighted sum (``loss``) and in-pool ``recall@1``."""
+        """Each loss whose weight is above zero, their weighted sum (``loss``) and in-pool ``recall@1``.
+
+        A question with an image positive is an image question: its contrastive and distillation terms are logged
+        and weighted as ``image_contrast`` and ``image_distill`` (``loss.image``); image items are rebuilt as their
+        title (``title_recon``) and their tower embedding (``image_embed``), never as text.
+        """
         cfg, comp = self.config.loss, self.compressor
         texts = batch.positives + batch.negatives
+        items = batch.positive_items + batch.negative_items
         num_pos = len(batch.positives)
-        latents = self.latents_of(texts, "compress")  # each item compressed once per step
+        latents, image_rows, pooled = self.item_latents(batch)  # each item compressed once per step
         query_latents = self.latents_of(batch.questions, "query")
         losses: dict[str, torch.Tensor] = {}
         total = latents.new_zeros(())
+        images = set(image_rows)
+        image_question = torch.zeros(len(batch), dtype=torch.bool, device=self.device)
+        owner_of_positive = batch.positive_owner.to(self.device)
+        image_question[owner_of_positive[[i for i in range(num_pos) if i in images]]] = True
+        has_images = bool(image_rows)
 
         owners = torch.cat([batch.positive_owner, torch.full_like(batch.negative_owner, -1)]).to(self.device)
         positive_mask = owners.unsqueeze(0) == torch.arange(len(batch), device=self.device).unsqueeze(1)
-        with torch.set_grad_enabled(torch.is_grad_enabled() and cfg.contrast_weight > 0):
+        contrasts = [("contrast", ~image_question, cfg.contrast_weight)]
+        contrasts.append(("image_contrast", image_question, cfg.image.contrast_weight))
+        contrasts = [(name, rows, w) for name, rows, w in contrasts if w > 0 and bool(rows.any())]
+        with torch.set_grad_enabled(torch.is_grad_enabled() and bool(contrasts)):
             query_keys, item_keys = comp.keys(query_latents), comp.keys(latents)
-        if cfg.contrast_weight > 0:
-            losses["contrast"] = multi_positive_infonce(query_keys, item_keys, positive_mask, cfg.temperature)
-            total = total + cfg.contrast_weight * losses["contrast"]
+        if contrasts:
+            per_query = multi_positive_infonce(query_keys, item_keys, positive_mask, cfg.temperature, reduction="none")
+            for name, rows, weight in contrasts:
+                losses[name] = per_query[rows].mean()
+                total = total + weight * losses[name]
 
-        if cfg.recon_weight > 0:
-            count = len(texts) if cfg.recon_negatives else num_pos
-            ids, mask = comp.tokenize(texts[:count], comp.config.max_evidence_tokens)
-            logits, targets = comp.reconstruction_logits(latents[:count], ids, mask)
+        count = len(texts) if cfg.recon_negatives else num_pos
+        text_rows = [i for i in range(count) if i not in images]
+        if cfg.recon_weight > 0 and text_rows:
+            ids, mask = comp.tokenize([texts[i] for i in text_rows], comp.config.max_evidence_tokens)
+            logits, targets = comp.reconstruction_logits(latents[text_rows], ids, mask)
             losses["recon"] = token_cross_entropy(logits, targets)
             total = total + cfg.recon_weight * losses["recon"]
+        titled = [i for i in image_rows if i < count and items[i].title]
+        if cfg.image.title_recon_weight > 0 and titled:
+            ids, mask = comp.tokenize([items[i].title for i in titled], comp.config.max_evidence_tokens)
+            logits, targets = comp.reconstruction_logits(latents[titled], ids, mask)
+            losses["title_recon"] = token_cross_entropy(logits, targets)
+            total = total + cfg.image.title_recon_weight * losses["title_recon"]
+        if cfg.image.embed_recon_weight > 0 and has_images:
+            predicted = comp.image_embed_head(latents[image_rows])
+            losses["image_embed"] = embedding_reconstruction_mse(predicted, pooled)
+            total = total + cfg.image.embed_recon_weight * losses["image_embed"]
 
         rng = torch.Generator().manual_seed(step_seed)
         slots = self._student_slots(batch, rng)
@@ -188,7 +251,15 @@ class LatentMemoryModule(L.LightningModule):
         student_prompts = [builders[i].latent(q, len(row)) for i, q, row in zip(picks, batch.questions, slots)]
         projected_items = comp.project(latents)  # [items, G]: one projection serves the student and the paraphrase
         projected = projected_items[order]
-        if cfg.distill_weight > 0:
+        distills = [("distill", ~image_question, cfg.distill_weight)]
+        # The teacher reads each image's description: image questions whose positives lack one are left out.
+        described = torch.ones_like(image_question)
+        for i in image_rows:
+            if i < num_pos and not (items[i].text and items[i].text.strip()):
+                described[int(owner_of_positive[i])] = False
+        distills.append(("image_distill", image_question & described, cfg.image.distill_weight))
+        distills = [(name, rows, w) for name, rows, w in distills if w > 0 and bool(rows.any())]
+        if distills:
             answers = self.teacher_answers(batch)
             teacher_prompts = [
                 self.prompts.text(q, self._positives_of(batch, b)) for b, q in enumerate(batch.questions)
@@ -196,15 +267,20 @@ class LatentMemoryModule(L.LightningModule):
             with torch.no_grad():
                 teacher, _ = self._reply_logits(teacher_prompts, None, answers)
             student, _ = self._reply_logits(student_prompts, projected, answers)
-            losses["distill"] = distillation_kl(student, teacher)
-            total = total + cfg.distill_weight * losses["distill"]
+            lengths = torch.tensor([len(a) for a in answers], device=self.device)
+            token_owner = torch.repeat_interleave(torch.arange(len(batch), device=self.device), lengths)
+            for name, rows, weight in distills:
+                tokens = rows[token_owner]  # [N] answer tokens of the questions this term covers
+                losses[name] = distillation_kl(student[tokens], teacher[tokens])
+                total = total + weight * losses[name]
         if cfg.answer_weight > 0:
             losses["answer"] = self._reply_cross_entropy(student_prompts, projected, self.gold_answers(batch))
             total = total + cfg.answer_weight * losses["answer"]
-        if cfg.paraphrase_weight > 0:  # the generator itself rebuilds each positive from its projected latent
-            prompts = [self.prompts.latent(PARAPHRASE_INSTRUCTION, 1)] * num_pos
-            replies = [self.reply_tokens(text) for text in batch.positives]
-            losses["paraphrase"] = self._reply_cross_entropy(prompts, projected_items[:num_pos], replies)
+        text_positives = [i for i in range(num_pos) if i not in images]
+        if cfg.paraphrase_weight > 0 and text_positives:  # the generator rebuilds each text positive from its latent
+            prompts = [self.prompts.latent(PARAPHRASE_INSTRUCTION, 1)] * len(text_positives)
+            replies = [self.reply_tokens(batch.positives[i]) for i in text_positives]
+            losses["paraphrase"] = self._reply_cross_entropy(prompts, projected_items[text_positives], replies)
             total = total + cfg.paraphrase_weight * losses["paraphrase"]
         losses["loss"] = total
         with torch.no_grad():  # retrieval quality inside each question's pool: recall@1 of its positives
@@ -216,6 +292,12 @@ class LatentMemoryModule(L.LightningModule):
         return losses
 
     # ----------------------------------------------------------------- Lightning hooks
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        # Lightning's default rebuilds every dataclass it finds, and the batch's Evidence items are frozen ones.
+        if isinstance(batch, QABatch):
+            return batch.to(device)
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     def training_step(self, batch: QABatch, batch_idx: int) -> torch.Tensor:
         losses = self.compute_losses(
@@ -236,7 +318,8 @@ class LatentMemoryModule(L.LightningModule):
             dataset.epoch = self.current_epoch
 
     def configure_optimizers(self) -> dict[str, Any]:
-        named = dict(self.named_parameters())
+        # Under fsdp the optimizer is made after the layers are wrapped, which puts wrapper names into the paths.
+        named = {unwrapped_name(name): p for name, p in self.named_parameters()}
         params = [named[name] for name in sorted(self._trainable)]
         return adamw_warmup_cosine(params, self.config.optim, self.trainer.estimated_stepping_batches)
 

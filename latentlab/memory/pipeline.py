@@ -19,23 +19,35 @@ from tqdm.auto import tqdm
 from latentlab.configs import IndexConfig
 from latentlab.data.schema import Evidence, titled
 from latentlab.errors import DataError, IndexError_, LatentLabError
+from latentlab.io import write_jsonl
 from latentlab.memory.checkpoint import WEIGHTS, compressor_fingerprint, export_compressor, load_model
+from latentlab.memory.evidence import kind_of
 from latentlab.memory.index import LatentIndex, build_index
 from latentlab.memory.index_shards import ShardedLatentIndex
 from latentlab.memory.model import LatentMemoryModel
 from latentlab.memory.prompting import Prompt
+from latentlab.memory.vision import screen_images
 
 COMPRESSOR_DIR = "compressor"
 
 
 @dataclass(frozen=True)
 class Hit:
-    """One retrieved evidence item."""
+    """One retrieved evidence item: text or image (``modality``), from one memory of both."""
 
     id: str
     score: float
     title: str | None = None
     text: str | None = None
+    """The item's text; an image's text description, where the data has one."""
+    modality: str = "text"
+    """`text` or `image` (``latentlab.memory.evidence.kind_of``)."""
+    image: str | None = None
+    """The image file of an image hit."""
+
+    @classmethod
+    def of(cls, item: Evidence, score: float) -> Hit:
+        return cls(item.id, float(score), item.title, item.text, kind_of(item), item.image)
 
 
 @dataclass
@@ -55,6 +67,12 @@ class Answer:
 # --------------------------------------------------------------------------- building
 
 
+def skipped_report_path(out_dir: str | Path) -> Path:
+    """Where ``build_memory(skip_bad=True)`` reports the items it left out: beside the memory, not in it."""
+    out_dir = Path(out_dir).resolve()
+    return out_dir.parent / f"{out_dir.name}.skipped.jsonl"
+
+
 def build_memory(
     compressor: str | Path | LatentMemoryModel,
     corpus: Sequence[Evidence],
@@ -62,17 +80,30 @@ def build_memory(
     spec: IndexConfig | None = None,
     batch_size: int | None = None,
     progress: bool = True,
+    skip_bad: bool = False,
 ) -> LatentIndex:
-    """Compress a corpus into a memory directory (resumable; refuses a directory built by another compressor).
+    """Compress a corpus of text and image items into one memory directory (resumable; refuses a directory built by
+    another compressor). Mixed batches are encoded one kind at a time, rows staying in corpus order.
 
     ``compressor``: a trained-compressor path (see ``load_model``) or a loaded model; ``spec`` (default: the model
-    config's `index:` section) is honoured as given, and so is ``batch_size`` (default ``index.batch_size``).
+    config's `index:` section) is honoured as given, and so is ``batch_size`` (default ``index.batch_size``). Every
+    image is loaded before anything is written: a bad one (missing, truncated, undecodable, zero-size, unsupported
+    mode) is a DataError naming the item, the file and the line, unless ``skip_bad``: then the rest is built and
+    ``skipped_report_path(out_dir)`` lists what was left out (one JSON record a line: id, image, where, error).
     """
     out_dir = Path(out_dir)
     model = load_model(compressor) if isinstance(compressor, (str, Path)) else compressor
     spec = spec or model.config.index
     if not corpus:
         raise DataError(f"{out_dir}: the corpus has no items to build a memory of")
+    corpus, skipped = screen_images(corpus)
+    if skipped and not skip_bad:
+        raise DataError(
+            f"{skipped[0]['error']}; {len(skipped)} image item(s) of the corpus for {out_dir} cannot be loaded "
+            "(pass --skip-bad to build the rest and report them)"
+        )
+    if not corpus:
+        raise DataError(f"{out_dir}: no item of the corpus is usable ({len(skipped)} bad image(s)); nothing to build")
     fp = compressor_fingerprint(model)
     stored = out_dir / COMPRESSOR_DIR / "fingerprint.txt"
     if stored.exists() and stored.read_text().strip() != fp:
@@ -93,7 +124,25 @@ def build_memory(
     )
     if not stored.exists():
         export_compressor(model, out_dir / COMPRESSOR_DIR)
+    if skip_bad:  # written once the memory is: a report of a build that failed would describe nothing
+        write_jsonl(skipped_report_path(out_dir), skipped)
     return index
+
+
+def memory_info(path: str | Path) -> dict:
+    """What ``latentlab index info`` prints: the index's manifest fields and sizes, the items per modality, and the
+    vision tower of the compressor stored beside it (None: text only)."""
+    from latentlab.memory.checkpoint import config_beside, vision_spec
+
+    index = LatentIndex.open(path, verify=True)
+    info = index.info()
+    modalities: dict[str, int] = {}
+    for item in index.items_for(index.ids):
+        modalities[kind_of(item)] = modalities.get(kind_of(item), 0) + 1
+    info["modalities"] = modalities
+    stored = Path(path) / COMPRESSOR_DIR
+    info["vision"] = vision_spec(config_beside(stored)) if (stored / "config.yaml").exists() else None
+    return info
 
 
 # --------------------------------------------------------------------------- answering
@@ -150,7 +199,7 @@ class LatentMemory:
         for row_scores, row_ids in zip(scores, ids):
             kept = [(s, i) for s, i in zip(row_scores, row_ids) if i is not None]
             items = self.index.items_for([i for _, i in kept])
-            results.append([Hit(i, float(s), e.title, e.text) for (s, i), e in zip(kept, items)])
+            results.append([Hit.of(e, s) for (s, _), e in zip(kept, items)])
         return results[0] if single else results
 
     def answer_from_latents(

@@ -118,6 +118,36 @@ class PromptBuilder:
         return self._finish(context, question, truncated=sum(cut for _, cut in cuts))
 
 
+@dataclass(frozen=True)
+class ItemCost:
+    """Generator context tokens one evidence item costs: as a latent, as raw text, and as an image a VLM reads."""
+
+    id: str
+    modality: str
+    latent: int
+    """Its slot in a `paper` latent prompt: the `Latent context i: ` label and the one latent."""
+    raw_text: int | None
+    """`Context i: ` and its text (an image's description); None for an image without one."""
+    vlm_image: int | None
+    """`Context i: `, the image's patch tokens (576 for LLaVA-1.5's ViT-L/14-336) and its title; None for text."""
+
+
+def item_costs(builder: PromptBuilder, items: Sequence[Any], patch_tokens: int | None) -> list[ItemCost]:
+    """What each item costs the generator's context three ways (``ItemCost``), measured with ``builder``'s tokenizer
+    on the first slot of a prompt. ``patch_tokens``: the vision tower's patches (None: no vision path)."""
+    latent = builder.latent("?", 1).context_tokens
+    costs = []
+    for item in items:
+        described = bool(item.text and item.text.strip())
+        raw = builder.text("?", [item.display_text()]).context_tokens if described else None
+        vlm = None
+        if item.image:
+            title = builder.text("?", [f"Title: {item.title}" if item.title else ""]).context_tokens
+            vlm = title + (patch_tokens or 0)
+        costs.append(ItemCost(item.id, "image" if item.image else "text", latent, raw, vlm))
+    return costs
+
+
 @dataclass
 class PackedPrompts:
     """A padded batch of prompts (+ optional continuation tokens) as generator inputs."""
