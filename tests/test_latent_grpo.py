@@ -159,6 +159,26 @@ def test_latent_sft_hooks_stop_where_eot_is_argmax():
         VocabMixtureThoughts(model, 10_000, tokens.eot_id)
 
 
+def test_noisy_training_thoughts_are_seeded_perturbed_and_differentiable():
+    tokenizer = tiny_tokenizer()
+    model = tiny_model("gpt2", len(tokenizer))
+    tokens = add_thought_tokens(tokenizer, model)
+    hooks = VocabMixtureThoughts(model, 3, tokens.eot_id)
+    hidden = torch.randn(4, model.config.n_embd, requires_grad=True)
+    config = GumbelThoughtsConfig(top_p=1.0)
+    clean = hooks.thought_fn(0, hidden)
+    clean_exits = hooks.stop_fn(0).clone()
+
+    def noisy(seed: int) -> torch.Tensor:
+        return hooks.noisy_thought_fn(config, torch.Generator().manual_seed(seed))(0, hidden)
+
+    first = noisy(0)
+    assert torch.equal(hooks.stop_fn(0), clean_exits)  # the exit reads the un-noised argmax
+    assert torch.equal(first, noisy(0)) and not torch.allclose(first, noisy(1)) and not torch.allclose(first, clean)
+    first.sum().backward()
+    assert hidden.grad is not None and hidden.grad.abs().sum() > 0
+
+
 def test_supervise_eot_labels_the_exit():
     tokenizer = tiny_tokenizer()
     model = tiny_model("gpt2", len(tokenizer))

@@ -89,6 +89,19 @@ class VocabMixtureThoughts:
         top = logits.topk(self.topk, dim=-1)
         return mixture_thought(self.embedding, top.indices, top.values).to(hidden.dtype)
 
+    def noisy_thought_fn(self, config: GumbelThoughtsConfig, generator: torch.Generator | None):
+        """A ``thought_fn`` that feeds the Gumbel-perturbed mixture of ``config`` (the noise, nucleus and temperature
+        of Latent-GRPO's rollouts) and notes the un-noised exits; differentiable through the clean log-probs."""
+
+        def thought_fn(index: int, hidden: Tensor) -> Tensor:
+            logp = self.logits(hidden).log_softmax(dim=-1)
+            self.exiting = logp.argmax(dim=-1) == self.eot_id
+            kept = nucleus_at_least_k(logp, config.top_p, self.topk)
+            top = (kept + gumbel_thought_noise(logp.shape, generator, logp.device, config)).topk(self.topk, dim=-1)
+            return mixture_thought(self.embedding, top.indices, top.values, config.gumbel_temperature).to(hidden.dtype)
+
+        return thought_fn
+
     def stay_loss(self, contexts: Tensor, thought_mask: Tensor) -> Tensor:
         """Mean over the used slots of -log(1 - p(<eot> | the hidden state before the slot)): contexts [B, n, H]
         (``ThoughtOutput.thought_contexts``), thought_mask [B, n]. The chain must not end before a slot it uses."""
@@ -162,6 +175,14 @@ def soft_token_log_density(d: Tensor, flip: Tensor | None = None) -> Tensor:
     return density.mean(dim=-1)
 
 
+def gumbel_thought_noise(shape: torch.Size, generator: torch.Generator | None, device, config: GumbelThoughtsConfig):
+    """The clamped (and, one-sided, shifted) Gumbel noise times ``noise_scale``, float32."""
+    g = gumbel_noise(shape, generator, device).clamp(config.clamp_low, config.clamp_high)
+    if config.noise == "one_sided":
+        g = g - config.clamp_low
+    return g * config.noise_scale
+
+
 def nucleus_at_least_k(logp: Tensor, top_p: float, k: int) -> Tensor:
     """``logp`` [B, V] with entries outside the top-p nucleus set to -inf, but never fewer than the K largest kept."""
     if top_p >= 1.0:
@@ -184,12 +205,7 @@ class GumbelMixturePolicy:
         self.topk, self.eot_id = topk, eot_id
 
     def noise(self, shape: torch.Size, generator: torch.Generator | None, device) -> Tensor:
-        """The clamped (and, one-sided, shifted) Gumbel noise times ``noise_scale``, float32."""
-        c = self.config
-        g = gumbel_noise(shape, generator, device).clamp(c.clamp_low, c.clamp_high)
-        if c.noise == "one_sided":
-            g = g - c.clamp_low
-        return g * c.noise_scale
+        return gumbel_thought_noise(shape, generator, device, self.config)
 
     def draw(self, index: int, hidden: Tensor, generator: torch.Generator | None) -> ThoughtDraw:
         logits = self.thoughts.logits(hidden)  # [B, V] float32, T = 1

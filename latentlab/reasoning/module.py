@@ -193,7 +193,10 @@ class LatentCoTModule(L.LightningModule):
         losses: dict[str, Tensor] = {}
         if self.cvae is None or batch.thoughts.n_thoughts == 0:
             hooks = self.mixture_thoughts() if r.method == "latent_sft" else None
-            out = thought_forward(self.reasoner, batch.thoughts, thought_fn=None if hooks is None else hooks.thought_fn)
+            thought_fn = None if hooks is None else hooks.thought_fn
+            if hooks is not None and r.latent_sft.train_noise and self.training:
+                thought_fn = hooks.noisy_thought_fn(r.latent_sft.gumbel, generator)
+            out = thought_forward(self.reasoner, batch.thoughts, thought_fn=thought_fn)
             losses["answer_ce"] = out.loss
             losses["loss"] = out.loss
             if hooks is not None and batch.thoughts.n_thoughts:
