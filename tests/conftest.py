@@ -33,6 +33,11 @@ def shared_file(relative: str) -> Path:
 @pytest.fixture
 def tiny_overrides(tmp_path: Path) -> dict:
     """Overrides that turn the tiny latent-memory config into a seconds-long run on random 2-layer models."""
+    return tiny_memory_overrides(tmp_path)
+
+
+def tiny_memory_overrides(tmp_path: Path) -> dict:
+    """``tiny_overrides`` as a plain function (for tests that build on it)."""
     return {
         "compressor.backbone.model": TINY_LLAMA,
         "generator.backbone.model": TINY_LLAMA,

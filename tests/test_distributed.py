@@ -27,7 +27,7 @@ from latentlab.configs import load_config
 from latentlab.distributed import launch_rank, trainer_strategy, unwrapped_name, wrap_layer_classes
 from latentlab.errors import ConfigError
 from latentlab.training import fit
-from tests.conftest import REPO, TINY_LLAMA
+from tests.conftest import REPO, tiny_memory_overrides
 from tests.test_reasoning_task import TINY_COT, tiny
 
 TINY_MEMORY = REPO / "paper_configs/tiny/latent_memory_text.yaml"
@@ -56,19 +56,11 @@ def reasoning_overrides(tmp_path: Path, world: int, **extra) -> dict:
 def memory_overrides(tmp_path: Path) -> dict:
     """The tiny latent-memory run (frozen bases, LoRA adapters) on 2 ddp processes."""
     return {
-        "compressor.backbone.model": TINY_LLAMA,
-        "generator.backbone.model": TINY_LLAMA,
-        "compressor.key_dim": 32,
-        "data.synthetic.num_people": 30,
-        "data.batch_size": 2,
-        "data.limit_val": 4,
+        **tiny_memory_overrides(tmp_path),
         "trainer.max_steps": 2,
-        "trainer.progress_bar": False,
-        "trainer.checkpoint_every_n_steps": 2,
         "trainer.accelerator": "cpu",
         "trainer.strategy": "ddp",
         "trainer.devices": 2,
-        "output_dir": str(tmp_path / "runs"),
     }
 
 

@@ -132,6 +132,7 @@ def test_two_worker_processes_merge_into_the_single_process_memory(tmp_path):
     reopened = LatentIndex.open(tmp_path / "memory", fingerprint=FINGERPRINT)
     invlists = faiss.downcast_InvertedLists(faiss.extract_index_ivf(reopened.faiss_index).invlists)
     assert isinstance(invlists, faiss.OnDiskInvertedLists)
+    assert invlists.prefetch_nthread == 0  # no read-ahead threads per search (FAISS's 32 slowed cached queries)
     assert_same_neighbours(reopened, work, items, keys)
     # The manifest lists the shards with their checksums.
     manifest = json.loads((tmp_path / "memory" / MANIFEST_NAME).read_text())

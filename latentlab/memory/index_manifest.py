@@ -66,11 +66,17 @@ def faiss_notes_silenced() -> Iterator[None]:
 
 def read_faiss(file: Path, ondisk: bool = False) -> faiss.Index:
     """``faiss.read_index``; ``ondisk``: the index's inverted lists are mapped read-only from the file of that name
-    beside ``file`` (wherever the memory directory has moved since it was written)."""
+    beside ``file`` (wherever the memory directory has moved since it was written), with no read-ahead threads:
+    FAISS's default of 32 per search made single queries 4.5-35x slower on a cached file
+    (``benchmarks/distributed_build.py`` compares both)."""
     if not ondisk:
         return faiss.read_index(str(file))
     with faiss_notes_silenced():
-        return faiss.read_index(str(file), faiss.IO_FLAG_ONDISK_SAME_DIR | faiss.IO_FLAG_READ_ONLY)
+        index = faiss.read_index(str(file), faiss.IO_FLAG_ONDISK_SAME_DIR | faiss.IO_FLAG_READ_ONLY)
+    lists = faiss.downcast_InvertedLists(faiss.extract_index_ivf(index).invlists)
+    if isinstance(lists, faiss.OnDiskInvertedLists):
+        lists.prefetch_nthread = 0
+    return index
 
 
 def file_entry(path: Path) -> dict[str, Any]:
