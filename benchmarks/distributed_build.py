@@ -59,7 +59,7 @@ import faiss
 import numpy as np
 from hnsw_sweep import recall
 from index_search import benchmark_data, search_round
-from timing import Spread, ratios, round_orders, spread
+from timing import Spread, ratios, round_orders, spread, write_report
 
 from latentlab.data.schema import Evidence
 from latentlab.memory.index import IndexConfig, LatentIndex
@@ -639,22 +639,20 @@ def main(argv: list[str] | None = None) -> dict:
     print(format_resident(result["resident"]))
     print(f"Total wall time {result['wall_s']:.0f} s.")
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        report = {
-            "args": {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(args).items()},
-            "machine": {
+        write_report(
+            args.out,
+            args,
+            {
                 "platform": platform.platform(),
                 "faiss": faiss.__version__,
                 "cpus": cpus,
                 "threads_per_process": args.threads or faiss.omp_get_max_threads(),
             },
             **{key: value for key, value in result.items() if key not in ("build_rows", "search", "resident")},
-            "build_rows": [asdict(row) for row in rows],
-            "search": [asdict(row) for row in result["search"]],
-            "resident": [asdict(row) for row in result["resident"]],
-        }
-        args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        print(f"wrote {args.out}")
+            build_rows=[asdict(row) for row in rows],
+            search=[asdict(row) for row in result["search"]],
+            resident=[asdict(row) for row in result["resident"]],
+        )
     return result
 
 

@@ -13,7 +13,6 @@ Recall does not depend on the round. The smallest ef_search reaching ``--target-
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import platform
 import shutil
@@ -25,7 +24,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 from index_search import benchmark_data, build, search_round
-from timing import ratios, round_orders, spread
+from timing import ratios, round_orders, spread, write_report
 
 from latentlab.memory.index import LatentIndex
 
@@ -185,19 +184,17 @@ def main(argv: list[str] | None = None) -> list[SweepRow]:
         plot(rows, args.plot, args)
         print(f"wrote {args.plot}")
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        report = {
-            "args": {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(args).items()},
-            "machine": {
+        write_report(
+            args.out,
+            args,
+            {
                 "platform": platform.platform(),
                 "faiss": faiss.__version__,
                 "threads": faiss.omp_get_max_threads(),
             },
-            "wall_s": time.perf_counter() - started,
-            "results": [asdict(row) for row in rows],
-        }
-        args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        print(f"wrote {args.out}")
+            wall_s=time.perf_counter() - started,
+            results=[asdict(row) for row in rows],
+        )
     return rows
 
 

@@ -26,7 +26,6 @@ single-query p50 and of the p50 speed-up over the first index (Flat by default),
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import platform
 import shutil
@@ -37,7 +36,7 @@ from pathlib import Path
 
 import faiss
 import numpy as np
-from timing import Spread, ratios, round_orders, spread
+from timing import Spread, ratios, round_orders, spread, write_report
 
 from latentlab.data.schema import Evidence
 from latentlab.errors import LatentLabError
@@ -472,20 +471,18 @@ def main(argv: list[str] | None = None) -> list[Row]:
     print(format_latent_table(stores, args.latents_from))
     print(f"Total wall time {time.perf_counter() - started:.0f} s.")
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        report = {
-            "args": {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(args).items()},
-            "machine": {
+        write_report(
+            args.out,
+            args,
+            {
                 "platform": platform.platform(),
                 "faiss": faiss.__version__,
                 "threads": faiss.omp_get_max_threads(),
             },
-            "wall_s": time.perf_counter() - started,
-            "results": [asdict(row) for row in rows],
-            "latent_stores": [asdict(store) for store in stores],
-        }
-        args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        print(f"wrote {args.out}")
+            wall_s=time.perf_counter() - started,
+            results=[asdict(row) for row in rows],
+            latent_stores=[asdict(store) for store in stores],
+        )
     return rows
 
 

@@ -8,11 +8,14 @@ reported as their median with the spread over rounds, never as one number.
 
 from __future__ import annotations
 
+import json
 import random
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -92,3 +95,15 @@ def interleaved(
                 sync()
             times[name].append(time.perf_counter() - start)
     return times
+
+
+def write_report(out: Path, args: Any, machine: Mapping[str, Any], **sections: Any) -> None:
+    """A benchmark's JSON report at ``out``: its arguments (paths as text), the machine, then ``sections``."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    report = {
+        "args": {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(args).items()},
+        "machine": dict(machine),
+        **sections,
+    }
+    out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {out}")
