@@ -58,8 +58,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 from hnsw_sweep import recall
-from index_search import benchmark_data, search_round
-from timing import Spread, ratios, round_orders, spread, write_report
+from index_search import add_data_arguments, benchmark_data, search_round
+from timing import Spread, ratios, round_orders, spread, spread_summary, write_report
 
 from latentlab.data.schema import Evidence
 from latentlab.memory.index import IndexConfig, LatentIndex
@@ -425,11 +425,7 @@ def format_builds(rows: list[BuildRow], arms: list[int]) -> str:
 def format_spreads(labels: list[str], spreads: list[dict[str, dict[str, float]]]) -> str:
     lines = []
     for label, by_name in zip(labels, spreads):
-        parts = []
-        for name, values in by_name.items():
-            spec = ".0f" if name == "batch_qps" else ".3f" if name.startswith("single") else ".2f"
-            parts.append(f"{name} {Spread(**values).format(spec)}")
-        lines.append(f"{label:>10}: " + "; ".join(parts))
+        lines.append(f"{label:>10}: " + spread_summary(by_name))
     return "\n".join(lines)
 
 
@@ -496,9 +492,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--resident-queries", type=int, default=None, help="queries the resident-memory process searches (default: all)"
     )
-    parser.add_argument("--data", choices=["clustered", "random"], default="clustered", help="key distribution")
-    parser.add_argument("--clusters", type=int, default=1000, help="cluster centres for --data clustered")
-    parser.add_argument("--noise", type=float, default=2.0, help="norm of the noise around a centre")
+    add_data_arguments(parser)
     parser.add_argument("--threads", type=int, default=None, help="FAISS OpenMP threads per process")
     parser.add_argument("--repeats", type=int, default=3, help="rounds, each building (searching) every arm once")
     parser.add_argument("--seed", type=int, default=0, help="seed of the keys and of the arms' order per round")

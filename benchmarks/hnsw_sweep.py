@@ -23,7 +23,7 @@ from pathlib import Path
 
 import faiss
 import numpy as np
-from index_search import benchmark_data, build, search_round
+from index_search import add_data_arguments, benchmark_data, build, search_round
 from timing import ratios, round_orders, spread, write_report
 
 from latentlab.memory.index import LatentIndex
@@ -137,9 +137,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--queries", type=int, default=1000, help="queries for recall and batched throughput")
     parser.add_argument("--single-queries", type=int, default=300, help="one-at-a-time queries for p50/p99")
     parser.add_argument("--k", type=int, default=10, help="neighbours per query (recall@k)")
-    parser.add_argument("--data", choices=["clustered", "random"], default="clustered", help="key distribution")
-    parser.add_argument("--clusters", type=int, default=1000, help="cluster centres for --data clustered")
-    parser.add_argument("--noise", type=float, default=2.0, help="norm of the noise around a centre")
+    add_data_arguments(parser)
     parser.add_argument("--threads", type=int, default=None, help="FAISS OpenMP threads (default: FAISS's own)")
     parser.add_argument("--repeats", type=int, default=3, help="search rounds, each searching every arm once")
     parser.add_argument("--seed", type=int, default=0, help="seed of the keys and of the arms' order per round")

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import faiss
 import numpy as np
-from timing import Spread, ratios, round_orders, spread, write_report
+from timing import Spread, ratios, round_orders, spread, spread_summary, write_report
 
 from latentlab.data.schema import Evidence
 from latentlab.errors import LatentLabError
@@ -122,6 +122,18 @@ def make_latents(count: int, dim: int, rng: np.random.Generator, rank: int = 32)
     factors = rng.standard_normal((count, rank), dtype=np.float32)
     noise = 0.3 * rng.standard_normal((count, dim), dtype=np.float32)
     return ((mean + factors @ basis + noise) * scale).astype(np.float32)
+
+
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """The key-distribution options ``benchmark_data`` reads (with ``--n``, ``--queries``, ``--k``, ``--seed``)."""
+    parser.add_argument("--data", choices=["clustered", "random"], default="clustered", help="key distribution")
+    parser.add_argument("--clusters", type=int, default=1000, help="cluster centres for --data clustered")
+    parser.add_argument(
+        "--noise",
+        type=float,
+        default=2.0,
+        help="norm of the noise around a centre (2: clusters overlap, so ANN misses)",
+    )
 
 
 def benchmark_data(args: argparse.Namespace, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -325,12 +337,7 @@ def format_spreads(rows: list[Row]) -> str:
     """One line per index: median (IQR, min-max, n) over the search rounds."""
     lines = []
     for r in rows:
-        parts = []
-        for name, values in r.spreads.items():
-            value = Spread(**values)
-            spec = ".0f" if name == "batch_qps" else ".3f" if name.startswith("single") else ".2f"
-            parts.append(f"{name} {value.format(spec)}")
-        lines.append(f"{r.key_dim:>4} {r.factory:<14} " + "; ".join(parts))
+        lines.append(f"{r.key_dim:>4} {r.factory:<14} " + spread_summary(r.spreads))
     return "\n".join(lines)
 
 
@@ -410,14 +417,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--latents-from", type=Path, default=None, help="a saved memory whose real latents also measure the error"
     )
     parser.add_argument("--text-bytes", type=float, default=150.0, help="mean bytes of raw text one item replaces")
-    parser.add_argument("--data", choices=["clustered", "random"], default="clustered", help="key distribution")
-    parser.add_argument("--clusters", type=int, default=1000, help="cluster centres for --data clustered")
-    parser.add_argument(
-        "--noise",
-        type=float,
-        default=2.0,
-        help="norm of the noise around a centre (2: clusters overlap, so ANN misses)",
-    )
+    add_data_arguments(parser)
     parser.add_argument("--threads", type=int, default=None, help="FAISS OpenMP threads (default: FAISS's own)")
     parser.add_argument("--repeats", type=int, default=3, help="search rounds, each searching every index once")
     parser.add_argument("--seed", type=int, default=0, help="seed of the keys and of the indexes' order per round")

@@ -107,3 +107,13 @@ def write_report(out: Path, args: Any, machine: Mapping[str, Any], **sections: A
     }
     out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {out}")
+
+
+def spread_summary(by_name: Mapping[str, Mapping[str, float]]) -> str:
+    """``name median (IQR, min-max, n)`` per spread (``Spread`` fields), batched q/s to units, single-query times
+    to the microsecond, other values to 2 decimals; joined by ``; ``."""
+    parts = []
+    for name, values in by_name.items():
+        spec = ".0f" if name == "batch_qps" else ".3f" if name.startswith("single") else ".2f"
+        parts.append(f"{name} {Spread(**values).format(spec)}")
+    return "; ".join(parts)
