@@ -129,6 +129,7 @@ def test_written_folder_reads_back_and_is_not_overwritten_unless_asked(files, tm
     train, fullwiki, evaluation = files
     splits = make_hotpotqa_splits(out, [train, fullwiki], [evaluation], seed=1)
     assert sorted(p.name for p in out.iterdir()) == [
+        "evaluation.jsonl",
         "manifest.json",
         "test.jsonl",
         "train.jsonl",
@@ -138,6 +139,9 @@ def test_written_folder_reads_back_and_is_not_overwritten_unless_asked(files, tm
     for name in SPLITS:
         assert read_qa(out / f"{name}.jsonl") == splits.split(name)
     assert read_corpus(out / "unlabelled.jsonl") == splits.unlabelled
+    evaluated = read_qa(out / "evaluation.jsonl")
+    assert evaluated == splits.evaluation_examples and len(evaluated) == 2
+    assert not {ex.id for ex in evaluated} & {ex.id for name in SPLITS for ex in splits.split(name)}
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["seed"] == 1 and manifest["counts"]["train"]["questions"] == len(splits.train)
     assert manifest["counts"]["train"]["positives"] == 2 * len(splits.train)

@@ -456,3 +456,46 @@ def test_reader_oracle_scores_every_input_and_names_a_bad_config(tmp_path, capsy
     assert "Produced by: `the command`" in table and "slot = mean of answer tokens (compact)" in table
     assert script.main([str(tmp_path / "missing.yaml")]) == 2
     assert "missing.yaml" in capsys.readouterr().err
+
+
+def test_answer_token_probe_scores_latents_and_the_word_control_on_answer_bearing_sentences(trained, capsys):
+    """experiments/probe_answer_tokens.py on the tiny export: both feature sets, answer and sentence recall, and the
+    answer span located by character offsets inside its supporting sentence."""
+    import importlib.util
+    import sys
+
+    from latentlab.data.modules import corpus_of
+    from latentlab.data.schema import write_jsonl
+
+    config, _, tmp = trained
+    spec = importlib.util.spec_from_file_location(
+        "experiments_probe_tokens", REPO / "experiments/probe_answer_tokens.py"
+    )
+    script = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = script
+    spec.loader.exec_module(script)
+    examples = load_qa_split(config, "test", training_limits=False)
+    rows = script.answer_rows(examples)
+    assert rows and all(answer.lower() in text.lower() for text, answer in rows)
+    tokenizer = load_model(tmp / "export").compressor.tokenizer
+    text, answer = rows[0]
+    ids, inside = script.span_tokens(tokenizer, text, answer, 64)
+    assert inside and set(inside) <= set(ids)
+    assert answer.lower() in tokenizer.decode(inside).lower()
+    corpus = tmp / "unlabelled.jsonl"
+    write_jsonl(corpus, corpus_of(config, examples)[:40])
+    overrides = two_step_run(tmp)
+    results = script.probe_answer_tokens(
+        str(TINY_YAML), str(tmp / "export"), str(corpus), 30, 5, tmp / "probe", "the command", overrides
+    )
+    assert [r["features"].split(" ")[0] for r in results] == ["latent", "mean"]
+    for row in results:
+        assert row["train_sentences"] == 30 and row["test_sentences"] >= 1
+        assert 0.0 <= row["answer_tokens_recall@5"] <= 1.0 and 0.0 <= row["sentence_tokens_recall@5"] <= 1.0
+    table = (tmp / "probe" / "latent_memory_text_tiny_answer_tokens.md").read_text()
+    assert "Produced by: `the command`" in table
+    assert (
+        script.main([str(TINY_YAML), "--unlabelled", str(tmp / "missing.jsonl"), "--checkpoint", str(tmp / "export")])
+        == 2
+    )
+    assert "missing.jsonl" in capsys.readouterr().err

@@ -7,7 +7,7 @@ import torch
 
 from latentlab.data.synthetic import generate_world
 from latentlab.errors import ConfigError
-from latentlab.eval.probe import linear_probe
+from latentlab.eval.probe import bag_of_words_probe, linear_probe
 
 
 def _labels(n: int) -> torch.Tensor:
@@ -47,3 +47,40 @@ def test_world_values_name_what_each_fact_states():
     assert set(world.values) == set(world.facts)
     for fact_id, value in world.values.items():
         assert world.facts[fact_id].rstrip(".").endswith(value), fact_id
+
+
+def _token_sets(n: int, vocab: int, per_row: int, seed: int) -> list[list[int]]:
+    rng = torch.Generator().manual_seed(seed)
+    return [torch.randperm(vocab, generator=rng)[:per_row].tolist() for _ in range(n)]
+
+
+def test_bag_of_words_probe_finds_tokens_the_vectors_carry_and_only_the_prior_otherwise():
+    vocab = 40
+    train_tokens, test_tokens = _token_sets(300, vocab, 3, 0), _token_sets(50, vocab, 3, 1)
+
+    def bag(sets):  # each vector is its text's multi-hot bag: the tokens are linearly there
+        out = torch.zeros(len(sets), vocab)
+        for row, tokens in enumerate(sets):
+            out[row, tokens] = 1.0
+        return out
+
+    carried = bag_of_words_probe(bag(train_tokens), train_tokens, bag(test_tokens), test_tokens, top_k=3, epochs=100)
+    assert (carried.n_train, carried.n_test, carried.vocab, carried.top_k) == (300, 50, 40, 3)
+    assert carried.recall == 1.0  # the 3 carried tokens score highest in every held-out row
+    # The same vector for every row: the head can learn the token frequencies only, so it ranks like the prior.
+    absent = bag_of_words_probe(torch.ones(300, vocab), train_tokens, torch.ones(50, vocab), test_tokens, top_k=3)
+    assert absent.prior_recall == carried.prior_recall
+    assert absent.recall == pytest.approx(absent.prior_recall, abs=0.07)
+    assert absent.recall < 0.3
+
+
+def test_bag_of_words_probe_counts_unseen_target_tokens_as_missed_and_refuses_bad_shapes():
+    features = torch.eye(4)
+    result = bag_of_words_probe(features, [[0], [1], [2], [3]], features[:1], [[99]], top_k=4)
+    assert result.recall == 0.0 and result.prior_recall == 0.0
+    with pytest.raises(ConfigError, match="token lists"):
+        bag_of_words_probe(features, [[0]], features, [[0]] * 4)
+    with pytest.raises(ConfigError, match="at least one target token"):
+        bag_of_words_probe(features, [[0], [1], [2], [3]], features[:1], [[]])
+    with pytest.raises(ConfigError, match="top_k"):
+        bag_of_words_probe(features, [[0], [1], [2], [3]], features[:1], [[0]], top_k=0)

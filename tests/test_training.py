@@ -9,7 +9,7 @@ import yaml
 
 from latentlab.configs import load_config
 from latentlab.errors import ConfigError
-from latentlab.optim import warmup_cosine
+from latentlab.optim import TRAIN_STREAM, derive_seed, warmup_cosine
 from latentlab.training import fit
 from tests.conftest import REPO
 
@@ -257,3 +257,50 @@ def test_mined_fit_runs_from_build_task(tiny_overrides):
     assert_weighted_sum(losses, config.loss)  # the projector stage: the gold-answer CE alone
     assert [name for name in LOSS_NAMES if name in losses] == ["answer"]
     assert len(task.module.frozen_latents) == cached  # nothing new: every corpus text and question was mined
+
+
+def test_unlabelled_text_is_rebuilt_each_training_step(tiny_overrides, tmp_path):
+    """data.unlabelled + loss.unlabelled_per_step: a seeded draw of that corpus is compressed and rebuilt in each
+    training step, weighted by recon_weight; validation losses do not read it."""
+    from latentlab.data.modules import QADataModule
+    from latentlab.data.schema import Evidence, write_jsonl
+    from latentlab.memory.module import LatentMemoryModule
+
+    corpus = tmp_path / "unlabelled.jsonl"
+    write_jsonl(corpus, [Evidence(id=f"u{i}", text=f"Sentence number {i} is about the river Ouse.") for i in range(6)])
+    overrides = {**tiny_overrides, "data.unlabelled": str(corpus), "loss.unlabelled_per_step": 2}
+    config = load_config(TINY_YAML, overrides)
+    module = LatentMemoryModule(config)
+    assert len(module.unlabelled) == 6
+    first, again, other = (module.unlabelled_reconstruction(seed) for seed in (5, 5, 6))
+    assert torch.equal(first, again) and not torch.equal(first, other)
+    assert first.item() > 0
+    first.backward()
+    grads = [p.grad for n, p in module.named_parameters() if ".compress." in n and p.grad is not None]
+    assert grads and any(g.abs().sum() > 0 for g in grads)
+    data = QADataModule(config)
+    data.setup("fit")
+    batch = next(iter(data.train_dataloader()))
+    logged = {}
+    module.log = lambda name, value, **kwargs: logged.__setitem__(name, value)
+    with torch.no_grad():
+        total = module.training_step(batch, 0)
+        module.log = lambda *args, **kwargs: None
+        plain = module.compute_losses(batch, step_seed=derive_seed(config.seed, TRAIN_STREAM, 0))
+    assert "recon_unlabelled" not in plain  # validation (compute_losses alone) never reads the unlabelled text
+    expected = plain["loss"] + config.loss.recon_weight * logged["train/recon_unlabelled"]
+    torch.testing.assert_close(total, expected)
+
+
+@pytest.mark.parametrize(
+    "overrides, key",
+    [
+        ({"loss.unlabelled_per_step": 2}, "loss.unlabelled_per_step"),
+        ({"data.unlabelled": "u.jsonl"}, "data.unlabelled"),
+        ({"data.unlabelled": "u.jsonl", "loss.unlabelled_per_step": 2, "loss.recon_weight": 0.0}, "recon_weight"),
+        ({"data.unlabelled": "u.jsonl", "loss.unlabelled_per_step": -1}, "unlabelled_per_step"),
+    ],
+)
+def test_unlabelled_settings_that_would_be_ignored_are_refused(tiny_overrides, overrides, key):
+    with pytest.raises(ConfigError, match=key):
+        load_config(TINY_YAML, {**tiny_overrides, **overrides})

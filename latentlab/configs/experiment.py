@@ -90,6 +90,19 @@ class MemoryExperimentConfig(ExperimentConfig):
             )
         if vision is None and self.loss.image != ImageLossConfig():
             fail("loss.image", "weighs image items, which need compressor.vision (null here); drop loss.image")
+        per_step = self.loss.unlabelled_per_step
+        if per_step and not self.data.unlabelled:
+            fail("loss.unlabelled_per_step", f"is {per_step}: set data.unlabelled to the corpus to draw them from")
+        if self.data.unlabelled and not per_step:
+            fail("data.unlabelled", "is only read with loss.unlabelled_per_step >= 1 (0 here)")
+        if per_step and self.loss.recon_weight <= 0:
+            fail("loss.unlabelled_per_step", "rebuilds unlabelled text, which needs loss.recon_weight > 0")
+        if per_step and not {"compress_lora", "memory_slot", "decode_lora"} & set(self.compressor.train_parts):
+            fail(
+                "loss.unlabelled_per_step",
+                "trains the compressor through reconstruction, but compressor.train_parts holds none of "
+                "compress_lora, memory_slot, decode_lora",
+            )
         if vision is not None and self.loss.negatives == "mined":
             fail("loss.negatives", "'mined' ranks a corpus of texts; with compressor.vision use 'pool'")
 

@@ -227,6 +227,10 @@ class LossConfig:
     in rank order, as a memory returns them; a positive outside them takes the place of the lowest negative."""
     recon_negatives: bool = True
     """Reconstruct the hard negatives too, not only the positives."""
+    unlabelled_per_step: int = 0
+    """Items of ``data.unlabelled`` each training step compresses and rebuilds, drawn with the step's seed; their CE
+    is logged as ``recon_unlabelled`` and weighted by ``recon_weight``. 0 = off (then ``data.unlabelled`` must be
+    null)."""
     distill_tokens: int = 16
     """Teacher answer tokens (greedy) over which the KL is taken."""
     student_distractors_max: int = 3
@@ -254,7 +258,7 @@ class LossConfig:
             "student_context",
             "'retrieved' reads the mined ranking: set loss.negatives to 'mined'",
         )
-        for name in ("hard_negatives", "student_distractors_max"):
+        for name in ("hard_negatives", "student_distractors_max", "unlabelled_per_step"):
             require(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
         require(self.distill_tokens >= 1, "distill_tokens", f"must be >= 1, got {self.distill_tokens}")
 
@@ -327,6 +331,10 @@ class DataConfig:
     """Validation file (jsonl/hotpotqa sources)."""
     test: str | None = None
     """Test file (jsonl/hotpotqa sources)."""
+    unlabelled: str | None = None
+    """Corpus JSONL (``read_corpus``) of text no question asks about, for the reconstruction loss only: each training
+    step rebuilds ``loss.unlabelled_per_step`` of its items (`latentlab data hotpotqa-splits` writes
+    ``unlabelled.jsonl``). Null: none."""
     synthetic: SyntheticQAConfig = field(default_factory=SyntheticQAConfig)
     """Settings of the synthetic generator (synthetic source)."""
     synthetic_images: SyntheticImageQAConfig = field(default_factory=SyntheticImageQAConfig)

@@ -38,6 +38,8 @@ __all__ = [
 SPLITS = ("train", "val", "test")
 """Split names, as ``data.train`` / ``data.val`` / ``data.test`` name them; each is written as ``<name>.jsonl``."""
 UNLABELLED_FILE = "unlabelled.jsonl"
+EVALUATION_FILE = "evaluation.jsonl"
+"""The evaluation questions, converted (each with its own evidence pool): what a config evaluates beside the splits."""
 MANIFEST_FILE = "manifest.json"
 FORMAT = "latentlab-hotpotqa-splits/1"
 
@@ -92,6 +94,8 @@ class HotpotQASplits:
     Wikipedia sentence in two questions' contexts): kept in the train pools, left out of ``unlabelled``."""
     split_of: dict[str, str] = field(default_factory=dict)
     """Question id -> split name."""
+    evaluation_examples: list[QAExample] = field(default_factory=list)
+    """The questions of the ``evaluation`` files, converted: written as ``evaluation.jsonl``."""
     source_of: dict[str, str] = field(default_factory=dict)
     """Question id -> the source file (as given) it was read from."""
 
@@ -275,11 +279,13 @@ def build_hotpotqa_splits(
         train_evidence_held_out=len({e.id for ex in by_split["train"] for e in ex.evidence} & held_out),
         split_of={ex.id: split_of[ex.id] for ex in labelled},
         source_of=source_of,
+        evaluation_examples=evaluation_examples,
     )
 
 
 def write_hotpotqa_splits(splits: HotpotQASplits, out_dir: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Write ``train.jsonl``, ``val.jsonl``, ``test.jsonl``, ``unlabelled.jsonl`` (a corpus: ``read_corpus``) and
+    """Write ``train.jsonl``, ``val.jsonl``, ``test.jsonl``, ``unlabelled.jsonl`` (a corpus: ``read_corpus``),
+    ``evaluation.jsonl`` (the evaluation questions, converted, when there are any) and
     ``manifest.json`` (with each written file's sha256) into ``out_dir``, as a whole: staged beside it, then renamed.
 
     An existing non-empty ``out_dir`` is refused (``ResultsExistError``) unless ``overwrite``; it is then replaced
@@ -290,6 +296,8 @@ def write_hotpotqa_splits(splits: HotpotQASplits, out_dir: str | os.PathLike, ov
             write_jsonl(staging / f"{name}.jsonl", splits.split(name))
         if splits.unlabelled:
             write_jsonl(staging / UNLABELLED_FILE, splits.unlabelled)
+        if splits.evaluation_examples:
+            write_jsonl(staging / EVALUATION_FILE, splits.evaluation_examples)
         manifest = splits.manifest()
         manifest["files"] = {p.name: file_sha256(p) for p in sorted(staging.iterdir())}
         write_json(staging / MANIFEST_FILE, manifest)

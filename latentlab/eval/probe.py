@@ -75,3 +75,92 @@ def linear_probe(
     most_common = Counter(y[train].tolist()).most_common(1)[0][0]
     majority = (y[test] == most_common).float().mean().item()
     return ProbeResult(n_train, n - n_train, len(classes), accuracy, majority)
+
+
+@dataclass(frozen=True)
+class TokenProbeResult:
+    """Held-out recall of a linear bag-of-words probe: of each test row's target tokens, the share among its
+    ``top_k`` highest-scoring vocabulary tokens, next to ranking by training-set document frequency alone."""
+
+    n_train: int
+    n_test: int
+    vocab: int
+    top_k: int
+    recall: float
+    prior_recall: float
+
+
+def bag_of_words_probe(
+    train_features: torch.Tensor,
+    train_tokens: Sequence[Sequence[int]],
+    test_features: torch.Tensor,
+    test_targets: Sequence[Sequence[int]],
+    top_k: int = 50,
+    seed: int = 0,
+    epochs: int = 30,
+    batch_size: int = 256,
+    lr: float = 1e-2,
+    weight_decay: float = 1e-4,
+) -> TokenProbeResult:
+    """Which tokens a vector says its text holds: a linear head [D -> vocab] trained with multi-label BCE to predict
+    the set of tokens of each training row's text, then scored on held-out rows by recall@``top_k`` of their
+    ``test_targets`` (for example the tokens of a question's answer inside its supporting sentence).
+
+    The vocabulary is the training rows' tokens; a target token outside it counts as missed, for the probe and the
+    frequency prior alike. Features are standardised with the training rows' mean and std. Minibatches (seeded
+    order) keep the [batch, vocab] logits small.
+    """
+    n_train, n_test = len(train_tokens), len(test_targets)
+    if train_features.dim() != 2 or train_features.shape[0] != n_train or n_train < 2:
+        raise ConfigError(
+            f"bag_of_words_probe needs train features [N >= 2, D] and N token lists, got "
+            f"{tuple(train_features.shape)} and {n_train}"
+        )
+    if test_features.dim() != 2 or test_features.shape[0] != n_test or n_test < 1:
+        raise ConfigError(
+            f"bag_of_words_probe needs test features [M >= 1, D] and M target lists, got "
+            f"{tuple(test_features.shape)} and {n_test}"
+        )
+    if test_features.shape[1] != train_features.shape[1]:
+        raise ConfigError(
+            f"train and test features differ in width: {train_features.shape[1]} vs {test_features.shape[1]}"
+        )
+    if top_k < 1:
+        raise ConfigError(f"top_k must be >= 1, got {top_k}")
+    if any(not targets for targets in test_targets):
+        raise ConfigError("every test row needs at least one target token")
+    vocab = sorted({t for tokens in train_tokens for t in tokens})
+    column = {t: i for i, t in enumerate(vocab)}
+    multi_hot = torch.zeros(n_train, len(vocab))
+    for row, tokens in enumerate(train_tokens):
+        multi_hot[row, [column[t] for t in set(tokens)]] = 1.0
+    x = train_features.float()
+    mean, std = x.mean(dim=0), x.std(dim=0)
+    x = (x - mean) / (std + 1e-6)
+    x_test = (test_features.float() - mean) / (std + 1e-6)
+    frequency = multi_hot.mean(dim=0).clamp(1e-4, 1 - 1e-4)
+    head = torch.nn.Linear(x.shape[1], len(vocab))
+    torch.nn.init.zeros_(head.weight)
+    with torch.no_grad():
+        head.bias.copy_(torch.log(frequency / (1 - frequency)))  # starts at the prior
+    optimizer = torch.optim.Adam(head.parameters(), lr=lr, weight_decay=weight_decay)
+    rng = torch.Generator().manual_seed(seed)
+    with torch.enable_grad():
+        for _ in range(epochs):
+            for rows in torch.randperm(n_train, generator=rng).split(batch_size):
+                loss = torch.nn.functional.binary_cross_entropy_with_logits(head(x[rows]), multi_hot[rows])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+    k = min(top_k, len(vocab))
+    with torch.no_grad():
+        top = head(x_test).topk(k, dim=-1).indices
+    prior_top = set(frequency.topk(k).indices.tolist())
+
+    def recall(row_top: set[int], targets: Sequence[int]) -> float:
+        wanted = set(targets)
+        return sum(column.get(t, -1) in row_top for t in wanted) / len(wanted)
+
+    probe = sum(recall(set(top[i].tolist()), test_targets[i]) for i in range(n_test)) / n_test
+    prior = sum(recall(prior_top, targets) for targets in test_targets) / n_test
+    return TokenProbeResult(n_train, n_test, len(vocab), k, probe, prior)

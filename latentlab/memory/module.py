@@ -14,8 +14,9 @@ import torch
 
 from latentlab.configs import MemoryExperimentConfig, resolve_path
 from latentlab.data.modules import QABatch
+from latentlab.data.schema import read_corpus
 from latentlab.distributed import unwrapped_name
-from latentlab.errors import LatentLabError
+from latentlab.errors import DataError, LatentLabError
 from latentlab.memory.compressor import part_of
 from latentlab.memory.generator import Generator
 from latentlab.memory.losses import (
@@ -53,6 +54,7 @@ class LatentMemoryModule(L.LightningModule):
         self.teacher_cache: dict[str, list[int]] = {}
         self.reply_cache: dict[str, list[int]] = {}
         self.frozen_latents: dict[tuple[str, str], torch.Tensor] = {}
+        self.unlabelled = _unlabelled_texts(config)
         # Everything learned goes into checkpoints; the optimizer gets the parts this run trains.
         self._learned = {name for name, p in self.named_parameters() if p.requires_grad}
         self.train_parts = set(config.compressor.train_parts)
@@ -299,10 +301,25 @@ class LatentMemoryModule(L.LightningModule):
             return batch.to(device)
         return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
+    def unlabelled_reconstruction(self, step_seed: int) -> torch.Tensor:
+        """Reconstruction CE of ``loss.unlabelled_per_step`` items of ``data.unlabelled``, drawn without replacement
+        with ``step_seed``: text no question asks about, compressed and rebuilt like the batch's own items."""
+        count = min(self.config.loss.unlabelled_per_step, len(self.unlabelled))
+        rng = torch.Generator().manual_seed(step_seed)
+        picks = torch.randperm(len(self.unlabelled), generator=rng)[:count].tolist()
+        texts = [self.unlabelled[i] for i in picks]
+        comp = self.compressor
+        ids, mask = comp.tokenize(texts, comp.config.max_evidence_tokens)
+        latents = comp.encode_ids(ids, mask, "compress")
+        logits, targets = comp.reconstruction_logits(latents, ids, mask)
+        return token_cross_entropy(logits, targets)
+
     def training_step(self, batch: QABatch, batch_idx: int) -> torch.Tensor:
-        losses = self.compute_losses(
-            batch, step_seed=derive_seed(self.config.seed, TRAIN_STREAM, self.global_step * 97 + batch_idx)
-        )
+        step_seed = derive_seed(self.config.seed, TRAIN_STREAM, self.global_step * 97 + batch_idx)
+        losses = self.compute_losses(batch, step_seed=step_seed)
+        if self.unlabelled:  # training only: validation losses stay comparable with runs that read no unlabelled text
+            losses["recon_unlabelled"] = self.unlabelled_reconstruction(step_seed + 1)
+            losses["loss"] = losses["loss"] + self.config.loss.recon_weight * losses["recon_unlabelled"]
         for name, value in losses.items():
             self.log(f"train/{name}", value, prog_bar=name in ("loss", "distill"), batch_size=len(batch))
         return losses["loss"]
@@ -341,6 +358,18 @@ class LatentMemoryModule(L.LightningModule):
         own = self.state_dict()
         expected = {k: own[k] for k in self.learned_names()}
         check_state_dict(expected, checkpoint.get("state_dict", {}), "checkpoint", "this compressor")
+
+
+def _unlabelled_texts(config: MemoryExperimentConfig) -> list[str]:
+    """The texts of ``data.unlabelled`` (empty when null); an image item there is an error naming it."""
+    if not config.data.unlabelled:
+        return []
+    path = resolve_path(config, "data.unlabelled", config.data.unlabelled)
+    items = read_corpus(path)
+    for item in items:
+        if item.image:
+            raise DataError(f"{path}: item '{item.id}' is an image; data.unlabelled is rebuilt as text only")
+    return [item.display_text() for item in items]
 
 
 def build_task(config: MemoryExperimentConfig):
