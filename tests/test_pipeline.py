@@ -499,3 +499,37 @@ def test_answer_token_probe_scores_latents_and_the_word_control_on_answer_bearin
         == 2
     )
     assert "missing.jsonl" in capsys.readouterr().err
+
+
+def test_init_fresh_decoder_keeps_the_stage_before_but_its_decoder(trained):
+    """compressor.init_fresh_decoder: everything but the reconstruction adapter comes from init_from; the decoder
+    starts as a new run's (so a shipped, decoder-less export can be reconstructed from again)."""
+    from latentlab.errors import ConfigError, LatentLabError
+    from latentlab.memory.module import build_task
+
+    config, _, tmp = trained
+    export_compressor(load_model(tmp / "export"), tmp / "export_no_decoder", include_decoder=False)
+    stored = load_model(tmp / "export").compressor.trainable_state_dict()
+    base = {**two_step_run(tmp), "compressor.init_from": str(tmp / "export_no_decoder")}
+    with pytest.raises(LatentLabError, match="decoder"):
+        build_task(load_config(TINY_YAML, base))  # reconstructs, but the export has no decoder
+    fresh = build_task(load_config(TINY_YAML, {**base, "compressor.init_fresh_decoder": True})).module
+    new = build_task(load_config(TINY_YAML, two_step_run(tmp))).module  # what a new run starts from
+    state, start = fresh.compressor.trainable_state_dict(), new.compressor.trainable_state_dict()
+    decoder = [k for k in state if ".decode." in k]
+    assert decoder and all(torch.equal(state[k], start[k]) for k in decoder)
+    assert not all(torch.equal(state[k], stored[k]) for k in decoder)  # the export's trained decoder is not it
+    for k in state:
+        if ".decode." not in k:
+            torch.testing.assert_close(state[k], stored[k].to(state[k].dtype), msg=k)
+    # the full export's decoder is not loaded either
+    full = build_task(
+        load_config(
+            TINY_YAML, {**base, "compressor.init_from": str(tmp / "export"), "compressor.init_fresh_decoder": True}
+        )
+    ).module
+    assert all(torch.equal(full.compressor.trainable_state_dict()[k], start[k]) for k in decoder)
+    with pytest.raises(ConfigError, match="init_fresh_decoder"):
+        load_config(TINY_YAML, {**two_step_run(tmp), "compressor.init_fresh_decoder": True})
+    with pytest.raises(ConfigError, match="init_fresh_decoder"):
+        load_config(TINY_YAML, {**base, "compressor.init_fresh_decoder": True, "loss.recon_weight": 0.0})

@@ -90,6 +90,17 @@ class MemoryExperimentConfig(ExperimentConfig):
             )
         if vision is None and self.loss.image != ImageLossConfig():
             fail("loss.image", "weighs image items, which need compressor.vision (null here); drop loss.image")
+        if self.compressor.init_fresh_decoder:
+            if not self.compressor.init_from:
+                fail(
+                    "compressor.init_fresh_decoder",
+                    "keeps init_from's weights but its decoder: set compressor.init_from",
+                )
+            if "decode_lora" not in self.compressor.train_parts or self.loss.recon_weight <= 0:
+                fail(
+                    "compressor.init_fresh_decoder",
+                    "starts a decoder to train: needs decode_lora in compressor.train_parts and loss.recon_weight > 0",
+                )
         per_step = self.loss.unlabelled_per_step
         if per_step and not self.data.unlabelled:
             fail("loss.unlabelled_per_step", f"is {per_step}: set data.unlabelled to the corpus to draw them from")

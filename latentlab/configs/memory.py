@@ -139,6 +139,10 @@ class CompressorConfig:
     init_from: str | None = None
     """Start from a trained compressor: an exported folder (weights.safetensors) or a run directory (last.ckpt);
     relative to the project. A second stage (say, the projector alone) continues a first this way."""
+    init_fresh_decoder: bool = False
+    """With ``init_from``: do not load its reconstruction adapter (an inference export has none) but start it as a
+    new run does, so that a stage can reconstruct again from a shipped compressor. Needs decode_lora in
+    ``train_parts`` and ``loss.recon_weight`` > 0."""
     vision: VisionConfig | None = None
     """The image path (an open_clip tower and a projector in front of the compressor); null: text evidence only."""
 

@@ -122,18 +122,26 @@ def read_compressor_state(source: str | Path) -> dict[str, torch.Tensor]:
 
 
 def load_compressor_weights(
-    model, source: str | Path, allow_missing_decoder: bool = True, allow_missing_reader: bool = False
+    model,
+    source: str | Path,
+    allow_missing_decoder: bool = True,
+    allow_missing_reader: bool = False,
+    fresh_decoder: bool = False,
 ) -> None:
     """Load trained compressor weights (export folder, run directory or .ckpt) into ``model.compressor``.
 
     An export's fingerprint.txt is checked. Inference exports leave out the reconstruction decoder; that is
     accepted only where ``allow_missing_decoder`` (the decoder then keeps its initial weights). A stage that adds
     a reading adapter to an earlier stage's compressor (``allow_missing_reader``) starts it at peft's
-    initialisation, which leaves the generator as it was.
+    initialisation, which leaves the generator as it was. ``fresh_decoder``: the source's decoder, if it has one, is
+    not loaded either (``compressor.init_fresh_decoder``).
     """
     source = Path(source)
     _, folder = weights_source(source)
     state = read_compressor_state(source)
+    if fresh_decoder:
+        allow_missing_decoder = True
+        state = {k: v for k, v in state.items() if not _is_decoder(k)}
     expected = model.compressor.trainable_state_dict()
 
     def optional(name: str) -> bool:

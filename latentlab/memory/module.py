@@ -386,7 +386,13 @@ def build_task(config: MemoryExperimentConfig):
         # A decoder left out of an inference export is fine unless this run reconstructs.
         needs_decoder = config.loss.recon_weight > 0
         # So is a reading adapter the earlier stage did not have: it starts where peft starts it (no change).
-        load_compressor_weights(module, path, allow_missing_decoder=not needs_decoder, allow_missing_reader=True)
+        load_compressor_weights(
+            module,
+            path,
+            allow_missing_decoder=not needs_decoder,
+            allow_missing_reader=True,
+            fresh_decoder=config.compressor.init_fresh_decoder,
+        )
     rankings = None
     if config.loss.negatives == "mined":
         from latentlab.memory.mining import mine_rankings
