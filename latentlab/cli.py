@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 import sys
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -243,7 +244,7 @@ def _add_explain(sub: argparse._SubParsersAction) -> None:
     p.add_argument("question")
 
 
-def _cmd_data(args: argparse.Namespace, extra: list[str]) -> int:
+def _data_hotpotqa_splits(args: argparse.Namespace) -> None:
     from latentlab.configs.loader import project_root
     from latentlab.data.hotpotqa_splits import DEFAULT_EVALUATION, DEFAULT_SOURCES, describe, make_hotpotqa_splits
 
@@ -264,35 +265,108 @@ def _cmd_data(args: argparse.Namespace, extra: list[str]) -> int:
         overwrite=args.overwrite,
     )
     print(describe(splits))
+
+
+def _data_webqa(args: argparse.Namespace) -> None:
+    from latentlab.data.webqa import convert_webqa
+
+    stats = convert_webqa(args.json, args.imgs, args.out, args.lineidx, args.split, args.overwrite)
+    print(stats.summary())
+
+
+def _data_nlvr(args: argparse.Namespace) -> None:
+    from latentlab.data.nlvr import convert_nlvr, write_nlvr
+
+    examples = convert_nlvr(args.dev_json, args.images, args.image_dir)
+    labels = Counter(e.answers[0] for e in examples)
+    written = write_nlvr(examples, args.out, f"{Path(args.dev_json).stem}.jsonl", args.overwrite)
+    print(f"{len(examples)} true/false questions ({labels['true']} true, {labels['false']} false) in {written}")
+
+
+DATA_ACTIONS: dict[str, Callable[[argparse.Namespace], None]] = {
+    "hotpotqa-splits": _data_hotpotqa_splits,
+    "webqa": _data_webqa,
+    "nlvr": _data_nlvr,
+}
+"""`latentlab data ACTION`: each builds one data set from official files."""
+
+
+def _cmd_data(args: argparse.Namespace, extra: list[str]) -> int:
+    DATA_ACTIONS[args.action](args)
     print(f"written to {args.out}")
     return 0
 
 
+class _DataActionParser(argparse.ArgumentParser):
+    """The parser of one `data` action: an option of another action is refused naming the action it belongs to."""
+
+    owners: dict[str, list[str]]
+    """Option string -> the data actions that take it (set by ``_add_data``)."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, extra = super().parse_known_args(args, namespace)
+        if extra:
+            action = self.prog.split()[-1]
+            option = next((a.split("=")[0] for a in extra if a.startswith("-")), None)
+            owners = getattr(self, "owners", {}).get(option or "", [])
+            where = f" ({option} is an option of `latentlab data {' / '.join(owners)}`)" if owners else ""
+            ours = sorted(o for o in self._option_string_actions if o.startswith("--") and o != "--help")
+            self.error(f"unrecognized arguments: {' '.join(extra)}{where}; `data {action}` takes {', '.join(ours)}")
+        return namespace, extra
+
+
 def _add_data(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("data", help="build data sets from official files (hotpotqa-splits: real training splits)")
-    p.add_argument("action", choices=["hotpotqa-splits"])
-    p.add_argument("--out", required=True, help="output folder (train/val/test/unlabelled JSONL + manifest.json)")
-    p.add_argument(
+    p = sub.add_parser(
+        "data", help="build data sets from official files (hotpotqa-splits: real training splits; webqa; nlvr)"
+    )
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION", parser_class=_DataActionParser)
+
+    splits = actions.add_parser("hotpotqa-splits", help="train / val / test splits of the official HotpotQA files")
+    splits.add_argument("--out", required=True, help="output folder (train/val/test/unlabelled JSONL + manifest.json)")
+    splits.add_argument(
         "--data-dir", default=None, help="shared data folder (default: $LATENTLAB_SHARED_DATA or ../shared/data)"
     )
-    p.add_argument(
+    splits.add_argument(
         "--source", action="append", help="official HotpotQA file to split (repeatable; default: train + fullwiki)"
     )
-    p.add_argument(
+    splits.add_argument(
         "--exclude",
         action="append",
         help="evaluation file whose questions stay out of every split (repeatable; default: the dev-distractor file)",
     )
-    p.add_argument("--val-fraction", type=float, default=0.1, help="share of each source's questions in val")
-    p.add_argument("--test-fraction", type=float, default=0.1, help="share of each source's questions in test")
-    p.add_argument("--seed", type=int, default=0, help="seed of the assignment of questions to splits")
-    p.add_argument(
+    splits.add_argument("--val-fraction", type=float, default=0.1, help="share of each source's questions in val")
+    splits.add_argument("--test-fraction", type=float, default=0.1, help="share of each source's questions in test")
+    splits.add_argument("--seed", type=int, default=0, help="seed of the assignment of questions to splits")
+    splits.add_argument(
         "--min-supporting-paragraphs",
         type=int,
         default=1,
         help="questions with fewer supporting paragraphs in their context go to unlabelled text (2: both hops)",
     )
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder (else refused)")
+
+    webqa = actions.add_parser("webqa", help="WebQA_train_val.json + imgs.tsv -> <split>.jsonl and images/")
+    webqa.add_argument("--json", required=True, help="the official WebQA_train_val.json")
+    webqa.add_argument("--imgs", required=True, help="the official imgs.tsv (image_id TAB base64 a line)")
+    webqa.add_argument("--lineidx", default=None, help="its byte-offset index (default: imgs.lineidx beside --imgs)")
+    webqa.add_argument("--out", required=True, help="output folder (<split>.jsonl per split + images/)")
+    webqa.add_argument("--split", action="append", help="convert only this split (repeatable; default: every split)")
+
+    nlvr = actions.add_parser("nlvr", help="NLVR dev.json -> true/false questions on its images, read in place")
+    nlvr.add_argument("--dev-json", required=True, help="NLVR's dev.json (JSON Lines; images/ beside it)")
+    nlvr.add_argument("--out", required=True, help="output folder (<stem of --dev-json>.jsonl)")
+    nlvr.add_argument(
+        "--images", choices=["first", "all"], default="first", help="first: image 0 of each record; all: images 0-5"
+    )
+    nlvr.add_argument("--image-dir", default=None, help="folder of the numbered image folders (default: images/)")
+
+    for action in (splits, webqa, nlvr):
+        action.add_argument("--overwrite", action="store_true", help="replace an existing output folder (else refused)")
+    owners: dict[str, list[str]] = {}
+    for name, action in actions.choices.items():
+        for option in action._option_string_actions:
+            owners.setdefault(option, []).append(name)
+    for action in actions.choices.values():
+        action.owners = owners
 
 
 class _UsageError(LatentLabError):
