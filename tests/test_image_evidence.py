@@ -1,19 +1,27 @@
 """Image evidence in the same latent space, on tiny random models: one latent per image + title, the image losses,
-training on the synthetic image QA, one memory of text and images, bad images at build time, token accounting."""
+training on the synthetic image QA, one memory of text and images (its manifest naming the tower), bad images at
+build time, token accounting (per item, and the evaluation's ``token_costs`` table)."""
 
 import json
 from pathlib import Path
+from statistics import fmean as mean
 
 import pytest
 import torch
 
 from latentlab.cli import main
 from latentlab.configs import dump_yaml, load_config
-from latentlab.data.modules import QADataModule, synthetic_scenes
-from latentlab.data.schema import Evidence, read_corpus
-from latentlab.errors import DataError
-from latentlab.memory.checkpoint import compressor_fingerprint, export_compressor, load_model, state_fingerprint
-from latentlab.memory.index import LatentIndex
+from latentlab.data.modules import QADataModule, corpus_of, load_qa_split, synthetic_scenes
+from latentlab.data.schema import Evidence, merge_evidence, read_corpus
+from latentlab.errors import DataError, IndexError_
+from latentlab.memory.checkpoint import (
+    compressor_fingerprint,
+    export_compressor,
+    load_model,
+    state_fingerprint,
+    vision_spec,
+)
+from latentlab.memory.index import MANIFEST_NAME, LatentIndex
 from latentlab.memory.losses import embedding_reconstruction_mse, multi_positive_infonce
 from latentlab.memory.module import LatentMemoryModule
 from latentlab.memory.pipeline import LatentMemory, build_memory, memory_info, skipped_report_path
@@ -220,6 +228,34 @@ def test_a_mixed_memory_built_and_reopened_gives_the_same_neighbours(trained):
     assert info["vision"]["model"] == TINY_VIT and info["fingerprint"] == compressor_fingerprint(memory.model)
 
 
+def test_a_mixed_memory_manifest_names_the_vision_tower_and_older_manifests_still_open(trained, tmp_path):
+    config, _, tmp = trained
+    scene_set = synthetic_scenes(config)
+    corpus = [*list(scene_set.scenes.values())[:3], *list(scene_set.facts.values())[:3]]
+    build_memory(tmp / "export", corpus, tmp_path / "m", progress=False)
+    tower = vision_spec(load_model(tmp / "export").config)
+    assert tower is not None and tower["model"] == TINY_VIT
+    manifest_path = tmp_path / "m" / MANIFEST_NAME
+    manifest = json.loads(manifest_path.read_text())
+    assert manifest["vision"] == tower and list(manifest)[:3] == ["format_version", "fingerprint", "vision"]
+    reopened = LatentIndex.open(tmp_path / "m")
+    assert reopened.vision == tower and reopened.info()["vision"] == tower
+    assert memory_info(tmp_path / "m")["vision"] == tower
+    reopened.set_search_params(ef_search=8)  # a re-save keeps the tower
+    reopened.save()
+    assert json.loads(manifest_path.read_text())["vision"] == tower
+    # A manifest written before the field (no "vision" key) opens, reads as None, and `index info` falls back to the
+    # compressor stored beside the memory.
+    older = {key: value for key, value in json.loads(manifest_path.read_text()).items() if key != "vision"}
+    manifest_path.write_text(json.dumps(older, indent=2) + "\n")
+    assert LatentIndex.open(tmp_path / "m").vision is None
+    assert LatentMemory.open(tmp_path / "m").search(["Who made the picture?"], k=2)[0]
+    assert memory_info(tmp_path / "m")["vision"] == tower
+    manifest_path.write_text(json.dumps({**older, "vision": "ViT-L-14"}))
+    with pytest.raises(IndexError_, match=r"manifest\.json: malformed field 'vision'.*\"ViT-L-14\""):
+        LatentIndex.open(tmp_path / "m")
+
+
 def test_index_build_skip_bad_builds_the_rest_and_reports(trained, tmp_path, capsys):
     config, _, tmp = trained
     scenes = list(synthetic_scenes(config).scenes.values())[:3]
@@ -300,3 +336,48 @@ def test_evaluate_reads_image_latents_beside_the_raw_description_baseline(traine
     assert latent["context_tokens"] < bm25["context_tokens"]  # one latent a hit against each description's tokens
     records = [json.loads(line) for line in (out / "predictions.latent.jsonl").read_text().splitlines()]
     assert len(records) == 2 and all(set(h) == {"id", "score"} for r in records for h in r["hits"])
+    # The token accounting of the evaluated items, each count measured here on its own with the generator's prompts.
+    examples = load_qa_split(config, config.eval.split, training_limits=False)[:2]
+    items = corpus_of(config, examples) if retrieval == "global" else list(merge_evidence(examples).values())
+    model = load_model(tmp / "export")
+    builder, patches = model.prompt_builder("paper"), model.compressor.vision.num_patches
+    images, texts = [e for e in items if e.image], [e for e in items if not e.image]
+    assert patches == 16 and images and texts  # a 32 px image in 8 px patches
+    slot = builder.latent("?", 1).context_tokens
+    titles = [builder.text("?", [f"Title: {e.title}"]).context_tokens for e in images]
+    described = [builder.text("?", [e.display_text()]).context_tokens for e in images if e.text]
+    text_raw = [builder.text("?", [e.display_text()]).context_tokens for e in texts]
+    text_row, image_row = result.token_costs
+    assert text_row == {
+        "modality": "text",
+        "items": len(texts),
+        "latent_tokens": slot,
+        "raw_text_tokens": pytest.approx(mean(text_raw), abs=1e-9),
+        "described_items": len(texts),
+        "tower_patches": None,
+        "vlm_tower_tokens": None,
+        "vlm_llava15_tokens": None,
+        "raw_text_per_latent": pytest.approx(mean(text_raw) / slot, abs=1e-9),
+        "vlm_tower_per_latent": None,
+        "vlm_llava15_per_latent": None,
+    }
+    vlm = mean(titles) + patches
+    assert image_row == {
+        "modality": "image",
+        "items": len(images),
+        "latent_tokens": slot,
+        "raw_text_tokens": pytest.approx(mean(described), abs=1e-9) if described else None,
+        "described_items": len(described),
+        "tower_patches": patches,
+        "vlm_tower_tokens": pytest.approx(vlm, abs=1e-9),
+        "vlm_llava15_tokens": pytest.approx(mean(titles) + 576, abs=1e-9),
+        "raw_text_per_latent": pytest.approx(mean(described) / slot, abs=1e-9) if described else None,
+        "vlm_tower_per_latent": pytest.approx(vlm / slot, abs=1e-9),
+        "vlm_llava15_per_latent": pytest.approx((mean(titles) + 576) / slot, abs=1e-9),
+    }
+    costs = model.item_costs(images[:1])[0]  # one latent slot against the tower's patches + title tokens
+    assert (costs.latent, costs.vlm_image) == (slot, patches + titles[0])
+    assert json.loads((out / "summary.json").read_text())["token_costs"] == result.token_costs
+    table = (out / "token_costs.md").read_text()
+    assert f"tower ({patches} patches)" in table and "LLaVA-1.5 (CLIP ViT-L/14-336, 576 patches)" in table
+    assert (out / "token_costs.csv").read_text().splitlines()[0].startswith("modality,items,latent_tokens,")

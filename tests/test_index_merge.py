@@ -293,6 +293,36 @@ def test_int8_latents_share_the_prepared_codec(tmp_path):
     np.testing.assert_array_equal(merged.latents_for(merged.ids), single.latents_for(single.ids))
 
 
+def test_the_vision_tower_travels_from_the_plan_into_every_manifest_and_text_only_builds_name_none(tmp_path):
+    items, keys, latents = corpus_files(tmp_path, n=300)
+    spec = IndexConfig("IVF8,Flat", nprobe=8)
+    tower = {"model": "ViT-B-32", "pretrained": "openai", "image_size": 224, "projector": "mlp", "pooled_token": True}
+    for name, vision in (("images", tower), ("text", None)):
+        work = tmp_path / name / "work"
+        plan = prepare_build(
+            work,
+            items,
+            TableEncoder(items, keys, latents),
+            key_dim=KEY_DIM,
+            latent_dim=LATENT_DIM,
+            fingerprint=FINGERPRINT,
+            spec=spec,
+            num_shards=N_SHARDS,
+            progress=False,
+            vision=vision,
+        )
+        assert plan.vision == vision and read_plan(work)[0].vision == vision
+        assert ("vision" in json.loads((work / "plan.json").read_text())) == (vision is not None)
+        build_all(work, items, keys, latents)
+        merge_shards(work, tmp_path / name / "memory")
+        directories = [tmp_path / name / "memory", *(shard_dir(work, s) for s in range(N_SHARDS))]
+        for directory in directories:
+            manifest = json.loads((directory / MANIFEST_NAME).read_text())
+            assert manifest.get("vision", "absent") == (vision if vision is not None else "absent"), directory
+            assert LatentIndex.open(directory).vision == vision
+        assert ShardedLatentIndex.open(directories[1:]).vision == vision
+
+
 def test_the_commands_build_a_memory_with_a_compressor(tmp_path):
     from latentlab.cli import main
     from latentlab.configs import load_config

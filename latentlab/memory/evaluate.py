@@ -3,7 +3,8 @@
 Writes per-question predictions (question, gold, answer, hit ids and scores, EM and F1: no evidence text), a summary
 (JSON) and a table (Markdown, CSV, PNG) with 95% bootstrap intervals of EM and F1 into a results folder that is
 written as a whole (``latentlab.io.staged_dir``); beside it a ``differences`` table (each method against no_retrieval
-and bm25, paired bootstrap) and, when the questions carry a type, a ``by_type`` table.
+and bm25, paired bootstrap), when the questions carry a type a ``by_type`` table, and when the evidence holds images
+a ``token_costs`` table (``token_costs``: an item as one latent, as raw text, as a VLM's patch tokens, per modality).
 Retrieval runs over each question's own pool (the paper's protocol) or one global memory of the corpus.
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import get_args
 
@@ -31,6 +32,7 @@ from latentlab.io import refuse_existing, staged_dir, write_json, write_jsonl
 from latentlab.memory.checkpoint import load_model
 from latentlab.memory.model import LatentMemoryModel
 from latentlab.memory.pipeline import Answer, Hit, LatentMemory, answer_to_record, answer_with_text, build_memory
+from latentlab.memory.token_costs import token_costs, token_costs_title
 from latentlab.optim import derive_seed
 from latentlab.registry import Registry
 
@@ -88,6 +90,8 @@ class EvalResult:
     """Paired bootstrap differences of each method to the baselines that ran (the ``differences`` table)."""
     by_type: list[dict] = field(default_factory=list)
     """Per question type rows (the ``by_type`` table); empty when the questions carry no type."""
+    token_costs: list[dict] = field(default_factory=list)
+    """Per modality token accounting (the ``token_costs`` table, ``ModalityCost`` fields); empty without images."""
 
     def table(self) -> str:
         return format_markdown_table(self.rows, list(self.columns) or None)
@@ -264,6 +268,8 @@ def evaluate(
         model = LatentMemoryModel(config).eval()
     corpus = corpus_of(config, examples) if retrieval == "global" else []
     by_id = merge_evidence(examples) | {e.id: e for e in corpus}
+    memory_items = corpus if retrieval == "global" else list(merge_evidence(examples).values())
+    costs = [asdict(c) for c in token_costs(model, memory_items)] if any(e.image for e in memory_items) else []
     columns = tuple(table_metric(c, ev.f1) for c in TABLE_COLUMNS)
     interval_metrics = ("exact_match", table_metric("f1", ev.f1))
     seed = derive_seed(config.seed, BOOTSTRAP_STREAM)
@@ -304,6 +310,7 @@ def evaluate(
             "rows": rows,
             "differences": differences,
             "by_type": by_type,
+            **({"token_costs": costs} if costs else {}),  # text-only evaluations: the summary they always had
         }
         write_json(staging / "summary.json", summary)
         # Recall and precision exist only where something was ranked (not for no_retrieval or full_context alone).
@@ -335,7 +342,14 @@ def evaluate(
                 title=f"{config.name}: by question type ({interval}); {setting}; F1 = {F1_NAMES[ev.f1]}",
                 command=command,
             )
-    return EvalResult(out_dir=target, rows=rows, columns=columns, differences=differences, by_type=by_type)
+        if costs:
+            where = "the global corpus" if retrieval == "global" else "the questions' pools"
+            patches = model.compressor.vision.num_patches if model.compressor.vision is not None else None
+            title = token_costs_title(config.name, f"{where} ({len(memory_items)} items)", patches)
+            write_table(costs, staging / "token_costs", title=title, command=command)
+    return EvalResult(
+        out_dir=target, rows=rows, columns=columns, differences=differences, by_type=by_type, token_costs=costs
+    )
 
 
 def question_scores(examples: list[QAExample], answers: list[Answer], f1_rule: str) -> dict[str, np.ndarray]:

@@ -5,7 +5,8 @@ Also the streaming, resumable ``build_index`` that encodes a corpus in batches a
 
 Layout of a memory directory::
 
-    manifest.json       format version, compressor fingerprint, dims, count, factory, metric, name/sha256/bytes per file
+    manifest.json       format version, compressor fingerprint (and its vision tower, if any), dims, count, factory,
+                        metric, name/sha256/bytes per file
     index.<gen>.faiss   FAISS index over the L2-normalised d-dim keys (inner product); label = row of the stores
     keys.<gen>.npy      the keys themselves [count, key_dim] float32: the source the index is trained and rebuilt from
     latents.<gen>.npy   the H-dim latents as the codec ``latent_dtype`` stores them (see ``latent_store``): float32 or
@@ -212,10 +213,14 @@ class LatentIndex:
         generation: int = 0,
         invlists: dict[str, Any] | None = None,
         built_from: dict[str, Any] | None = None,
+        vision: dict[str, Any] | None = None,
     ) -> None:
         """Use ``LatentIndex.create`` or ``LatentIndex.open`` (``index_merge`` makes shards with a trained index)."""
         self.path = path
         self.fingerprint = fingerprint
+        # The vision tower of the compressor that built it (checkpoint.vision_spec); None: a text-only compressor,
+        # or a manifest older than the field (the fingerprint still tells compressors apart).
+        self.vision = vision
         self.key_dim = key_dim
         self.latent_dim = latent_dim
         self.spec = spec
@@ -244,8 +249,10 @@ class LatentIndex:
         latent_dim: int,
         fingerprint: str,
         spec: IndexConfig | None = None,
+        vision: dict[str, Any] | None = None,
     ) -> LatentIndex:
-        """An empty memory bound to ``path``; nothing is written until ``save``. Refuses a directory holding one."""
+        """An empty memory bound to ``path``; nothing is written until ``save``. Refuses a directory holding one.
+        ``vision``: the compressor's vision tower (``checkpoint.vision_spec``), recorded in the manifest."""
         path = Path(path)
         spec = spec or IndexConfig()
         for name, value in (("key_dim", key_dim), ("latent_dim", latent_dim)):
@@ -253,6 +260,8 @@ class LatentIndex:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
         if not isinstance(fingerprint, str) or not fingerprint:
             raise ConfigError(f"the compressor fingerprint must be a non-empty string, got {fingerprint!r}")
+        if not isinstance(vision, (dict, type(None))):
+            raise ConfigError(f"vision must be the compressor's vision spec (a dict) or None, got {vision!r}")
         if (path / MANIFEST_NAME).exists():
             raise IndexError_(
                 f"{path} already holds a built memory ({MANIFEST_NAME}); open it with LatentIndex.open, "
@@ -270,6 +279,7 @@ class LatentIndex:
             [],
             np.zeros((0, key_dim), np.float32),
             np.zeros((0, codec.code_width), codec.code_dtype),
+            vision=vision,
         )
 
     @classmethod
@@ -361,6 +371,7 @@ class LatentIndex:
             generation=manifest.get("generation", 1),
             invlists=manifest["files"].get("invlists"),
             built_from=manifest.get("built_from"),
+            vision=manifest.get("vision"),
         )
         memory._dirty = False
         return memory
@@ -571,6 +582,7 @@ class LatentIndex:
             files,
             generation,
             self._built_from,
+            self.vision,
         )
 
     def info(self) -> dict[str, Any]:
@@ -583,6 +595,7 @@ class LatentIndex:
             "saved": manifest is not None,
             "format_version": FORMAT_VERSION,
             "fingerprint": self.fingerprint,
+            "vision": self.vision,
             "key_dim": self.key_dim,
             "latent_dim": self.latent_dim,
             "count": len(self._items),

@@ -319,6 +319,7 @@ def build_index(
     spec: IndexConfig | None = None,
     batch_size: int = 256,
     progress: bool = True,
+    vision: dict[str, Any] | None = None,
 ) -> LatentIndex:
     """Encode ``corpus`` in batches and save it as a memory in ``out_dir``; resumes an interrupted run.
 
@@ -333,7 +334,9 @@ def build_index(
     required to resume or reuse. ``out_dir`` must not exist, be empty, hold a finished memory or an unfinished
     build of this plan; anything else is refused (IndexError_ naming the first offending file) and left untouched.
     One build at a time per ``out_dir``: a second one raises IndexError_ naming the pid holding ``.build.lock``.
-    Ctrl-C raises BuildInterrupted (an IndexError_), which says that rerunning resumes.
+    Ctrl-C raises BuildInterrupted (an IndexError_), which says that rerunning resumes. ``vision``: the
+    compressor's vision tower (``checkpoint.vision_spec``, None for text only), recorded in the manifest; the
+    fingerprint already depends on it, so it is no part of the plan.
     """
     out_dir = Path(out_dir)
     spec = spec or IndexConfig()
@@ -351,7 +354,7 @@ def build_index(
         if out_dir.exists() and not out_dir.is_dir():
             raise IndexError_(f"{out_dir} is a file, not a directory; build the memory into a directory")
         if not (out_dir / MANIFEST_NAME).exists():
-            LatentIndex.create(out_dir, key_dim, latent_dim, fingerprint, spec)  # validates arguments; writes nothing
+            LatentIndex.create(out_dir, key_dim, latent_dim, fingerprint, spec, vision)  # validates; writes nothing
         plan = {
             "format_version": FORMAT_VERSION,
             "fingerprint": fingerprint,
@@ -371,7 +374,7 @@ def build_index(
                 memory = _refuse_or_reuse_finished(out_dir, items, fingerprint, key_dim, latent_dim, spec)
                 _discard_leftover_building(out_dir, plan, len(batch_starts))
                 return memory
-            return _encode_and_assemble(out_dir, items, encode, plan, spec, batch_starts, progress)
+            return _encode_and_assemble(out_dir, items, encode, plan, spec, batch_starts, progress, vision)
     except KeyboardInterrupt:  # before any batch was encoded (BuildInterrupted from later on is no KeyboardInterrupt)
         raise BuildInterrupted(
             f"build of {out_dir} interrupted (Ctrl-C) before it encoded anything new: rerun the same command to resume"
@@ -386,6 +389,7 @@ def _encode_and_assemble(
     spec: IndexConfig,
     batch_starts: range,
     progress: bool,
+    vision: dict[str, Any] | None,
 ) -> LatentIndex:
     """The unfinished-build part of ``build_index``, run under the lock."""
     building = out_dir / BUILDING_DIR_NAME
@@ -428,7 +432,7 @@ def _encode_and_assemble(
             with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
                 key_parts.append(arrays["keys"])
                 latent_parts.append(arrays["latents"])
-        memory = LatentIndex.create(out_dir, key_dim, latent_dim, plan["fingerprint"], spec)
+        memory = LatentIndex.create(out_dir, key_dim, latent_dim, plan["fingerprint"], spec, vision)
         memory.add(items, np.concatenate(key_parts), np.concatenate(latent_parts))
         memory.save()
         _remove_building(building)

@@ -84,6 +84,13 @@ def file_entry(path: Path) -> dict[str, Any]:
     return {"name": path.name, "sha256": _sha256(path), "bytes": path.stat().st_size}
 
 
+def vision_field(vision: dict[str, Any] | None) -> dict[str, Any]:
+    """``{"vision": vision}`` for a compressor with a vision tower (``checkpoint.vision_spec``), nothing for a
+    text-only one: manifests and build plans name a tower only where there is one, so a text-only memory's files
+    are what they were before images, and a manifest without the key (text-only, or older) reads as None."""
+    return {} if vision is None else {"vision": vision}
+
+
 def manifest_record(
     fingerprint: str,
     key_dim: int,
@@ -93,11 +100,14 @@ def manifest_record(
     files: dict[str, dict],
     generation: int,
     built_from: dict[str, Any] | None = None,
+    vision: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The manifest of a memory; ``built_from`` (shards and merged memories) says which build made it."""
+    """The manifest of a memory; ``built_from`` (shards and merged memories) says which build made it, ``vision``
+    names the vision tower of the compressor that built it (``vision_field``)."""
     return {
         "format_version": FORMAT_VERSION,
         "fingerprint": fingerprint,
+        **vision_field(vision),
         "key_dim": key_dim,
         "latent_dim": latent_dim,
         "count": count,
@@ -153,6 +163,11 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
         )
     if manifest["metric"] != METRIC:
         raise IndexError_(f"{manifest_path}: metric '{manifest['metric']}' is not supported (expected '{METRIC}')")
+    if not isinstance(manifest.get("vision"), (dict, type(None))):
+        raise IndexError_(
+            f"{manifest_path}: malformed field 'vision' (expected an object naming the compressor's vision tower, "
+            f"or no such field for a text-only memory), got {json.dumps(manifest['vision'])[:80]}"
+        )
     for role in _SUFFIX:
         entry = manifest["files"].get(role)
         if entry is None and role not in _REQUIRED_FILES:

@@ -61,6 +61,7 @@ from latentlab.memory.index_manifest import (
     file_entry,
     manifest_record,
     read_manifest,
+    vision_field,
 )
 from latentlab.memory.latent_store import new_codec, saved_codec
 
@@ -113,6 +114,8 @@ class BuildPlan:
     quantizer: dict[str, Any]
     codec: dict[str, Any] | None
     format_version: int = FORMAT_VERSION
+    vision: dict[str, Any] | None = None
+    """The compressor's vision tower (``checkpoint.vision_spec``), for the manifests; absent from text-only plans."""
 
     @property
     def spec(self) -> IndexConfig:
@@ -206,6 +209,7 @@ def prepare_build(
     corpus_path: str | os.PathLike | None = None,
     batch_size: int = 256,
     progress: bool = True,
+    vision: dict[str, Any] | None = None,
 ) -> BuildPlan:
     """Plan a build of ``corpus`` in ``num_shards`` shards and train its shared quantizer; writes ``work_dir``.
 
@@ -213,6 +217,7 @@ def prepare_build(
     (``spec.max_train_keys`` rows, default 256 per IVF list), which ``encode`` encodes here; an int8 or pq latent
     codec trains on the same sample's latents. Preparing again with the same arguments returns the existing plan;
     other arguments, or files in ``work_dir`` that are not a prepare's, are refused (IndexError_, nothing changed).
+    ``vision`` (``checkpoint.vision_spec``; None: text only) goes into the plan and every manifest of the build.
     """
     work_dir = Path(work_dir)
     items = _checked_items(list(corpus), str(work_dir))
@@ -245,6 +250,7 @@ def prepare_build(
         "corpus": None if corpus_path is None else str(Path(corpus_path).resolve()),
         "shards": [list(r) for r in shard_ranges(len(items), num_shards)],
         "sample": {"size": size, "seed": SAMPLE_SEED},
+        "vision": vision,
     }
     if (work_dir / PLAN_NAME).exists():
         plan, _ = read_plan(work_dir)
@@ -288,7 +294,8 @@ def prepare_build(
         _write_faiss(work_dir / CODEC_NAME, state)
         codec_entry = file_entry(work_dir / CODEC_NAME)
     plan = BuildPlan(**fields, quantizer=file_entry(work_dir / QUANTIZER_NAME), codec=codec_entry)
-    atomic_io.write_json(work_dir / PLAN_NAME, asdict(plan))  # the commit point
+    record = {key: value for key, value in asdict(plan).items() if key != "vision"} | vision_field(vision)
+    atomic_io.write_json(work_dir / PLAN_NAME, record)  # the commit point
     return plan
 
 
@@ -402,6 +409,7 @@ def build_shard(
             np.zeros((0, plan.key_dim), np.float32),
             np.zeros((0, codec.code_width), codec.code_dtype),
             built_from=_shard_record(plan, plan_sha256, shard),
+            vision=plan.vision,
         )
         memory.add(batch, keys, latents)
         memory.save()
@@ -558,6 +566,7 @@ def merge_shards(work_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Lat
             files,
             1,
             {**built_from, "shards": shards},
+            plan.vision,
         )
         atomic_io.write_json(staging / MANIFEST_NAME, record)
     return LatentIndex.open(out_dir, fingerprint=plan.fingerprint, verify=False)
@@ -574,7 +583,7 @@ def prepare_from_model(
 ) -> BuildPlan:
     """``prepare_build`` with a loaded ``LatentMemoryModel`` (its config's `index:` section), which is exported into
     ``work_dir/compressor`` for the workers and the merged memory."""
-    from latentlab.memory.checkpoint import compressor_fingerprint, export_compressor
+    from latentlab.memory.checkpoint import compressor_fingerprint, export_compressor, vision_spec
 
     work_dir = Path(work_dir)
     fingerprint = compressor_fingerprint(model)
@@ -591,6 +600,7 @@ def prepare_from_model(
         corpus_path=corpus_path,
         batch_size=spec.batch_size,
         progress=progress,
+        vision=vision_spec(model.config),
     )
     stored = work_dir / COMPRESSOR_DIR / "fingerprint.txt"
     if not stored.is_file() or stored.read_text().strip() != fingerprint:

@@ -59,6 +59,7 @@ class ShardedLatentIndex:
                     f"latent_dim and latent codec"
                 )
         self.fingerprint = first.fingerprint
+        self.vision = first.vision  # the fingerprint depends on it: equal fingerprints, equal towers
         self.key_dim = first.key_dim
         self.latent_dim = first.latent_dim
         self._counts = [len(shard) for shard in self.shards]

@@ -78,10 +78,12 @@ class LatentMemoryModel(nn.Module):
         keys = self.compressor.keys(latents)
         return keys.cpu().numpy().astype(np.float32), latents.cpu().numpy().astype(np.float32)
 
-    def item_costs(self, items: Sequence[Evidence]) -> list[ItemCost]:
-        """Generator context tokens of each item as a latent, as raw text and (images) as a VLM's patch tokens."""
-        vision = self.compressor.vision
-        return item_costs(self.prompt_builder("paper"), items, vision.num_patches if vision is not None else None)
+    def item_costs(self, items: Sequence[Evidence], patch_tokens: int | None = None) -> list[ItemCost]:
+        """Generator context tokens of each item as a latent, as raw text and (images) as a VLM's patch tokens:
+        ``patch_tokens`` per image (None: this compressor's tower's patches)."""
+        if patch_tokens is None and self.compressor.vision is not None:
+            patch_tokens = self.compressor.vision.num_patches
+        return item_costs(self.prompt_builder("paper"), items, patch_tokens)
 
     @torch.no_grad()
     def query_keys(self, questions: Sequence[str], batch_size: int = 16) -> torch.Tensor:

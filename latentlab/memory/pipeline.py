@@ -20,7 +20,7 @@ from latentlab.configs import IndexConfig
 from latentlab.data.schema import Evidence, titled
 from latentlab.errors import DataError, IndexError_, LatentLabError
 from latentlab.io import write_jsonl
-from latentlab.memory.checkpoint import WEIGHTS, compressor_fingerprint, export_compressor, load_model
+from latentlab.memory.checkpoint import WEIGHTS, compressor_fingerprint, export_compressor, load_model, vision_spec
 from latentlab.memory.evidence import kind_of
 from latentlab.memory.index import LatentIndex, build_index
 from latentlab.memory.index_shards import ShardedLatentIndex
@@ -121,6 +121,7 @@ def build_memory(
         spec=spec,
         batch_size=batch_size or spec.batch_size,
         progress=progress,
+        vision=vision_spec(model.config),
     )
     if not stored.exists():
         export_compressor(model, out_dir / COMPRESSOR_DIR)
@@ -131,8 +132,9 @@ def build_memory(
 
 def memory_info(path: str | Path) -> dict:
     """What ``latentlab index info`` prints: the index's manifest fields and sizes, the items per modality, and the
-    vision tower of the compressor stored beside it (None: text only)."""
-    from latentlab.memory.checkpoint import config_beside, vision_spec
+    vision tower the manifest records (for a manifest older than that field: the one of the compressor stored
+    beside it; None: text only)."""
+    from latentlab.memory.checkpoint import config_beside
 
     index = LatentIndex.open(path, verify=True)
     info = index.info()
@@ -141,7 +143,8 @@ def memory_info(path: str | Path) -> dict:
         modalities[kind_of(item)] = modalities.get(kind_of(item), 0) + 1
     info["modalities"] = modalities
     stored = Path(path) / COMPRESSOR_DIR
-    info["vision"] = vision_spec(config_beside(stored)) if (stored / "config.yaml").exists() else None
+    if index.vision is None and (stored / "config.yaml").exists():
+        info["vision"] = vision_spec(config_beside(stored))
     return info
 
 
