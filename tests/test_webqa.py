@@ -376,3 +376,47 @@ def test_data_actions_take_only_their_own_options(capsys):
     with pytest.raises(SystemExit):
         main(["data", "webqa", "--out", "c"])
     assert "the following arguments are required: --json, --imgs" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- the memory evaluation's `eval.f1: webqa`
+
+
+def test_memory_evaluation_scores_webqa_accuracy_by_category_on_hand_made_answers():
+    from latentlab.data.schema import QAExample
+    from latentlab.memory.evaluate import _score, question_scores, table_metric
+    from latentlab.memory.pipeline import Answer
+
+    cases = [  # (category, gold, prediction, hand-worked accuracy)
+        ("color", "The Blue Lake sign is blue.", "It is blue and white.", 2 / 3),  # colours {blue, white} vs {blue}
+        ("number", "Grey Castle has four towers.", "Grey Castle has 3 towers.", 0.0),  # integers [3] vs [4]
+        ("YesNo", "Yes, the flag of Testland is red.", "Yes.", 1.0),  # {yes} vs {yes}
+        # recall of the content words green, grass, surround, pond, green, garden: green once and grass -> 2 / 6
+        ("Others", "Green grass surrounds the pond in the Green Garden.", "green grass", 1 / 3),
+    ]
+    examples = [
+        QAExample(id=f"q{i}", question="?", answers=[gold], question_type=category)
+        for i, (category, gold, _, _) in enumerate(cases)
+    ]
+    answers = [Answer(question="?", answer=prediction) for _, _, prediction, _ in cases]
+    scores = question_scores(examples, answers, "webqa")
+    assert scores["webqa_accuracy"].tolist() == pytest.approx([c[3] for c in cases], abs=1e-12)
+    assert {"exact_match", "f1"} <= set(scores) and "hotpotqa_f1" not in scores
+    row = _score("no_retrieval", examples, answers, k=5, seconds=0.0, f1="webqa")  # nothing ranked
+    assert row["webqa_accuracy"] == pytest.approx(0.5, abs=1e-12)  # (2/3 + 0 + 1 + 1/3) / 4
+    assert [table_metric(c, "webqa") for c in ("f1", "f1_low", "f1_high", "rouge_l")] == [
+        "webqa_accuracy",
+        "webqa_accuracy_low",
+        "webqa_accuracy_high",
+        "rouge_l",
+    ]
+
+
+def test_webqa_scoring_refuses_a_question_without_a_webqa_category():
+    from latentlab.data.schema import QAExample
+    from latentlab.memory.evaluate import check_webqa_categories
+
+    examples = [QAExample(id="ok", question="?", answers=["a"], question_type="color")]
+    check_webqa_categories(examples, "run.yaml: key 'eval.f1'")
+    examples.append(QAExample(id="hotpot-1", question="?", answers=["a"], question_type="bridge"))
+    with pytest.raises(DataError, match=r"run\.yaml: key 'eval\.f1' is 'webqa'.*question 'hotpot-1'.*'bridge'"):
+        check_webqa_categories(examples, "run.yaml: key 'eval.f1'")

@@ -88,6 +88,13 @@ class MemoryExperimentConfig(ExperimentConfig):
             fail(
                 "data.synthetic_images", f"is only read with data.source 'synthetic_images' (not '{self.data.source}')"
             )
+        for flag, part in (("frozen", "vision_tower"), ("projector_frozen", "vision_projector")):
+            if vision is not None and getattr(vision, flag) is False and part not in self.compressor.train_parts:
+                fail(
+                    f"compressor.vision.{flag}",
+                    f"is false (train it), but compressor.train_parts leaves out {part}, so nothing would: add "
+                    f"{part} to compressor.train_parts, or drop the key",
+                )
         if vision is None and self.loss.image != ImageLossConfig():
             fail("loss.image", "weighs image items, which need compressor.vision (null here); drop loss.image")
         if self.compressor.init_fresh_decoder:

@@ -24,7 +24,8 @@ COMPRESSOR_PARTS = (
     "image_embed_head",
 )
 """The separately trainable parts of a compressor (``compressor.train_parts``); the last three exist only with
-``compressor.vision`` (and ``vision_tower`` only when the tower is not frozen)."""
+``compressor.vision`` (``vision_tower`` only when the tower is not frozen; ``vision_projector`` covers the patch
+projector only when it is not frozen, and the pooled token's Linear)."""
 
 VISION_MODEL_KEYS = ("embed_dim", "vision_cfg", "quick_gelu")
 """Keys of a custom open_clip model config (``compressor.vision.model`` as a mapping): only the vision tower is built."""
@@ -35,11 +36,12 @@ class VisionConfig:
     """The image path of the compressor: an open_clip vision tower whose patch tokens pass a projector into the
     compressor's input embeddings, followed by the title's tokens and the memory slot (one latent per image + title)."""
 
-    model: ModelSpec = "ViT-L-14-336"
-    """An open_clip model name (`ViT-B-32`, `ViT-L-14-336`: the reference's CLIP tower; only the vision tower is
-    kept) or a custom open_clip model config `{embed_dim: E, vision_cfg: {image_size, patch_size, width, layers,
-    head_width, ...}}` (the tiny random ViT of tests and tiny twins). The tower must be a ViT: its patch tokens come
-    from open_clip's `output_tokens=True`."""
+    model: ModelSpec = "ViT-L-14-336-quickgelu"
+    """An open_clip model name (`ViT-B-32`, `ViT-L-14-336-quickgelu`: the reference's CLIP tower, with the QuickGELU
+    its OpenAI weights were trained with; only the vision tower is kept) or a custom open_clip model config
+    `{embed_dim: E, vision_cfg: {image_size, patch_size, width, layers, head_width, ...}}` (the tiny random ViT of
+    tests and tiny twins). The tower must be a ViT. A pretrained tag whose weights were trained with another
+    activation than the model config's (OpenAI's `ViT-L-14-336` needs `-quickgelu`) is refused."""
     pretrained: str | None = None
     """Weights of a named model: an open_clip pretrained tag (`openai`, `laion2b_s34b_b79k`; read from the hub
     cache, so offline runs need it there) or a local weights file. null: random initialisation."""
@@ -48,11 +50,27 @@ class VisionConfig:
     frozen: bool | None = None
     """Whether the tower's weights stay fixed. null: frozen when pretrained, trained when randomly initialised (a
     random tower that is never trained would be other noise at every load: no checkpoint stores a frozen tower)."""
+    patch_features: Literal["final", "penultimate"] = "final"
+    """Which patch tokens the projector reads (the class token is never among them). `final`: the last block's
+    output after the tower's final LayerNorm (open_clip's ``output_tokens=True``). `penultimate`: the second-last
+    block's output, before any LayerNorm (open_clip's ``forward_intermediates``): the features LLaVA-1.5's projector
+    was trained on (``vision_feature_layer: -2``, ``vision_feature_select_strategy: default``). The pooled embedding
+    is the tower's own in both cases."""
     projector: Literal["linear", "mlp"] = "mlp"
     """Patch tokens (tower width W) into the compressor's embeddings H: `linear` Linear(W->H); `mlp` Linear(W->H),
     GELU, Linear(H->H) (LLaVA-1.5's projector)."""
+    projector_from: str | None = None
+    """A LLaVA checkpoint (hub id or local folder, e.g. `llava-hf/llava-1.5-7b-hf`) whose ``multi_modal_projector``
+    initialises the `mlp` projector; only its projector's tensors are read. Needs `projector: mlp` and a pretrained
+    tower; its shapes must be [H, W] and [H, H] for this tower's width W and the compressor's hidden size H. How
+    close this comes to LLaVA also depends on ``patch_features`` (LLaVA reads `penultimate`) and on the tower being
+    the checkpoint's CLIP. null: a randomly initialised projector."""
+    projector_frozen: bool | None = None
+    """Whether the patch projector's weights stay fixed. null: frozen when loaded from ``projector_from`` (as the
+    reference keeps LLaVA's projector), trained otherwise; a frozen random projector is refused (no checkpoint stores
+    it). The pooled token's Linear is new in every case, so it is always trained."""
     pooled_token: bool = True
-    """Put the tower's pooled embedding (through its own Linear(E->H)) before the patch tokens."""
+    """Put the tower's pooled embedding (through its own Linear(E->H)) before the patch tokens (LLaVA has none)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.model, str):
@@ -93,11 +111,37 @@ class VisionConfig:
             "a randomly initialised tower cannot be frozen (nothing would store it); set pretrained, or frozen: "
             "false / null",
         )
+        if self.projector_from is not None:
+            require(
+                bool(self.projector_from.strip()), "projector_from", "must be a LLaVA checkpoint (hub id or folder)"
+            )
+            require(
+                self.projector == "mlp",
+                "projector_from",
+                f"LLaVA-1.5's projector is Linear-GELU-Linear: set projector: mlp (got {self.projector!r})",
+            )
+            require(
+                self.pretrained is not None,
+                "projector_from",
+                "LLaVA's projector reads a pretrained CLIP tower's patch features; with a random tower (pretrained: "
+                "null) it would project noise: set pretrained (e.g. openai) or drop projector_from",
+            )
+        require(
+            not (self.projector_frozen and self.projector_from is None),
+            "projector_frozen",
+            "a randomly initialised projector cannot be frozen (nothing would store it); set projector_from, or "
+            "projector_frozen: false / null",
+        )
 
     @property
     def trains_tower(self) -> bool:
         """Whether the tower is trained: ``frozen`` when given, else only a randomly initialised one."""
         return not self.frozen if self.frozen is not None else self.pretrained is None
+
+    @property
+    def trains_projector(self) -> bool:
+        """Whether the patch projector is trained: ``projector_frozen`` when given, else only a random one."""
+        return not self.projector_frozen if self.projector_frozen is not None else self.projector_from is None
 
 
 MemoryMethod = Literal["latent", "latent_compact", "latent_shuffled", "bm25", "dense", "no_retrieval", "full_context"]
@@ -133,7 +177,7 @@ class CompressorConfig:
     """Questions longer than this are truncated before the memory slot."""
     train_parts: list[str] = field(default_factory=lambda: list(COMPRESSOR_PARTS))
     """What this run trains, from: compress_lora, query_lora, decode_lora, memory_slot, retrieval_head, projector,
-    read_lora.
+    read_lora (and with ``vision``: vision_tower, vision_projector, image_embed_head).
     The others stay as they are (and still go into checkpoints). Without compress_lora and memory_slot the
     evidence latents are fixed: each text is compressed once (dropout off) and cached for the whole run."""
     init_from: str | None = None
@@ -489,9 +533,11 @@ class MemoryEvalConfig(EvalConfig):
     """Items retrieved per question."""
     retrieval: Literal["pool", "global"] = "pool"
     """`pool`: rank each question's own evidence (the paper's protocol); `global`: one index of the corpus."""
-    f1: Literal["squad", "hotpotqa"] = "squad"
-    """Answer F1 rule: `squad` (token F1, SQuAD 2.0's empty-answer rule) or `hotpotqa` (the official HotpotQA
-    script: 0 when either side normalises to yes / no / noanswer and they differ). Tables name the rule."""
+    f1: Literal["squad", "hotpotqa", "webqa"] = "squad"
+    """Answer score of the tables' headline column: `squad` (token F1, SQuAD 2.0's empty-answer rule), `hotpotqa`
+    (the official HotpotQA script: 0 when either side normalises to yes / no / noanswer and they differ) or `webqa`
+    (WebQA's accuracy by question category, ``latentlab.eval.webqa.webqa_accuracy``; each question's
+    ``question_type`` must be its WebQA ``Qcate``, as `latentlab data webqa` writes it). Tables name the rule."""
     bootstrap_resamples: int = 1000
     """Resamples of the 95% percentile bootstrap intervals (over questions) in every table, seeded from ``seed``."""
 

@@ -35,17 +35,26 @@ def _is_reader(name: str) -> bool:
 
 
 def vision_spec(config: MemoryExperimentConfig) -> dict | None:
-    """What of ``compressor.vision`` the latents depend on (the tower, its weights, image size, projector), or None."""
+    """What of ``compressor.vision`` the latents depend on (the tower, its weights, image size, projector), or None.
+
+    The patch features and a LLaVA projector appear only when set, so that earlier towers keep their record (and
+    fingerprint); a frozen LLaVA projector is identified by its checkpoint, as a frozen tower by its tag."""
     vision = config.compressor.vision
     if vision is None:
         return None
-    return {
+    spec = {
         "model": vision.model,
         "pretrained": vision.pretrained,
         "image_size": vision.image_size,
         "projector": vision.projector,
         "pooled_token": vision.pooled_token,
     }
+    if vision.patch_features != "final":
+        spec["patch_features"] = vision.patch_features
+    if vision.projector_from is not None:
+        spec["projector_from"] = vision.projector_from
+        spec["projector_trained"] = vision.trains_projector
+    return spec
 
 
 def state_fingerprint(config: MemoryExperimentConfig, state: dict[str, torch.Tensor]) -> str:

@@ -24,10 +24,12 @@ from latentlab.configs import MemoryExperimentConfig, config_root
 from latentlab.configs.memory import MemoryMethod
 from latentlab.data.modules import corpus_of, load_qa_split
 from latentlab.data.schema import Evidence, QAExample, merge_evidence
-from latentlab.errors import ConfigError
+from latentlab.errors import ConfigError, DataError
 from latentlab.eval.metrics import QAMetrics, exact_match, hotpotqa_f1, normalize_answer, token_f1
 from latentlab.eval.report import PlotSpec, format_markdown_table, write_table
 from latentlab.eval.uncertainty import difference_rows, group_rows, interval_columns
+from latentlab.eval.webqa import CATEGORIES as WEBQA_CATEGORIES
+from latentlab.eval.webqa import WebQAAccuracy, webqa_accuracy
 from latentlab.io import refuse_existing, staged_dir, write_json, write_jsonl
 from latentlab.memory.checkpoint import load_model
 from latentlab.memory.model import LatentMemoryModel
@@ -53,8 +55,9 @@ TABLE_COLUMNS = (
     "truncated_items",
     "seconds",
 )
-"""Columns of a latent-memory table, in order (`f1*` become `hotpotqa_f1*` under ``eval.f1: hotpotqa``); `_low` and
-`_high` bound the 95% percentile bootstrap interval of the mean over questions."""
+"""Columns of a latent-memory table, in order (`f1*` become `hotpotqa_f1*` under ``eval.f1: hotpotqa`` and
+`webqa_accuracy*` under `webqa`); `_low` and `_high` bound the 95% percentile bootstrap interval of the mean over
+questions."""
 
 BASELINES = ("no_retrieval", "bm25")
 """The rows every other method is compared with in the ``differences`` table (those that were run)."""
@@ -72,13 +75,19 @@ def table_plot(metric: str = "f1") -> PlotSpec:
     return PlotSpec(kind="scatter", metrics=(metric,), label_column="method", x="context_tokens")
 
 
-F1_NAMES = {"squad": "SQuAD token F1 (SQuAD 2.0 empty-answer rule)", "hotpotqa": "official HotpotQA answer F1"}
+F1_NAMES = {
+    "squad": "SQuAD token F1 (SQuAD 2.0 empty-answer rule)",
+    "hotpotqa": "official HotpotQA answer F1",
+    "webqa": "WebQA accuracy by question category (latentlab.eval.webqa: keywords approximated, no fluency)",
+}
+F1_COLUMNS = {"squad": "f1", "hotpotqa": "hotpotqa_f1", "webqa": "webqa_accuracy"}
+"""The headline score column of each ``eval.f1`` rule (and the per-question score of that name)."""
 
 
 def table_metric(column: str, f1_rule: str) -> str:
-    """A table column under the F1 rule: ``f1``, ``f1_low``, ``f1_high`` name the HotpotQA F1 under `hotpotqa`."""
+    """A table column under the F1 rule: ``f1``, ``f1_low``, ``f1_high`` name the rule's score (``F1_COLUMNS``)."""
     is_f1 = column == "f1" or column.startswith("f1_")
-    return f"hotpotqa_{column}" if f1_rule == "hotpotqa" and is_f1 else column
+    return F1_COLUMNS[f1_rule] + column.removeprefix("f1") if is_f1 else column
 
 
 @dataclass
@@ -259,6 +268,8 @@ def evaluate(
     examples = examples[: ev.limit] if ev.limit else examples
     if not examples:
         raise ConfigError(f"{config.source_file}: key 'eval.split': split {ev.split!r} has no questions")
+    if ev.f1 == "webqa":
+        check_webqa_categories(examples, f"{config.source_file}: key 'eval.f1'")
     checkpoint = checkpoint or ev.checkpoint
     if checkpoint is None and any(m.startswith("latent") for m in methods):
         raise ConfigError(f"{config.source_file}: key 'eval.checkpoint': the latent methods need a trained compressor")
@@ -323,7 +334,7 @@ def evaluate(
                 f"F1 = {F1_NAMES[ev.f1]}"
             ),
             columns=list(columns),
-            plot=table_plot("hotpotqa_f1" if ev.f1 == "hotpotqa" else "f1"),
+            plot=table_plot(table_metric("f1", ev.f1)),
             command=command,
         )
         setting = f"{ev.split} split, k={ev.k}, {retrieval} retrieval, {len(examples)} questions"
@@ -352,19 +363,38 @@ def evaluate(
     )
 
 
-def question_scores(examples: list[QAExample], answers: list[Answer], f1_rule: str) -> dict[str, np.ndarray]:
-    """Per-question scores [Q] of one method: ``exact_match``, ``f1`` (SQuAD) and, under `hotpotqa`, ``hotpotqa_f1``.
+def check_webqa_categories(examples: list[QAExample], where: str) -> None:
+    """``eval.f1: webqa`` scores each question by its WebQA category: one without a known ``question_type`` is a
+    DataError naming the question (before any model is loaded)."""
+    for ex in examples:
+        if ex.question_type not in WEBQA_CATEGORIES:
+            raise DataError(
+                f"{where} is 'webqa', which scores each question by its WebQA category, but question '{ex.id}' has "
+                f"question_type {ex.question_type!r} (expected one of {', '.join(WEBQA_CATEGORIES)}, as "
+                "`latentlab data webqa` writes them)"
+            )
 
-    The same functions as ``QAMetrics``, so each mean equals the table's number.
+
+def question_scores(examples: list[QAExample], answers: list[Answer], f1_rule: str) -> dict[str, np.ndarray]:
+    """Per-question scores [Q] of one method: ``exact_match``, ``f1`` (SQuAD) and the rule's own score:
+    ``hotpotqa_f1`` under `hotpotqa`, ``webqa_accuracy`` (by ``question_type``) under `webqa`.
+
+    The same functions as ``QAMetrics`` and ``WebQAAccuracy``, so each mean equals the table's number.
     """
     predictions = [a.answer for a in answers]
     scorers = {"exact_match": exact_match, "f1": token_f1}
     if f1_rule == "hotpotqa":
         scorers["hotpotqa_f1"] = hotpotqa_f1
-    return {
+    scores = {
         name: np.array([score(p, ex.answers) for p, ex in zip(predictions, examples)], dtype=np.float64)
         for name, score in scorers.items()
     }
+    if f1_rule == "webqa":
+        scores["webqa_accuracy"] = np.array(
+            [webqa_accuracy(p, ex.answers, ex.question_type) for p, ex in zip(predictions, examples)],
+            dtype=np.float64,
+        )
+    return scores
 
 
 def question_groups(examples: list[QAExample]) -> dict[str, list[int]]:
@@ -396,6 +426,12 @@ def _score(method: str, examples: list[QAExample], answers: list[Answer], k: int
         context_tokens=[a.context_tokens for a in answers],
     )
     values = metrics.compute()
+    if f1 == "webqa":
+        webqa = WebQAAccuracy()
+        webqa.update(
+            [a.answer for a in answers], [ex.answers for ex in examples], [ex.question_type for ex in examples]
+        )
+        values["webqa_accuracy"] = webqa.compute()["all"]
     row = {"method": method}
     for key, value in values.items():
         row[key.replace(f"@{k}", "@k")] = float(value)

@@ -1,5 +1,6 @@
 """The image path in front of the compressor: an open_clip vision tower, its own preprocessing, and a projector of
-its patch tokens into the compressor's input embeddings; image loading (pillow) with errors naming item, file, line.
+its patch tokens into the compressor's input embeddings (optionally LLaVA's own); image loading (pillow) with errors
+naming item, file, line.
 
 ``image_prefix`` is the `image` evidence encoder (``latentlab.memory.evidence.ENCODERS``): projected pooled token and
 patch tokens, then the title's token embeddings; the compressor appends its memory slot as it does for text.
@@ -158,6 +159,15 @@ def _named_clip(name: str, pretrained: str | None, image_size: int | None):
             + (f" (did you mean {', '.join(map(repr, close))}?)" if close else " (see open_clip.list_models())")
         )
     _check_vit(base["vision_cfg"], f"{KEY}.model")
+    tag = open_clip.get_pretrained_cfg(name, pretrained) if pretrained else {}
+    if tag and bool(tag.get("quick_gelu", False)) != bool(base.get("quick_gelu", False)):
+        # open_clip only warns; a tower whose activation differs from its weights' gives other features, silently.
+        wanted = f"{name}-quickgelu" if tag.get("quick_gelu") else name.removesuffix("-quickgelu")
+        raise ConfigError(
+            f"key '{KEY}.model': the {pretrained!r} weights of {name!r} were trained with "
+            f"{'QuickGELU' if tag.get('quick_gelu') else 'GELU'}, which this model config does not use; "
+            f"set model: {wanted}"
+        )
     vision_cfg = {**base["vision_cfg"], "output_tokens": True}
     if image_size is not None:
         vision_cfg["image_size"] = image_size
@@ -170,6 +180,18 @@ def _named_clip(name: str, pretrained: str | None, image_size: int | None):
             f"key '{KEY}.pretrained': cannot load {pretrained!r} for {name!r} ({err}); give a local weights file or "
             "a tag already in the hub cache"
         ) from None
+
+
+def tower_features(visual: nn.Module, pixels: torch.Tensor, patch_features: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """pixels [N, 3, S, S] -> (pooled [N, E], patch tokens [N, P, W]) of an open_clip ViT, class token left out.
+
+    `final`: the last block after ``ln_post`` (``output_tokens``); `penultimate`: the second-last block's raw output
+    (LLaVA-1.5's ``vision_feature_layer: -2``). One pass through the blocks either way.
+    """
+    if patch_features == "final":
+        return visual(pixels)
+    out = visual.forward_intermediates(pixels, indices=[-2], output_fmt="NLC")
+    return out["image_features"], out["image_intermediates"][0]
 
 
 def build_tower(config: VisionConfig) -> Tower:
@@ -193,8 +215,13 @@ def build_tower(config: VisionConfig) -> Tower:
         interpolation=preprocess.get("interpolation"),
         resize_mode=preprocess.get("resize_mode"),
     )
+    if config.patch_features == "penultimate" and len(visual.transformer.resblocks) < 2:
+        raise ConfigError(
+            f"key '{KEY}.patch_features': 'penultimate' needs a tower of at least 2 blocks, this one has "
+            f"{len(visual.transformer.resblocks)}"
+        )
     with torch.no_grad():  # one probe: the sizes the projector needs, and the (pooled, tokens) contract
-        probe = visual(torch.zeros(1, 3, *size))
+        probe = tower_features(visual, torch.zeros(1, 3, *size), config.patch_features)
     if not (isinstance(probe, tuple) and len(probe) == 2 and probe[1].dim() == 3):
         raise ConfigError(f"key '{KEY}.model': the tower does not return (pooled, patch tokens)")
     pooled, tokens = probe
@@ -217,6 +244,9 @@ class VisionEncoder(nn.Module):
             self.projector = nn.Linear(self.token_dim, hidden)
         else:
             self.projector = nn.Sequential(nn.Linear(self.token_dim, hidden), nn.GELU(), nn.Linear(hidden, hidden))
+        if config.projector_from is not None:
+            load_llava_projector(self.projector, config.projector_from)
+        self.projector.requires_grad_(config.trains_projector)
         self.pooled_projector = nn.Linear(self.pooled_dim, hidden) if config.pooled_token else None
 
     @property
@@ -238,7 +268,7 @@ class VisionEncoder(nn.Module):
     def features(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """pixels [N, 3, S, S] -> (pooled [N, E], patch tokens [N, P, W]); no gradient into a frozen tower."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.trains_tower):
-            pooled, tokens = self.tower(pixels)
+            pooled, tokens = tower_features(self.tower, pixels, self.config.patch_features)
         return pooled, tokens
 
     def encode(self, items: Sequence[Evidence]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -251,6 +281,33 @@ class VisionEncoder(nn.Module):
         if self.pooled_projector is None:
             return patches
         return torch.cat([self.pooled_projector(pooled).unsqueeze(1), patches], dim=1)
+
+
+def load_llava_projector(projector: nn.Sequential, spec: str) -> None:
+    """Copy the ``multi_modal_projector`` of the LLaVA checkpoint ``spec`` into an `mlp` projector (Linear, GELU,
+    Linear); a shape that differs is a ConfigError naming both shapes and the sizes they imply."""
+    from latentlab.llava import read_projector
+
+    key = f"{KEY}.projector_from"
+    state = read_projector(spec, key)
+    first, second = projector[0], projector[2]
+    width, hidden = first.in_features, first.out_features
+    targets = {
+        "linear_1.weight": first.weight,
+        "linear_1.bias": first.bias,
+        "linear_2.weight": second.weight,
+        "linear_2.bias": second.bias,
+    }
+    for name, param in targets.items():
+        if tuple(state[name].shape) != tuple(param.shape):
+            raise ConfigError(
+                f"key '{key}': {spec}'s multi_modal_projector.{name} is {list(state[name].shape)}, but this "
+                f"projector's is {list(param.shape)} (tower width W={width} -> compressor hidden size H={hidden}); "
+                "the tower and the compressor must be the ones the LLaVA projector was trained between"
+            )
+    with torch.no_grad():
+        for name, param in targets.items():
+            param.copy_(state[name].to(param.dtype))
 
 
 class ImageEmbedHead(nn.Module):
