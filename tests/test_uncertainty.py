@@ -211,3 +211,21 @@ def test_untyped_questions_get_no_per_type_table_and_one_method_no_differences(t
 def test_bootstrap_resamples_must_be_a_positive_integer(tmp_path, value):
     with pytest.raises(ConfigError, match="bootstrap_resamples"):
         _config(tmp_path, {"eval.bootstrap_resamples": value})
+
+
+def test_latent_methods_are_also_compared_with_the_shuffled_control():
+    from latentlab.memory.evaluate import differences_table
+
+    scores = {
+        "latent_compact": {"f1": [1.0, 0.0, 1.0, 1.0]},
+        "latent_shuffled": {"f1": [1.0, 0.0, 0.0, 1.0]},
+        "bm25": {"f1": [0.0, 0.0, 1.0, 0.0]},
+        "no_retrieval": {"f1": [0.0, 0.0, 0.0, 0.0]},
+    }
+    rows = differences_table(scores, ["f1"], seed=0, n_resamples=100)
+    pairs = [(r["method"], r["baseline"]) for r in rows]
+    assert pairs[-1] == ("latent_compact", "latent_shuffled")  # the control: only latent methods, after the baselines
+    assert ("bm25", "latent_shuffled") not in pairs
+    assert rows[-1]["f1_diff"] == pytest.approx(0.25)
+    without = {m: v for m, v in scores.items() if m != "latent_shuffled"}
+    assert all(r["baseline"] != "latent_shuffled" for r in differences_table(without, ["f1"], seed=0, n_resamples=100))

@@ -61,6 +61,19 @@ questions."""
 
 BASELINES = ("no_retrieval", "bm25")
 """The rows every other method is compared with in the ``differences`` table (those that were run)."""
+CONTROLS = {"latent_shuffled": ("latent", "latent_compact")}
+"""Controls and the methods each one is compared with, after the baselines (when both ran): a latent method minus
+the same reader on another question's latents is what the latents themselves add."""
+
+
+def differences_table(scores: dict, metrics: list[str], seed: int, n_resamples: int) -> list[dict]:
+    """The ``differences`` rows: every method against each of ``BASELINES``, then each ``CONTROLS`` pair."""
+    rows = difference_rows(scores, BASELINES, metrics, seed, n_resamples)
+    for control, compared in CONTROLS.items():
+        if control in scores:
+            subset = {m: scores[m] for m in (*compared, control) if m in scores}
+            rows += difference_rows(subset, [control], metrics, seed, n_resamples)
+    return rows
 
 BOOTSTRAP_STREAM = 104_729
 """Multiplier of the bootstrap's random stream (``derive_seed(config.seed, BOOTSTRAP_STREAM)``): every interval of
@@ -307,7 +320,7 @@ def evaluate(
                 for q, (ex, a) in enumerate(zip(examples, answers))
             ]
             write_jsonl(staging / f"predictions.{method}.jsonl", records)
-        differences = difference_rows(scores, BASELINES, interval_metrics, seed, bootstrap_resamples)
+        differences = differences_table(scores, interval_metrics, seed, bootstrap_resamples)
         groups = question_groups(examples)
         by_type = group_rows(scores, groups, interval_metrics, seed, bootstrap_resamples) if groups else []
         summary = {
