@@ -75,6 +75,7 @@ def differences_table(scores: dict, metrics: list[str], seed: int, n_resamples: 
             rows += difference_rows(subset, [control], metrics, seed, n_resamples)
     return rows
 
+
 BOOTSTRAP_STREAM = 104_729
 """Multiplier of the bootstrap's random stream (``derive_seed(config.seed, BOOTSTRAP_STREAM)``): every interval of
 one evaluation resamples the same questions, so rows are compared on the same draws."""
