@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from latentlab.backbones import input_embeddings
 from latentlab.configs import config_root, load_config, project_root
 from latentlab.data.modules import load_qa_split
 from latentlab.data.schema import read_corpus
@@ -67,7 +68,7 @@ def span_tokens(tokenizer, text: str, answer: str, max_tokens: int) -> tuple[lis
 def _features(model, texts: list[str], batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Latents [N, H] through the compress adapter, and the mean input embedding of each text's tokens [N, H]."""
     comp = model.compressor
-    table = comp.lm.get_input_embeddings().weight
+    table = input_embeddings(comp.lm).weight
     latents, means = [], []
     with torch.no_grad():
         for start in range(0, len(texts), batch_size):

@@ -292,8 +292,9 @@ def evaluate(
     else:  # raw-text rows only: the bare generator, no trained weights needed
         model = LatentMemoryModel(config).eval()
     corpus = corpus_of(config, examples) if retrieval == "global" else []
-    by_id = merge_evidence(examples) | {e.id: e for e in corpus}
-    memory_items = corpus if retrieval == "global" else list(merge_evidence(examples).values())
+    pooled = merge_evidence(examples)
+    by_id = pooled | {e.id: e for e in corpus}
+    memory_items = corpus if retrieval == "global" else list(pooled.values())
     costs = [asdict(c) for c in token_costs(model, memory_items)] if any(e.image for e in memory_items) else []
     columns = tuple(table_metric(c, ev.f1) for c in TABLE_COLUMNS)
     interval_metrics = ("exact_match", table_metric("f1", ev.f1))
