@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-from latentlab.errors import LatentLabError
+from latentlab.errors import ConfigError, LatentLabError
 
 
 def _cmd_fit(args: argparse.Namespace, extra: list[str]) -> int:
@@ -275,12 +275,22 @@ def _data_webqa(args: argparse.Namespace) -> None:
 
 
 def _data_nlvr(args: argparse.Namespace) -> None:
-    from latentlab.data.nlvr import convert_nlvr, write_nlvr
+    from latentlab.data.nlvr import convert_nlvr, split_nlvr, write_nlvr
 
+    if args.seed is not None and not args.splits:
+        raise ConfigError("latentlab data nlvr: --seed is read only with --splits (it seeds their shuffle)")
     examples = convert_nlvr(args.dev_json, args.images, args.image_dir)
-    labels = Counter(e.answers[0] for e in examples)
-    written = write_nlvr(examples, args.out, f"{Path(args.dev_json).stem}.jsonl", args.overwrite)
-    print(f"{len(examples)} true/false questions ({labels['true']} true, {labels['false']} false) in {written}")
+    if not args.splits:
+        labels = Counter(e.answers[0] for e in examples)
+        written = write_nlvr(examples, args.out, f"{Path(args.dev_json).stem}.jsonl", args.overwrite)
+        print(f"{len(examples)} true/false questions ({labels['true']} true, {labels['false']} false) in {written}")
+        return
+    splits = split_nlvr(examples, seed=args.seed or 0)
+    write_nlvr(splits, args.out, overwrite=args.overwrite)
+    for name, rows in splits.items():
+        labels = Counter(e.answers[0] for e in rows)
+        print(f"{name}: {len(rows)} true/false questions ({labels['true']} true, {labels['false']} false)")
+    print("train / validation / test by image set: no picture is in two splits")
 
 
 DATA_ACTIONS: dict[str, Callable[[argparse.Namespace], None]] = {
@@ -358,6 +368,12 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
         "--images", choices=["first", "all"], default="first", help="first: image 0 of each record; all: images 0-5"
     )
     nlvr.add_argument("--image-dir", default=None, help="folder of the numbered image folders (default: images/)")
+    nlvr.add_argument(
+        "--splits",
+        action="store_true",
+        help="write train/validation/test.jsonl (80/10/10 by image set; validation and test on image 0 only)",
+    )
+    nlvr.add_argument("--seed", type=int, default=None, help="seed of the --splits shuffle (default 0)")
 
     for action in (splits, webqa, nlvr):
         action.add_argument("--overwrite", action="store_true", help="replace an existing output folder (else refused)")

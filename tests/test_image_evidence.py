@@ -3,6 +3,7 @@ training on the synthetic image QA, one memory of text and images (its manifest 
 build time, token accounting (per item, and the evaluation's ``token_costs`` table)."""
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from statistics import fmean as mean
 
@@ -12,8 +13,8 @@ import torch
 from latentlab.cli import main
 from latentlab.configs import dump_yaml, load_config
 from latentlab.data.modules import QADataModule, corpus_of, load_qa_split, synthetic_scenes
-from latentlab.data.schema import Evidence, merge_evidence, read_corpus
-from latentlab.errors import DataError, IndexError_
+from latentlab.data.schema import Evidence, QAExample, merge_evidence, read_corpus
+from latentlab.errors import ConfigError, DataError, IndexError_
 from latentlab.memory.checkpoint import (
     compressor_fingerprint,
     export_compressor,
@@ -22,7 +23,7 @@ from latentlab.memory.checkpoint import (
     vision_spec,
 )
 from latentlab.memory.index import MANIFEST_NAME, LatentIndex
-from latentlab.memory.losses import embedding_reconstruction_mse, multi_positive_infonce
+from latentlab.memory.losses import embedding_reconstruction_mse, multi_positive_infonce, token_cross_entropy
 from latentlab.memory.module import LatentMemoryModule
 from latentlab.memory.pipeline import LatentMemory, build_memory, memory_info, skipped_report_path
 from latentlab.memory.vision import image_prefix
@@ -48,6 +49,9 @@ def tiny_multimodal(tmp: Path, **extra) -> dict:
         "trainer.progress_bar": False,
         "generator.max_new_tokens": 4,
         "loss.distill_tokens": 4,
+        # The twin turns the teacher off to save CPU time; the tests keep it, so every image term runs.
+        "loss.distill_weight": 1.0,
+        "loss.image.distill_weight": 2.0,
         "output_dir": str(tmp / "runs"),
         **extra,
     }
@@ -149,9 +153,9 @@ def test_fit_trains_on_synthetic_image_qa_with_every_image_loss(trained):
     assert result.metrics["global_step"] == 2
     after = result.metrics["val_after"]
     assert {f"val/{name}" for name in ("answer", *IMAGE_LOSSES)} <= set(after)
-    # Every synthetic question is an image question (its one positive is its scene), positives only are rebuilt:
-    # the text terms have nothing to weigh.
-    assert not {"val/contrast", "val/distill", "val/recon"} & set(after)
+    # The first validation questions are image questions (the text ones follow them): no text term, and the reader
+    # rebuilds each scene's caption (paraphrase).
+    assert "val/paraphrase" in after and not {"val/contrast", "val/distill", "val/recon"} & set(after)
     ckpt = torch.load(result.run_dir / "last.ckpt", map_location="cpu", weights_only=False)
     assert any(".vision.projector." in k or k.startswith("compressor.vision.") for k in ckpt["state_dict"])
 
@@ -174,6 +178,8 @@ def test_image_losses_are_weighted_and_reach_the_vision_path(tmp_path):
         "title_recon": cfg.image.title_recon_weight,
         "image_embed": cfg.image.embed_recon_weight,
         "image_distill": cfg.image.distill_weight,
+        "caption_recon": cfg.image.caption_recon_weight,
+        "paraphrase": cfg.paraphrase_weight,
     }
     present = [name for name in weights if name in losses]
     assert set(IMAGE_LOSSES) <= set(present)
@@ -184,6 +190,33 @@ def test_image_losses_are_weighted_and_reach_the_vision_path(tmp_path):
     for part in (comp.vision.projector, comp.vision.pooled_projector, comp.vision.tower, comp.image_embed_head):
         grads = [p.grad for p in part.parameters()]
         assert all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads), type(part).__name__
+
+
+def test_an_image_positive_is_rebuilt_as_its_caption_by_the_decoder_and_the_reader(tmp_path):
+    overrides = {"loss.image.caption_recon_weight": 1.0, "data.synthetic_images.text_questions": 0.0}
+    config = load_config(TINY_YAML, tiny_multimodal(tmp_path, **overrides, **{"data.batch_size": 3}))
+    module = LatentMemoryModule(config)
+    data = QADataModule(config)
+    data.setup()
+    batch = next(iter(data.train_dataloader()))
+    assert all(e.image for e in batch.positive_items)  # image questions only: before, nothing was paraphrased
+    losses = module.compute_losses(batch, step_seed=0)
+    assert {"caption_recon", "paraphrase"} <= set(losses)
+    comp = module.compressor
+    latents, image_rows, _ = module.item_latents(batch)
+    with torch.no_grad():
+        captions = [batch.positive_items[i].text for i in range(len(batch.positives))]
+        ids, mask = comp.tokenize(captions, comp.config.max_evidence_tokens)
+        logits, targets = comp.reconstruction_logits(latents[: len(captions)], ids, mask)
+    torch.testing.assert_close(losses["caption_recon"], token_cross_entropy(logits, targets), atol=1e-5, rtol=0)
+    # An image without a description is rebuilt by neither: there is no caption to read back.
+    bare = replace(batch, positive_items=[replace(e, text=None) for e in batch.positive_items])
+    assert not {"caption_recon", "paraphrase"} & set(module.compute_losses(bare, step_seed=0))
+
+
+def test_caption_recon_weight_is_validated(tmp_path):
+    with pytest.raises(ConfigError, match="caption_recon_weight"):
+        load_config(TINY_YAML, tiny_multimodal(tmp_path, **{"loss.image.caption_recon_weight": -1.0}))
 
 
 def test_text_runs_keep_their_losses_without_image_terms(tiny_overrides):
@@ -381,3 +414,59 @@ def test_evaluate_reads_image_latents_beside_the_raw_description_baseline(traine
     table = (out / "token_costs.md").read_text()
     assert f"tower ({patches} patches)" in table and "LLaVA-1.5 (CLIP ViT-L/14-336, 576 patches)" in table
     assert (out / "token_costs.csv").read_text().splitlines()[0].startswith("modality,items,latent_tokens,")
+
+
+def test_without_images_keeps_a_titled_image_as_its_title_and_drops_an_untitled_one():
+    from latentlab.memory.evaluate import without_images
+
+    text = Evidence("t", "The picture of Ada was made by Bo.")
+    assert without_images(text) is text
+    titled = without_images(Evidence("s", "A red circle.", image="s.png", title="Ada"))
+    assert titled == Evidence("s", "Title: Ada") and not titled.image
+    assert without_images(Evidence("u", "A red circle.", image="u.png")) is None
+
+
+@pytest.mark.parametrize("retrieval", ["pool", "global"])
+def test_the_no_images_control_reads_the_same_memory_with_titles_in_place_of_pictures(trained, retrieval):
+    from latentlab.memory.evaluate import evaluate
+
+    config, _, tmp = trained
+    config.eval.limit = 3
+    out = tmp / f"eval-no-images-{retrieval}"
+    result = evaluate(config, tmp / "export", out, methods=["latent", "latent_no_images"], retrieval=retrieval)
+    assert [r["method"] for r in result.rows] == ["latent", "latent_no_images"]
+    records = [json.loads(line) for line in (out / "predictions.latent_no_images.jsonl").read_text().splitlines()]
+    examples = load_qa_split(config, config.eval.split, training_limits=False)[:3]
+    pools = corpus_of(config, examples) if retrieval == "global" else list(merge_evidence(examples).values())
+    known = {e.id for e in pools}
+    assert len(records) == 3 and all(h["id"] in known for r in records for h in r["hits"])
+    if retrieval == "pool":  # 5 of a pool of 4 scenes and 3 facts: the scenes' titles are still there
+        assert any(h["id"].startswith("scene:") for r in records for h in r["hits"])
+    control = [d for d in result.differences if d.get("baseline") == "latent_no_images"]
+    assert [d["method"] for d in control] == ["latent"]
+
+
+def test_majority_answers_take_each_types_most_frequent_answer_with_ties_sorted():
+    from latentlab.memory.evaluate import majority_answers
+
+    def q(answer, kind):
+        return QAExample(f"q{answer}{kind}", "?", [answer], [Evidence("e", "x")], ["e"], question_type=kind)
+
+    train = [q("True", "nlvr"), q("true", "nlvr"), q("false", "nlvr"), q("two", "count"), q("one", "count")]
+    assert majority_answers(train) == {None: "True", "nlvr": "True", "count": "one"}  # count: a tie, sorted first
+    with pytest.raises(DataError, match="training split has none"):
+        majority_answers([])
+
+
+def test_the_majority_row_answers_from_the_training_split_without_a_model(trained):
+    from latentlab.memory.evaluate import evaluate, majority_answers
+
+    config, _, tmp = trained
+    config.eval.limit = 4
+    out = tmp / "eval-majority"
+    result = evaluate(config, tmp / "export", out, methods=["majority"])
+    majority = majority_answers(load_qa_split(config, "train", training_limits=False))
+    records = [json.loads(line) for line in (out / "predictions.majority.jsonl").read_text().splitlines()]
+    examples = load_qa_split(config, config.eval.split, training_limits=False)[:4]
+    assert [r["answer"] for r in records] == [majority[ex.question_type] for ex in examples]
+    assert result.rows[0]["context_tokens"] == 0 and all(r["hits"] == [] for r in records)

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from latentlab.cli import main
-from latentlab.data.nlvr import IMAGES_PER_RECORD, convert_nlvr, nlvr_question, write_nlvr
+from latentlab.data.nlvr import IMAGES_PER_RECORD, convert_nlvr, image_set, nlvr_question, split_nlvr, write_nlvr
 from latentlab.data.schema import read_qa
 from latentlab.errors import ConfigError, DataError
 from latentlab.io import ResultsExistError
@@ -139,3 +139,51 @@ def test_real_dev_split_has_989_records_547_true_442_false():
     assert first.question == "True or false: Each grey box contains atleast one yellow object touching the edge"
     assert first.evidence[0].image.endswith("images_nlvr/dev/images/2/dev-1572-0-0.png")
     assert len(convert_nlvr(path, images="all")) == 989 * IMAGES_PER_RECORD  # all 5,934 images are present
+
+
+def _many_records(n: int) -> list[dict]:
+    """``n`` image sets, two sentences each (identifiers ``<set>-0`` and ``<set>-1``), labels alternating."""
+    return [
+        {
+            "sentence": f"Sentence {i}.{j}",
+            "label": ("true", "false")[(i + j) % 2],
+            "identifier": f"{i}-{j}",
+            "directory": str(i % 3),
+        }
+        for i in range(n)
+        for j in range(2)
+    ]
+
+
+def test_splits_are_by_image_set_with_every_image_in_training_and_image_zero_elsewhere(tmp_path):
+    examples = convert_nlvr(_dataset(tmp_path, _many_records(20)), images="all")
+    splits = split_nlvr(examples, seed=1)
+    assert list(splits) == ["train", "validation", "test"]
+    sets = {name: {image_set(e) for e in rows} for name, rows in splits.items()}
+    assert [len(v) for v in sets.values()] == [16, 2, 2]
+    assert not (sets["train"] & sets["validation"] or sets["train"] & sets["test"] or sets["validation"] & sets["test"])
+    assert len(splits["train"]) == 16 * 2 * IMAGES_PER_RECORD  # every image of every training record
+    assert all(e.id.endswith("-0") for e in splits["validation"] + splits["test"])
+    assert len(splits["test"]) == 2 * 2  # image 0 of each of the test sets' two statements
+    assert split_nlvr(examples, seed=1) == splits and split_nlvr(examples, seed=2) != splits
+    with pytest.raises(DataError, match="cannot fill train, validation and test"):
+        split_nlvr(examples[:12], seed=1)  # one image set
+    with pytest.raises(ConfigError, match="must be positive"):
+        split_nlvr(examples, fractions=(0.9, 0.1))
+
+
+def test_the_cli_writes_the_splits_and_refuses_a_seed_without_them(tmp_path, capsys):
+    path = _dataset(tmp_path, _many_records(20))
+    out = tmp_path / "splits"
+    assert main(["data", "nlvr", "--dev-json", str(path), "--out", str(out), "--splits", "--seed", "3"]) == 0
+    printed = capsys.readouterr().out
+    assert "train: 32 true/false questions" in printed and "test: 4 true/false questions" in printed
+    for name in ("train", "validation", "test"):
+        rows = read_qa(out / f"{name}.jsonl")
+        assert rows and all(Path(e.evidence[0].image).is_file() for e in rows)
+    before = (out / "train.jsonl").read_bytes()
+    assert main(["data", "nlvr", "--dev-json", str(path), "--out", str(out), "--splits"]) != 0  # refused: exists
+    assert (out / "train.jsonl").read_bytes() == before
+    assert main(["data", "nlvr", "--dev-json", str(path), "--out", str(tmp_path / "x"), "--seed", "3"]) != 0
+    assert "--seed is read only with --splits" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

@@ -16,6 +16,7 @@ from latentlab.data.synthetic_images import (
     POSITIONS,
     QUESTION_TYPES,
     SHAPES,
+    TEXT_QUESTION_TYPES,
     generate_scenes,
     write_scenes,
 )
@@ -113,7 +114,9 @@ def test_the_data_source_is_selectable_from_the_memory_config(tmp_path):
     overrides = {"data.synthetic_images.num_scenes": 20, "data.synthetic_images.cache_dir": str(tmp_path)}
     config = load_config(TINY_YAML, overrides)
     train = load_qa_split(config, "train")
-    assert len(train) == 16 and all(q.supporting_evidence()[0].image for q in train)
+    images = [q for q in train if q.id.startswith("train-img-")]
+    assert len(images) == 16 and all(q.supporting_evidence()[0].image for q in images)
+    assert len(train) == 16 + 8  # the tiny twin's text_questions: 0.5 adds one text question per two scenes
     assert load_qa_split(config, "test", training_limits=False)[0].id.startswith("test-img-")
     assert len(corpus_of(config, train)) == 20 * 3  # every scene and its two facts
     with pytest.raises(ConfigError, match=r"key 'compressor\.vision'.*synthetic_images"):
@@ -125,3 +128,32 @@ def test_the_data_source_is_selectable_from_the_memory_config(tmp_path):
         load_config(text_yaml, {"loss.image.embed_recon_weight": 1.0})
     with pytest.raises(ConfigError, match=r"key 'data\.synthetic_images\.max_shapes'.*1\.\.6"):
         load_config(TINY_YAML, {"data.synthetic_images.max_shapes": 9})
+
+
+def test_text_questions_are_answered_by_a_fact_and_leave_the_image_questions_as_they_were(tmp_path):
+    plain = generate_scenes(40, 3, tmp_path / "a")
+    mixed = generate_scenes(40, 3, tmp_path / "b", text_questions=0.5)
+    for split in plain.questions:
+        images = [q for q in mixed.questions[split] if q.id.startswith(f"{split}-img-")]
+        texts = [q for q in mixed.questions[split] if q.id.startswith(f"{split}-txt-")]
+        assert [(q.question, q.answers, [e.id for e in q.evidence]) for q in images] == [
+            (q.question, q.answers, [e.id for e in q.evidence]) for q in plain.questions[split]
+        ]
+        assert len(texts) == round(0.5 * len(images))
+        for q in texts:
+            assert q.question_type in TEXT_QUESTION_TYPES
+            (fact,) = q.supporting_evidence()
+            assert not fact.image and q.answers[0] in fact.text
+            title = re.split(r" was made by | hangs in ", fact.text.removeprefix("The picture of "))[0]
+            assert f"picture of {title}" in q.question
+            own_scene = [e for e in q.evidence if e.image and e.title == title]
+            assert len(own_scene) == 1 and q.answers[0] not in own_scene[0].text  # the picture does not answer it
+            assert len(q.evidence) == 1 + 3 + 3
+    with pytest.raises(DataError, match="text_questions must be a fraction"):
+        generate_scenes(20, 3, tmp_path / "c", text_questions=1.5)
+
+
+def test_the_cache_folder_is_named_by_every_setting_that_changes_the_pictures(tmp_path):
+    generate_scenes(20, 3, tmp_path)
+    generate_scenes(30, 3, tmp_path)  # other scenes for seed 3: another folder, not a clash
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["seed3-64px-20scenes-max4", "seed3-64px-30scenes-max4"]

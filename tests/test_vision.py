@@ -49,6 +49,21 @@ def test_image_size_resizes_the_tower_and_the_transform(tmp_path):
     assert pixels.shape == (1, 3, 48, 48) and vision.num_patches == 36
 
 
+def test_resize_mode_squash_keeps_the_whole_of_a_wide_picture(tmp_path):
+    # Left third red, the rest blue: the default crops the middle (all blue), squash keeps the red third.
+    wide = Image.new("RGB", (96, 32), (0, 0, 255))
+    wide.paste((255, 0, 0), (0, 0, 32, 32))
+    wide.save(tmp_path / "wide.png")
+    item = [Evidence("w", image=str(tmp_path / "wide.png"))]
+    cropped, squashed = encoder().pixels(item)[0], encoder(resize_mode="squash").pixels(item)[0]
+    assert squashed.shape == cropped.shape == (3, 32, 32)
+    assert cropped[0, :, 0].max() < 0 < squashed[0, :, 0].min()  # red channel at the left edge: only squash has it
+    with pytest.raises(ConfigError, match="resize_mode"):
+        load_config(
+            REPO / "paper_configs/tiny/latent_memory_multimodal.yaml", {"compressor.vision.resize_mode": "stretch"}
+        )
+
+
 def test_preprocessing_is_open_clips_own_and_converts_to_rgb(tmp_path):
     import open_clip
 

@@ -371,7 +371,7 @@ def test_data_actions_take_only_their_own_options(capsys):
         main(["data", "webqa", "--json", "a", "--imgs", "b", "--out", "c", "--seed", "3"])
     assert exit_code.value.code == 2
     err = capsys.readouterr().err
-    assert "unrecognized arguments: --seed 3 (--seed is an option of `latentlab data hotpotqa-splits`)" in err
+    assert "unrecognized arguments: --seed 3 (--seed is an option of `latentlab data hotpotqa-splits / nlvr`)" in err
     assert "`data webqa` takes --imgs, --json, --lineidx, --out, --overwrite, --split" in err
     with pytest.raises(SystemExit):
         main(["data", "webqa", "--out", "c"])

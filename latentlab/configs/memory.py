@@ -47,6 +47,11 @@ class VisionConfig:
     cache, so offline runs need it there) or a local weights file. null: random initialisation."""
     image_size: int | None = None
     """Side the images are resized to (open_clip's own preprocessing transform); null: the tower's own size."""
+    resize_mode: Literal["shortest", "longest", "squash"] | None = None
+    """How a picture of another shape becomes the tower's square (open_clip's ``resize_mode``): `shortest` resizes
+    the short side and crops the middle, `longest` resizes the long side and pads, `squash` stretches the whole
+    picture. null: the tower's own setting (`shortest` for open_clip's models), which would cut NLVR's wide
+    three-box renderings down to the middle box."""
     frozen: bool | None = None
     """Whether the tower's weights stay fixed. null: frozen when pretrained, trained when randomly initialised (a
     random tower that is never trained would be other noise at every load: no checkpoint stores a frozen tower)."""
@@ -144,7 +149,17 @@ class VisionConfig:
         return not self.projector_frozen if self.projector_frozen is not None else self.projector_from is None
 
 
-MemoryMethod = Literal["latent", "latent_compact", "latent_shuffled", "bm25", "dense", "no_retrieval", "full_context"]
+MemoryMethod = Literal[
+    "latent",
+    "latent_compact",
+    "latent_shuffled",
+    "latent_no_images",
+    "bm25",
+    "dense",
+    "no_retrieval",
+    "full_context",
+    "majority",
+]
 """Rows a latent-memory table can have; ``latentlab.memory.evaluate.METHODS`` runs each (a test keeps both equal)."""
 
 
@@ -239,6 +254,10 @@ class ImageLossConfig:
     """MSE of a head on each image latent against the tower's pooled embedding of that image (a detached target)."""
     title_recon_weight: float = 0.5
     """CE of the decoder rebuilding an image's title from its latent (pixels are never rebuilt)."""
+    caption_recon_weight: float = 0.0
+    """CE of the decoder rebuilding an image's text description (its caption) from its latent, for images that have
+    one; 0 = off (the reference rebuilds titles only). A caption names what the picture shows, so this term asks the
+    latent for every colour, shape and position at once, where an answer loss asks for one a question."""
     contrast_weight: float = 0.2
     """Multi-positive InfoNCE of image questions (other scenes in the pool are their image hard negatives)."""
     distill_weight: float = 2.0
@@ -246,7 +265,13 @@ class ImageLossConfig:
     description, so image questions whose positives lack one are left out of this term."""
 
     def __post_init__(self) -> None:
-        for name in ("embed_recon_weight", "title_recon_weight", "contrast_weight", "distill_weight"):
+        for name in (
+            "embed_recon_weight",
+            "title_recon_weight",
+            "caption_recon_weight",
+            "contrast_weight",
+            "distill_weight",
+        ):
             require(getattr(self, name) >= 0, name, "must be >= 0")
 
 
@@ -293,7 +318,8 @@ class LossConfig:
     paraphrase_weight: float = 0.0
     """Weight of the generator rebuilding each positive's text from its projected latent (xRAG's paraphrase
     pretraining; not in the reference, 0 = off). It teaches the projector what the frozen generator can read with
-    every token of every positive, where the answer losses see a few tokens a question."""
+    every token of every positive, where the answer losses see a few tokens a question. An image positive is
+    rebuilt as its text description where it has one (and left out where it has none)."""
     image: ImageLossConfig = field(default_factory=ImageLossConfig)
     """Weights of the image items' terms (only with ``compressor.vision``)."""
 
@@ -354,8 +380,12 @@ class SyntheticImageQAConfig:
     """Text facts in each question's pool (about its title and others'; none holds an answer)."""
     cache_dir: str = "data/synthetic/images"
     """Where the PNGs are written once (relative to the project); a file already there must hold the same bytes."""
+    text_questions: float = 0.0
+    """Fraction of each split's scenes that also get a text question (who made the picture, which gallery holds
+    it), answered by a fact and not by the picture: a mixed memory is then measured on text questions too."""
 
     def __post_init__(self) -> None:
+        require(0.0 <= self.text_questions <= 1.0, "text_questions", f"must be in [0, 1], got {self.text_questions}")
         require(
             self.num_scenes >= 10, "num_scenes", f"must be >= 10 (every split needs a scene), got {self.num_scenes}"
         )
@@ -528,7 +558,10 @@ class MemoryEvalConfig(EvalConfig):
     methods: list[MemoryMethod] = field(default_factory=lambda: ["latent", "bm25", "dense", "no_retrieval"])
     """Rows of the table: latent (generator.slot_format), latent_compact (one header, latents back to back),
     latent_shuffled (a control: compact slots, each question reading the latents retrieved for the next one; an F1
-    near latent_compact's means the answers do not come from the latents), bm25, dense, no_retrieval, full_context."""
+    near latent_compact's means the answers do not come from the latents), latent_no_images (a control: the same
+    memory with each image replaced by its title as a text item, so it cannot see the pictures), bm25, dense,
+    no_retrieval, full_context, majority (no model: each question gets the training split's most frequent answer
+    of its question type, the majority class of a true/false or yes/no set)."""
     k: int = 5
     """Items retrieved per question."""
     retrieval: Literal["pool", "global"] = "pool"

@@ -190,6 +190,7 @@ def synthetic_scenes(config: ExperimentConfig):
         max_shapes=s.max_shapes,
         image_distractors=s.image_distractors,
         text_distractors=s.text_distractors,
+        text_questions=s.text_questions,
     )
 
 

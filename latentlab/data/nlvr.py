@@ -7,6 +7,7 @@ A malformed record or a missing image is a ``DataError`` naming the file, the li
 from __future__ import annotations
 
 import os
+import random
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,7 +18,16 @@ from latentlab.data.schema import Evidence, QAExample, to_record, write_jsonl
 from latentlab.errors import ConfigError, DataError
 from latentlab.io import staged_dir
 
-__all__ = ["IMAGES_PER_RECORD", "QUESTION_TYPE", "convert_nlvr", "nlvr_question", "write_nlvr"]
+__all__ = [
+    "IMAGES_PER_RECORD",
+    "QUESTION_TYPE",
+    "SPLIT_NAMES",
+    "convert_nlvr",
+    "image_set",
+    "nlvr_question",
+    "split_nlvr",
+    "write_nlvr",
+]
 
 IMAGES_PER_RECORD = 6
 """NLVR renders each example six times (the six orderings of its three boxes): ``<split>-<identifier>-<k>.png``."""
@@ -104,14 +114,55 @@ def convert_nlvr(
     return examples
 
 
+SPLIT_NAMES = ("train", "validation", "test")
+
+
+def image_set(example: QAExample) -> str:
+    """The NLVR image set a question is about: ``<split>-<N>`` of ``nlvr-<split>-<N>-<sentence>-<k>``. Every
+    sentence written about one set of boxes shares it."""
+    split, number = example.id.split("-")[1:3]
+    return f"{split}-{number}"
+
+
+def split_nlvr(
+    examples: Sequence[QAExample], fractions: tuple[float, float] = (0.8, 0.1), seed: int = 0
+) -> dict[str, list[QAExample]]:
+    """Train / validation / test by image set (``image_set``), so that no picture of one split is seen in another:
+    a seeded shuffle of the sets, cut at ``fractions`` (train, validation; test the rest). Training keeps every image
+    of its records; validation and test keep image 0 of each record, so each statement is scored once."""
+    if not (fractions[0] > 0 and fractions[1] > 0 and sum(fractions) < 1):
+        raise ConfigError(f"NLVR split fractions {fractions} must be positive and leave some sets for test")
+    sets = sorted({image_set(e) for e in examples})
+    random.Random(seed).shuffle(sets)
+    n_train, n_val = round(len(sets) * fractions[0]), round(len(sets) * fractions[1])
+    if n_train < 1 or n_val < 1 or len(sets) - n_train - n_val < 1:
+        raise DataError(f"{len(sets)} NLVR image sets cannot fill train, validation and test at {fractions}")
+    owner = {
+        s: name
+        for name, group in zip(SPLIT_NAMES, (sets[:n_train], sets[n_train : n_train + n_val], sets[n_train + n_val :]))
+        for s in group
+    }
+    splits: dict[str, list[QAExample]] = {name: [] for name in SPLIT_NAMES}
+    for example in examples:
+        name = owner[image_set(example)]
+        if name == "train" or example.id.endswith("-0"):
+            splits[name].append(example)
+    return splits
+
+
 def write_nlvr(
-    examples: Sequence[QAExample], out_dir: str | os.PathLike, file_name: str = "dev.jsonl", overwrite: bool = False
+    examples: Sequence[QAExample] | dict[str, Sequence[QAExample]],
+    out_dir: str | os.PathLike,
+    file_name: str = "dev.jsonl",
+    overwrite: bool = False,
 ) -> Path:
-    """Write ``out_dir/<file_name>`` (QA JSONL, ``read_qa``) with each image path relative to ``out_dir``, as the
-    schema resolves it, so the file reads the images in place; the folder is written as a whole and an existing one
-    is refused (``ResultsExistError``) unless ``overwrite``. Returns the file's path."""
+    """Write ``out_dir/<file_name>`` (QA JSONL, ``read_qa``), or with a mapping of split names to examples
+    ``out_dir/<split>.jsonl`` each, with each image path relative to ``out_dir``, as the schema resolves it, so the
+    files read the images in place; the folder is written as a whole and an existing one is refused
+    (``ResultsExistError``) unless ``overwrite``. Returns the (first) file's path."""
     out_dir = Path(out_dir)
     base = out_dir.absolute()
+    files = {f"{k}.jsonl": v for k, v in examples.items()} if isinstance(examples, dict) else {file_name: examples}
 
     def record(example: QAExample) -> dict:
         fields = to_record(example)
@@ -122,5 +173,6 @@ def write_nlvr(
 
     # The staging folder is beside out_dir, so paths relative to out_dir are right in it too.
     with staged_dir(out_dir, overwrite) as staging:
-        write_jsonl(staging / file_name, [record(e) for e in examples])
-    return out_dir / file_name
+        for name, rows in files.items():
+            write_jsonl(staging / name, [record(e) for e in rows])
+    return out_dir / next(iter(files))

@@ -26,6 +26,11 @@ def titled(title: str | None, body: str) -> str:
     return f"{title}: {body}" if title else body
 
 
+def described_item(item: Evidence) -> bool:
+    """Whether an item has text: a sentence, or for an image a description (its caption) a text reader can use."""
+    return bool(item.text and item.text.strip())
+
+
 @dataclass(frozen=True)
 class Evidence:
     """One evidence item: a sentence or passage (``text``), or an image (``image`` path) with an optional title and,

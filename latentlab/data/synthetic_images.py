@@ -35,6 +35,9 @@ POSITIONS = (
 """The 3x3 grid cells, row by row: where each shape sits."""
 NUMBERS = ("zero", "one", "two", "three", "four", "five", "six")
 QUESTION_TYPES = ("colour", "count", "shape", "position", "yes/no")
+"""Image questions: answered by the picture alone."""
+TEXT_QUESTION_TYPES = ("maker", "gallery")
+"""Text questions: answered by a fact about a picture's title (``text_questions``), never by the picture."""
 PLACE_SUFFIXES = ("Square", "Harbour", "Gardens", "Market", "Bridge", "Hill")
 RESERVED = {w.capitalize() for w in [*COLOURS, *SHAPES, *NUMBERS, "yes", "no", "top", "middle", "centre", "left"]}
 """Words an answer can be: no generated name is one of them, so no text distractor holds an answer."""
@@ -154,15 +157,23 @@ def generate_scenes(
     image_distractors: int = 3,
     text_distractors: int = 3,
     split_fractions: tuple[float, float] = (0.8, 0.1),
+    text_questions: float = 0.0,
 ) -> SceneSet:
     """Scenes, facts and one question a scene, split train/validation/test by scene; PNGs into ``cache_dir``.
 
     A question's pool holds its scene, ``image_distractors`` other scenes of its split (image hard negatives) and
     ``text_distractors`` facts (its own title's first, then others'); no fact holds an answer word (``RESERVED``).
+    ``text_questions``: that fraction of each split's scenes also gets a text question (who made the picture, which
+    gallery holds it; ids ``{split}-txt-{i}``, after the image questions), whose pool holds its fact, the title's
+    other fact and its own scene first (hard negatives that name the same title), then other scenes and facts; it is
+    drawn from its own random stream, so the image questions are the same with or without it.
     """
+    if not 0.0 <= text_questions <= 1.0:
+        raise DataError(f"text_questions must be a fraction in [0, 1], got {text_questions}")
     rng = random.Random(seed)
     taken = set(RESERVED)
-    folder = Path(cache_dir) / f"seed{seed}-{image_size}px"
+    # Every setting that changes what is drawn names the folder: another set never meets these files.
+    folder = Path(cache_dir) / f"seed{seed}-{image_size}px-{num_scenes}scenes-max{max_shapes}"
     places = unique_names(rng, num_scenes, (2, 3), taken)
     firsts = unique_names(rng, num_scenes, (2, 2), taken)
     lasts = unique_names(rng, num_scenes, (2, 3), taken)
@@ -205,8 +216,57 @@ def generate_scenes(
             qrng.shuffle(ids)
             evidence = [scenes[e] if e in scenes else facts[e] for e in ids]
             rows.append(QAExample(f"{split}-img-{index}", question, [answer], evidence, [sid], question_type=kind))
+        rows += _text_questions(
+            random.Random(f"{seed}-texts-{split}"),
+            split,
+            members,
+            scenes,
+            facts,
+            text_questions,
+            image_distractors,
+            text_distractors,
+        )
         questions[split] = rows
     return SceneSet(scenes=scenes, facts=facts, questions=questions)
+
+
+def _text_questions(
+    rng: random.Random,
+    split: str,
+    members: list[str],
+    scenes: dict[str, Evidence],
+    facts: dict[str, Evidence],
+    fraction: float,
+    image_distractors: int,
+    text_distractors: int,
+) -> list[QAExample]:
+    """Text questions about ``fraction`` of a split's scenes (``generate_scenes``): each answered by one fact."""
+    chosen = sorted(rng.sample(range(len(members)), round(fraction * len(members))))
+    fact_ids = list(facts)
+    rows = []
+    for index, position in enumerate(chosen):
+        sid = members[position]
+        number, title = sid.split(":")[1], scenes[sid].title
+        kind = rng.choice(TEXT_QUESTION_TYPES)
+        own = {"maker": f"fact:{number}:maker", "gallery": f"fact:{number}:hall"}
+        positive, other = own[kind], own["gallery" if kind == "maker" else "maker"]
+        text = facts[positive].text
+        if kind == "maker":
+            question, answer = f"Who made the picture of {title}?", text.split(" was made by ")[1].rstrip(".")
+        else:
+            question = f"In which gallery does the picture of {title} hang?"
+            answer = text.split(" hangs in the ")[1].removesuffix(" gallery.")
+        others = [m for m in members if m != sid]
+        images = ([sid] if image_distractors else []) + rng.sample(
+            others, min(max(image_distractors - 1, 0), len(others))
+        )
+        spare = [f for f in fact_ids if f not in own.values()]
+        texts = ([other] if text_distractors else []) + rng.sample(spare, max(text_distractors - 1, 0))
+        ids = [positive, *images, *texts]
+        rng.shuffle(ids)
+        evidence = [scenes[e] if e in scenes else facts[e] for e in ids]
+        rows.append(QAExample(f"{split}-txt-{index}", question, [answer], evidence, [positive], question_type=kind))
+    return rows
 
 
 def write_scenes(scene_set: SceneSet, out_dir: str | Path) -> dict[str, Path]:

@@ -37,7 +37,7 @@ def _is_reader(name: str) -> bool:
 def vision_spec(config: MemoryExperimentConfig) -> dict | None:
     """What of ``compressor.vision`` the latents depend on (the tower, its weights, image size, projector), or None.
 
-    The patch features and a LLaVA projector appear only when set, so that earlier towers keep their record (and
+    The patch features, a resize mode and a LLaVA projector appear only when set, so that earlier towers keep their record (and
     fingerprint); a frozen LLaVA projector is identified by its checkpoint, as a frozen tower by its tag."""
     vision = config.compressor.vision
     if vision is None:
@@ -51,6 +51,8 @@ def vision_spec(config: MemoryExperimentConfig) -> dict | None:
     }
     if vision.patch_features != "final":
         spec["patch_features"] = vision.patch_features
+    if vision.resize_mode is not None:
+        spec["resize_mode"] = vision.resize_mode
     if vision.projector_from is not None:
         spec["projector_from"] = vision.projector_from
         spec["projector_trained"] = vision.trains_projector
@@ -163,7 +165,10 @@ def load_compressor_weights(
     if folder is not None and (folder / "fingerprint.txt").exists():
         stored = (folder / "fingerprint.txt").read_text().strip()
         loaded = {k: v for k, v in model.compressor.trainable_state_dict().items() if k in state}
-        if state_fingerprint(model.config, loaded) != stored:
+        # The export's own config made its fingerprint: a stage may change what the latents depend on (say, how
+        # images are resized) and still start from these weights.
+        made_by = config_beside(folder) if (folder / "config.yaml").exists() else model.config
+        if state_fingerprint(made_by, loaded) != stored:
             raise LatentLabError(f"{source}: weights do not match fingerprint.txt ({stored}); the export is damaged")
 
 

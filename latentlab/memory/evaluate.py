@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import get_args
 
@@ -35,6 +35,7 @@ from latentlab.memory.checkpoint import load_model
 from latentlab.memory.model import LatentMemoryModel
 from latentlab.memory.pipeline import Answer, Hit, LatentMemory, answer_to_record, answer_with_text, build_memory
 from latentlab.memory.token_costs import token_costs, token_costs_title
+from latentlab.memory.vision import title_text
 from latentlab.optim import derive_seed
 from latentlab.registry import Registry
 
@@ -61,7 +62,7 @@ questions."""
 
 BASELINES = ("no_retrieval", "bm25")
 """The rows every other method is compared with in the ``differences`` table (those that were run)."""
-CONTROLS = {"latent_shuffled": ("latent", "latent_compact")}
+CONTROLS = {"latent_shuffled": ("latent", "latent_compact"), "latent_no_images": ("latent",)}
 """Controls and the methods each one is compared with, after the baselines (when both ran): a latent method minus
 the same reader on another question's latents is what the latents themselves add."""
 
@@ -185,6 +186,64 @@ def _latent_shuffled(ctx: EvalContext) -> list[Answer]:
     memory, hits, latents = _latent_retrieval(ctx)
     hits, latents = hits[1:] + hits[:1], latents[1:] + latents[:1]
     return memory.answer_from_latents(ctx.questions, latents, hits, "compact")
+
+
+def without_images(item: Evidence) -> Evidence | None:
+    """An image item as the text a memory without images holds of it (its title; None for an untitled image, which
+    such a memory cannot hold); a text item as it is."""
+    if not item.image:
+        return item
+    return Evidence(item.id, title_text(item), where=item.where) if item.title else None
+
+
+@_register("latent_no_images")
+def _latent_no_images(ctx: EvalContext) -> list[Answer]:
+    """The control of image evidence: the same reader on a memory of the same corpus in which every image is its
+    title alone (a text item), so what it adds over this row is what the latents hold of the pictures."""
+    ev = ctx.config.eval
+    if ctx.retrieval == "global":
+        corpus = [e for e in map(without_images, ctx.corpus) if e is not None]
+        index = build_memory(ctx.model, corpus, ctx.out_dir / "memory_no_images")
+        memory = LatentMemory(ctx.model, index, batch_size=ev.batch_size)
+        hits = memory.search(ctx.questions, ev.k)
+        latents = [torch.from_numpy(memory.index.latents_for([h.id for h in row])) for row in hits]
+    else:
+        memory = LatentMemory(ctx.model, None, batch_size=ev.batch_size)
+        examples = []
+        for ex in ctx.examples:
+            kept = [e for e in map(without_images, ex.evidence) if e is not None]
+            if not kept:
+                raise DataError(
+                    f"question '{ex.id}': every item of its pool is an untitled image; a memory without "
+                    "images holds nothing of it (latent_no_images needs titles or text items)"
+                )
+            examples.append(replace(ex, evidence=kept))
+        hits, latents = _pool_latent_hits(memory, examples, ev.k)
+    return memory.answer_from_latents(ctx.questions, latents, hits, ctx.config.generator.slot_format)
+
+
+def majority_answers(train: list[QAExample]) -> dict[str | None, str]:
+    """The most frequent first gold answer of the training questions per question type (key None: over all of
+    them), compared normalised and reported as first written; ties go to the answer first in sorted order."""
+    if not train:
+        raise DataError("the majority answer needs training questions, and the training split has none")
+    counts: dict[str | None, dict[str, int]] = {}
+    written: dict[str, str] = {}
+    for ex in train:
+        answer = normalize_answer(ex.answers[0])
+        written.setdefault(answer, ex.answers[0])
+        for key in (None, ex.question_type):
+            bucket = counts.setdefault(key, {})
+            bucket[answer] = bucket.get(answer, 0) + 1
+    return {key: written[min(bucket, key=lambda a: (-bucket[a], a))] for key, bucket in counts.items()}
+
+
+@_register("majority")
+def _majority(ctx: EvalContext) -> list[Answer]:
+    """The majority class: each question answered with the training split's most frequent answer of its type (of
+    all training questions when its type is not among theirs). No model, no context."""
+    majority = majority_answers(load_qa_split(ctx.config, "train", training_limits=False))
+    return [Answer(ex.question, majority.get(ex.question_type, majority[None])) for ex in ctx.examples]
 
 
 def _text_rows(ctx: EvalContext, hits: list[list[Hit]]) -> list[Answer]:

@@ -14,7 +14,7 @@ import torch
 
 from latentlab.configs import MemoryExperimentConfig, resolve_path
 from latentlab.data.modules import QABatch
-from latentlab.data.schema import read_corpus
+from latentlab.data.schema import described_item, read_corpus
 from latentlab.distributed import unwrapped_name
 from latentlab.errors import DataError, LatentLabError
 from latentlab.memory.compressor import part_of
@@ -195,7 +195,8 @@ class LatentMemoryModule(L.LightningModule):
 
         A question with an image positive is an image question: its contrastive and distillation terms are logged
         and weighted as ``image_contrast`` and ``image_distill`` (``loss.image``); image items are rebuilt as their
-        title (``title_recon``) and their tower embedding (``image_embed``), never as text.
+        title (``title_recon``), their description where they have one (``caption_recon``) and their tower embedding
+        (``image_embed``), never as their text path would read them.
         """
         cfg, comp = self.config.loss, self.compressor
         texts = batch.positives + batch.negatives
@@ -237,6 +238,12 @@ class LatentMemoryModule(L.LightningModule):
             logits, targets = comp.reconstruction_logits(latents[titled], ids, mask)
             losses["title_recon"] = token_cross_entropy(logits, targets)
             total = total + cfg.image.title_recon_weight * losses["title_recon"]
+        captioned = [i for i in image_rows if i < count and described_item(items[i])]
+        if cfg.image.caption_recon_weight > 0 and captioned:
+            ids, mask = comp.tokenize([items[i].text for i in captioned], comp.config.max_evidence_tokens)
+            logits, targets = comp.reconstruction_logits(latents[captioned], ids, mask)
+            losses["caption_recon"] = token_cross_entropy(logits, targets)
+            total = total + cfg.image.caption_recon_weight * losses["caption_recon"]
         if cfg.image.embed_recon_weight > 0 and has_images:
             predicted = comp.image_embed_head(latents[image_rows])
             losses["image_embed"] = embedding_reconstruction_mse(predicted, pooled)
@@ -257,7 +264,7 @@ class LatentMemoryModule(L.LightningModule):
         # The teacher reads each image's description: image questions whose positives lack one are left out.
         described = torch.ones_like(image_question)
         for i in image_rows:
-            if i < num_pos and not (items[i].text and items[i].text.strip()):
+            if i < num_pos and not described_item(items[i]):
                 described[int(owner_of_positive[i])] = False
         distills.append(("image_distill", image_question & described, cfg.image.distill_weight))
         distills = [(name, rows, w) for name, rows, w in distills if w > 0 and bool(rows.any())]
@@ -278,11 +285,12 @@ class LatentMemoryModule(L.LightningModule):
         if cfg.answer_weight > 0:
             losses["answer"] = self._reply_cross_entropy(student_prompts, projected, self.gold_answers(batch))
             total = total + cfg.answer_weight * losses["answer"]
-        text_positives = [i for i in range(num_pos) if i not in images]
-        if cfg.paraphrase_weight > 0 and text_positives:  # the generator rebuilds each text positive from its latent
-            prompts = [self.prompts.latent(PARAPHRASE_INSTRUCTION, 1)] * len(text_positives)
-            replies = [self.reply_tokens(batch.positives[i]) for i in text_positives]
-            losses["paraphrase"] = self._reply_cross_entropy(prompts, projected_items[text_positives], replies)
+        # The generator rebuilds each text positive from its latent, and each image positive as its description.
+        rebuilt = [i for i in range(num_pos) if i not in images or described_item(items[i])]
+        if cfg.paraphrase_weight > 0 and rebuilt:
+            prompts = [self.prompts.latent(PARAPHRASE_INSTRUCTION, 1)] * len(rebuilt)
+            replies = [self.reply_tokens(items[i].text if i in images else batch.positives[i]) for i in rebuilt]
+            losses["paraphrase"] = self._reply_cross_entropy(prompts, projected_items[rebuilt], replies)
             total = total + cfg.paraphrase_weight * losses["paraphrase"]
         losses["loss"] = total
         with torch.no_grad():  # retrieval quality inside each question's pool: recall@1 of its positives
@@ -384,7 +392,10 @@ def build_task(config: MemoryExperimentConfig):
 
         path = resolve_path(config, "compressor.init_from", source)
         # A decoder left out of an inference export is fine unless this run reconstructs.
-        needs_decoder = config.loss.recon_weight > 0
+        image = config.loss.image if config.compressor.vision is not None else None
+        needs_decoder = config.loss.recon_weight > 0 or bool(
+            image and (image.title_recon_weight > 0 or image.caption_recon_weight > 0)
+        )
         # So is a reading adapter the earlier stage did not have: it starts where peft starts it (no change).
         load_compressor_weights(
             module,

@@ -213,7 +213,7 @@ def build_tower(config: VisionConfig) -> Tower:
         mean=preprocess.get("mean"),
         std=preprocess.get("std"),
         interpolation=preprocess.get("interpolation"),
-        resize_mode=preprocess.get("resize_mode"),
+        resize_mode=config.resize_mode or preprocess.get("resize_mode"),
     )
     if config.patch_features == "penultimate" and len(visual.transformer.resblocks) < 2:
         raise ConfigError(
