@@ -470,3 +470,35 @@ def test_the_majority_row_answers_from_the_training_split_without_a_model(traine
     examples = load_qa_split(config, config.eval.split, training_limits=False)[:4]
     assert [r["answer"] for r in records] == [majority[ex.question_type] for ex in examples]
     assert result.rows[0]["context_tokens"] == 0 and all(r["hits"] == [] for r in records)
+
+
+def test_image_sensitivity_separates_the_picture_from_the_title(trained, tmp_path, capsys):
+    import importlib.util
+
+    from latentlab.eval.probe import image_sensitivity
+
+    config, _, tmp = trained
+    model = load_model(tmp / "export")
+    scenes = [e for e in synthetic_scenes(config).scenes.values()][:6]
+    result = image_sensitivity(model.compressor, scenes, batch_size=4)
+    assert result.images == 6 and result.picture_swap > 0 and result.title_swap > 0 and result.pooled_std > 0
+    assert -1.0 <= result.picture_swap_cosine <= 1.0 + 1e-6
+    # The same picture under every item: a picture swap changes nothing.
+    same = [replace(e, image=scenes[0].image) for e in scenes]
+    assert image_sensitivity(model.compressor, same).picture_swap == pytest.approx(0.0, abs=1e-5)
+    with pytest.raises(ConfigError, match="at least 2 image items"):
+        image_sensitivity(model.compressor, scenes[:1])
+    # The script: a table that names its command, refused the second time.
+    spec = importlib.util.spec_from_file_location(
+        "experiments_image_sensitivity", REPO / "experiments/image_sensitivity.py"
+    )
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    yaml_path = tmp_path / "config.yaml"
+    yaml_path.write_text(dump_yaml(config))
+    argv = [str(yaml_path), "--checkpoint", str(tmp / "export"), "--limit", "5", "--results-dir", str(tmp_path / "p")]
+    assert script.main(argv) == 0
+    table = (tmp_path / "p" / f"{config.name}_image_sensitivity.md").read_text()
+    assert "python experiments/image_sensitivity.py" in table and "picture_swap" in table
+    assert "a picture swap moves a latent by" in capsys.readouterr().out
+    assert script.main(argv) == 2 and "--overwrite" in capsys.readouterr().err
