@@ -279,17 +279,20 @@ def _data_nlvr(args: argparse.Namespace) -> None:
 
     if args.seed is not None and not args.splits:
         raise ConfigError("latentlab data nlvr: --seed is read only with --splits (it seeds their shuffle)")
+
+    def counted(rows) -> str:
+        labels = Counter(e.answers[0] for e in rows)
+        return f"{len(rows)} true/false questions ({labels['true']} true, {labels['false']} false)"
+
     examples = convert_nlvr(args.dev_json, args.images, args.image_dir)
     if not args.splits:
-        labels = Counter(e.answers[0] for e in examples)
         written = write_nlvr(examples, args.out, f"{Path(args.dev_json).stem}.jsonl", args.overwrite)
-        print(f"{len(examples)} true/false questions ({labels['true']} true, {labels['false']} false) in {written}")
+        print(f"{counted(examples)} in {written}")
         return
     splits = split_nlvr(examples, seed=args.seed or 0)
     write_nlvr(splits, args.out, overwrite=args.overwrite)
     for name, rows in splits.items():
-        labels = Counter(e.answers[0] for e in rows)
-        print(f"{name}: {len(rows)} true/false questions ({labels['true']} true, {labels['false']} false)")
+        print(f"{name}: {counted(rows)}")
     print("train / validation / test by image set: no picture is in two splits")
 
 

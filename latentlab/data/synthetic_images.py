@@ -182,6 +182,7 @@ def generate_scenes(
     scenes: dict[str, Evidence] = {}
     facts: dict[str, Evidence] = {}
     shapes_of: dict[str, list[Shape]] = {}
+    values: dict[str, str] = {}  # each fact's answer: its maker or its gallery
     for i in range(num_scenes):
         sid = f"scene:{i:05d}"
         title = f"{places[i]} {rng.choice(PLACE_SUFFIXES)}" if rng.random() < 0.5 else f"{firsts[i]} {lasts[i]}"
@@ -191,11 +192,13 @@ def generate_scenes(
         _write_once(path, render(shapes, image_size))
         scenes[sid] = Evidence(id=sid, text=describe(title, shapes), image=str(path), title=title)
         shapes_of[sid] = shapes
+        maker = values[f"fact:{i:05d}:maker"] = rng.choice(makers)
         facts[f"fact:{i:05d}:maker"] = Evidence(
-            id=f"fact:{i:05d}:maker", text=f"The picture of {title} was made by {rng.choice(makers)}."
+            id=f"fact:{i:05d}:maker", text=f"The picture of {title} was made by {maker}."
         )
+        hall = values[f"fact:{i:05d}:hall"] = rng.choice(halls)
         facts[f"fact:{i:05d}:hall"] = Evidence(
-            id=f"fact:{i:05d}:hall", text=f"The picture of {title} hangs in the {rng.choice(halls)} gallery."
+            id=f"fact:{i:05d}:hall", text=f"The picture of {title} hangs in the {hall} gallery."
         )
     order = list(scenes)
     rng.shuffle(order)
@@ -222,6 +225,7 @@ def generate_scenes(
             members,
             scenes,
             facts,
+            values,
             text_questions,
             image_distractors,
             text_distractors,
@@ -236,11 +240,13 @@ def _text_questions(
     members: list[str],
     scenes: dict[str, Evidence],
     facts: dict[str, Evidence],
+    values: dict[str, str],
     fraction: float,
     image_distractors: int,
     text_distractors: int,
 ) -> list[QAExample]:
-    """Text questions about ``fraction`` of a split's scenes (``generate_scenes``): each answered by one fact."""
+    """Text questions about ``fraction`` of a split's scenes (``generate_scenes``): each answered by one fact, whose
+    maker or gallery ``values`` holds."""
     chosen = sorted(rng.sample(range(len(members)), round(fraction * len(members))))
     fact_ids = list(facts)
     rows = []
@@ -250,12 +256,11 @@ def _text_questions(
         kind = rng.choice(TEXT_QUESTION_TYPES)
         own = {"maker": f"fact:{number}:maker", "gallery": f"fact:{number}:hall"}
         positive, other = own[kind], own["gallery" if kind == "maker" else "maker"]
-        text = facts[positive].text
         if kind == "maker":
-            question, answer = f"Who made the picture of {title}?", text.split(" was made by ")[1].rstrip(".")
+            question = f"Who made the picture of {title}?"
         else:
             question = f"In which gallery does the picture of {title} hang?"
-            answer = text.split(" hangs in the ")[1].removesuffix(" gallery.")
+        answer = values[positive]
         others = [m for m in members if m != sid]
         images = ([sid] if image_distractors else []) + rng.sample(
             others, min(max(image_distractors - 1, 0), len(others))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torchmetrics.functional.classification import multiclass_accuracy
@@ -200,8 +200,6 @@ def image_sensitivity(compressor, items: Sequence, batch_size: int = 32) -> Imag
     it by almost nothing while a title swap moves it far. Needs at least two image items, and their pictures are
     loaded with the same errors as everywhere (``load_image``).
     """
-    from dataclasses import replace
-
     images = [e for e in items if e.image]
     if len(images) < 2:
         raise ConfigError(f"image_sensitivity needs at least 2 image items, got {len(images)}")
@@ -214,6 +212,7 @@ def image_sensitivity(compressor, items: Sequence, batch_size: int = 32) -> Imag
         return torch.cat([compressor.encode_items(rows[i : i + batch_size]) for i in range(0, len(rows), batch_size)])
 
     own, other_picture = encode(images).float(), encode(pictures).float()
+    # A second, tower-only pass for the pooled output: eval does not import the memory package's image encoder.
     pooled = torch.cat(
         [compressor.vision.encode(images[i : i + batch_size])[0] for i in range(0, len(images), batch_size)]
     ).float()

@@ -151,18 +151,24 @@ def _register(name: str) -> Callable[[Method], Method]:
     return METHODS.register(name)
 
 
+def _retrieve_latents(ctx: EvalContext, examples: list[QAExample], corpus: list[Evidence], memory_dir: Path) -> tuple:
+    """(memory, hits, latents) of ``examples``: from a memory of ``corpus`` built in ``memory_dir`` (global
+    retrieval), or from each question's own pool."""
+    ev = ctx.config.eval
+    if ctx.retrieval == "global":
+        index = build_memory(ctx.model, corpus, memory_dir)
+        memory = LatentMemory(ctx.model, index, batch_size=ev.batch_size)
+        hits = memory.search([ex.question for ex in examples], ev.k)
+        latents = [torch.from_numpy(index.latents_for([h.id for h in row])) for row in hits]
+    else:
+        memory = LatentMemory(ctx.model, None, batch_size=ev.batch_size)
+        hits, latents = _pool_latent_hits(memory, examples, ev.k)
+    return memory, hits, latents
+
+
 def _latent_retrieval(ctx: EvalContext) -> tuple:
     if ctx.latent_cache is None:
-        ev = ctx.config.eval
-        if ctx.retrieval == "global":
-            index = build_memory(ctx.model, ctx.corpus, ctx.out_dir / "memory")
-            memory = LatentMemory(ctx.model, index, batch_size=ev.batch_size)
-            hits = memory.search(ctx.questions, ev.k)
-            latents = [torch.from_numpy(index.latents_for([h.id for h in row])) for row in hits]
-        else:
-            memory = LatentMemory(ctx.model, None, batch_size=ev.batch_size)
-            hits, latents = _pool_latent_hits(memory, ctx.examples, ev.k)
-        ctx.latent_cache = (memory, hits, latents)
+        ctx.latent_cache = _retrieve_latents(ctx, ctx.examples, ctx.corpus, ctx.out_dir / "memory")
     return ctx.latent_cache
 
 
@@ -200,15 +206,9 @@ def without_images(item: Evidence) -> Evidence | None:
 def _latent_no_images(ctx: EvalContext) -> list[Answer]:
     """The control of image evidence: the same reader on a memory of the same corpus in which every image is its
     title alone (a text item), so what it adds over this row is what the latents hold of the pictures."""
-    ev = ctx.config.eval
-    if ctx.retrieval == "global":
-        corpus = [e for e in map(without_images, ctx.corpus) if e is not None]
-        index = build_memory(ctx.model, corpus, ctx.out_dir / "memory_no_images")
-        memory = LatentMemory(ctx.model, index, batch_size=ev.batch_size)
-        hits = memory.search(ctx.questions, ev.k)
-        latents = [torch.from_numpy(memory.index.latents_for([h.id for h in row])) for row in hits]
-    else:
-        memory = LatentMemory(ctx.model, None, batch_size=ev.batch_size)
+    corpus = [e for e in map(without_images, ctx.corpus) if e is not None]
+    examples = ctx.examples
+    if ctx.retrieval == "pool":
         examples = []
         for ex in ctx.examples:
             kept = [e for e in map(without_images, ex.evidence) if e is not None]
@@ -218,7 +218,7 @@ def _latent_no_images(ctx: EvalContext) -> list[Answer]:
                     "images holds nothing of it (latent_no_images needs titles or text items)"
                 )
             examples.append(replace(ex, evidence=kept))
-        hits, latents = _pool_latent_hits(memory, examples, ev.k)
+    memory, hits, latents = _retrieve_latents(ctx, examples, corpus, ctx.out_dir / "memory_no_images")
     return memory.answer_from_latents(ctx.questions, latents, hits, ctx.config.generator.slot_format)
 
 
